@@ -1,0 +1,1 @@
+"""Self-Lengthen: iterative self-training for long-form generation."""

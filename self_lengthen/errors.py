@@ -1,0 +1,24 @@
+"""One clear line for bad input: `UsageError` carries it, `cli_main` prints it and exits non-zero."""
+import functools
+import sys
+
+
+class UsageError(Exception):
+    """Bad input or a missing prerequisite. The message says what was wrong and what to do."""
+
+
+def cli_main(func):
+    """Wrap a command's main(): a UsageError becomes `error: <message>` on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
