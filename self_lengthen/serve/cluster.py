@@ -1,0 +1,275 @@
+"""Start and stop the serving cluster of one macro-iteration: what run_server.sh and stop_server.sh call.
+
+Rank 0 runs the FastChat controller and the OpenAI-compatible API server. Every rank runs vLLM workers: one per
+GPU, one tensor-parallel worker over the node's GPUs for models over 10B parameters, or one worker on CPU. With
+--iter=K >= 1 the workers also serve WORKDIR/results/iter_K/lora/{gen_sft,ext_sft}.
+
+`start` returns 0 only when every expected worker is registered and a probe request to each served name succeeded.
+`stop` stops exactly the process groups `start` recorded in WORKDIR/run/ and waits until their ports are free.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from ..default_model import resolve_base_model
+from ..dist import DistEnv
+from ..errors import UsageError, cli_main
+from ..paths import vllm_cache_root
+from .api_server import API_KEY_ENV
+from .ports import port_in_use, wait_port_free
+from .procs import log_tail, pid_records, spawn, stop_groups
+
+ADAPTERS = ("gen_sft", "ext_sft")
+BASE_NAME = "base"
+TP_THRESHOLD_PARAMS = 10e9
+
+
+def gpu_count() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def approx_params(model_dir: Path) -> float:
+    """Parameter count estimated from the weight files (bytes / 2 for 16-bit weights)."""
+    size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in model_dir.glob("*.bin"))
+    return size / 2
+
+
+def adapter_dirs(workdir: Path, iteration: int) -> dict[str, Path]:
+    if iteration < 1:
+        return {}
+    dirs = {name: workdir / "results" / f"iter_{iteration}" / "lora" / name for name in ADAPTERS}
+    for name, path in dirs.items():
+        if not (path / "adapter_config.json").is_file():
+            raise UsageError(f"--iter={iteration}: adapter {name} not found at {path} (no adapter_config.json); "
+                             f"train iteration {iteration} first, or serve an earlier --iter")
+    return dirs
+
+
+def own_address(dist: DistEnv) -> str:
+    """The address this node's servers bind: loopback on one node, else the interface that reaches the master."""
+    if not dist.multi_node:
+        return "127.0.0.1"
+    if os.environ.get("NODE_ADDR"):
+        return os.environ["NODE_ADDR"]
+    if dist.is_master:
+        return dist.master_addr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((dist.master_addr, 9))  # no packet is sent; this only picks the route
+        return sock.getsockname()[0]
+
+
+def post(url: str, payload=None, timeout: float = 10.0, key: str | None = None):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    r = requests.post(url, json=payload, timeout=timeout, headers=headers)
+    r.raise_for_status()
+    return r.json()
+
+
+class Launch:
+    def __init__(self, args, dist: DistEnv):
+        self.args, self.dist = args, dist
+        self.workdir = Path(args.workdir).resolve()
+        self.run_dir, self.log_dir = self.workdir / "run", self.workdir / "logs"
+        self.host = args.host or own_address(dist)
+        master = "127.0.0.1" if not dist.multi_node else dist.master_addr
+        self.controller_url = f"http://{master}:{args.controller_port}"
+        self.api_url = f"http://{master}:{args.api_port}"
+        self.api_key = os.environ.get(API_KEY_ENV) or None
+        if args.api_key_file:
+            self.api_key = Path(args.api_key_file).read_text().strip() or None
+        if dist.multi_node and not self.api_key:
+            raise UsageError(f"multi-node serving binds a network address and needs an API key: set {API_KEY_ENV} "
+                             f"or pass --api_key_file=FILE (the same on every node)")
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def env(self, **extra) -> dict:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CACHE_ROOT", str(vllm_cache_root()))
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+        env.setdefault("FASTCHAT_WORKER_API_TIMEOUT", "3600")
+        env["LOGDIR"] = str(self.log_dir)  # FastChat's own log files
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def start(self, name, module_args, ports, **env):
+        for port in ports:
+            reason = port_in_use(self.host, port)
+            if reason:
+                raise UsageError(f"{name}: {reason} (a server from an earlier run? try stop_server.sh --workdir={self.workdir})")
+        cmd = [sys.executable, "-m", *module_args]
+        self.procs[name] = spawn(name, cmd, run_dir=self.run_dir, log_dir=self.log_dir, env=self.env(**env),
+                                  host=self.host, ports=ports)
+
+    def worker_plan(self, model: Path) -> list[dict]:
+        gpus = gpu_count()
+        if gpus == 0:
+            return [{"devices": None, "tp": 1}]
+        if approx_params(model) > TP_THRESHOLD_PARAMS:
+            return [{"devices": ",".join(map(str, range(gpus))), "tp": gpus}]
+        return [{"devices": str(i), "tp": 1} for i in range(gpus)]
+
+    def launch(self) -> list[str]:
+        args, dist = self.args, self.dist
+        model = resolve_base_model(args.base_model)
+        adapters = adapter_dirs(self.workdir, args.iter)
+        names = [BASE_NAME, *adapters]
+        plan = self.worker_plan(model)
+        if dist.is_master:
+            self.start("controller", ["self_lengthen.serve.controller", "--host", self.host,
+                                      "--port", str(args.controller_port)], [args.controller_port])
+            self.start("api_server", ["self_lengthen.serve.api_server", "--host", self.host, "--port",
+                                      str(args.api_port), "--controller-address", self.controller_url]
+                       + (["--api-key-file", args.api_key_file] if args.api_key_file else []), [args.api_port])
+            self.wait_for(lambda: post(self.controller_url + "/list_workers", timeout=3) is not None, "controller")
+        my_workers = []
+        for i, w in enumerate(plan):
+            port = args.worker_port + i
+            addr = f"http://{self.host}:{port}"
+            cmd = ["self_lengthen.serve.worker", "--model-path", str(model), "--base-name", BASE_NAME,
+                   "--host", self.host, "--port", str(port), "--worker-address", addr,
+                   "--controller-address", self.controller_url, "--tensor-parallel-size", str(w["tp"])]
+            if args.max_model_len:
+                cmd += ["--max-model-len", str(args.max_model_len)]
+            for name, path in adapters.items():
+                cmd += ["--lora", f"{name}={path}"]
+            extra_env = {"CUDA_VISIBLE_DEVICES": w["devices"]} if w["devices"] is not None else {}
+            self.start(f"worker{i}", cmd, [port], **extra_env)
+            my_workers.append(addr)
+
+        def registered():
+            workers = post(self.controller_url + "/list_workers", timeout=5)
+            mine = all(set(workers.get(a, [])) >= set(names) for a in my_workers)
+            everyone = len(workers) >= dist.world_size * len(plan) if dist.is_master else True
+            return mine and everyone
+
+        self.wait_for(registered, f"{len(plan)} worker(s) on rank {dist.rank} to register"
+                      + (f" and {dist.world_size * len(plan)} in all" if dist.is_master and dist.multi_node else ""))
+        for name in names:
+            if dist.is_master:
+                self.wait_for(lambda: self.probe_api(name), f"a probe request to {name}", quick=True)
+            for addr in my_workers:
+                self.wait_for(lambda: self.probe_worker(addr, name), f"a probe of {name} on {addr}", quick=True)
+        return names
+
+    def probe_api(self, name: str) -> bool:
+        out = post(self.api_url + "/v1/completions", {"model": name, "prompt": "Hello", "max_tokens": 1},
+                   timeout=120, key=self.api_key)
+        return bool(out.get("choices"))
+
+    def probe_worker(self, addr: str, name: str) -> bool:
+        out = post(addr + "/worker_generate", {"model": name, "prompt": "Hello", "max_new_tokens": 1,
+                                               "temperature": 0}, timeout=120)
+        if out.get("error_code"):
+            raise RuntimeError(f"probe of {name} on {addr} failed: {out.get('text')}")
+        return True
+
+    def wait_for(self, ready, what: str, quick: bool = False):
+        """Poll `ready` until it holds; fail at the deadline or as soon as a started process dies."""
+        deadline = self.deadline
+        last_error, failures = None, 0
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise UsageError(f"{name} exited with code {proc.returncode} while waiting for {what}; "
+                                     f"last lines of {self.log_dir / (name + '.log')}:\n{log_tail(self.log_dir / (name + '.log'))}")
+            try:
+                if ready():
+                    return
+            except requests.HTTPError as exc:
+                last_error = f"{exc.response.status_code} {exc.response.text[:300]}"
+                if quick and exc.response.status_code < 500:
+                    raise UsageError(f"{what} was refused: {last_error}") from None
+            except (requests.RequestException, ValueError, RuntimeError) as exc:
+                last_error = str(exc)[:300]
+            failures += 1
+            if quick and failures >= 5:  # the servers are up: a probe that keeps failing will not recover
+                raise UsageError(f"{what} failed 5 times (last error: {last_error}); see the logs in {self.log_dir}")
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {n}.log ---\n{log_tail(self.log_dir / (n + '.log'), 8)}" for n in self.procs)
+                raise UsageError(f"timed out after {self.args.timeout:.0f}s waiting for {what}"
+                                 f"{f' (last error: {last_error})' if last_error else ''}; recent logs:\n{logs}")
+            time.sleep(1.0)
+
+    def run(self) -> list[str]:
+        self.deadline = time.monotonic() + self.args.timeout
+        try:
+            return self.launch()
+        except BaseException:
+            stop_groups([r for r in pid_records(self.run_dir) if r["name"] in self.procs])
+            for name in self.procs:
+                (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+            raise
+
+
+def stop(workdir: Path, timeout: float) -> list[str]:
+    run_dir = workdir / "run"
+    records = pid_records(run_dir)
+    stopped = stop_groups(records, grace=min(timeout, 20.0))
+    busy = []
+    for rec in records:
+        for port in rec.get("ports", []):
+            if not wait_port_free(rec.get("host", "127.0.0.1"), port, timeout):
+                busy.append(port)
+        Path(rec["pid_file"]).unlink(missing_ok=True)
+    if busy:
+        raise UsageError(f"ports {busy} are still in use after stopping; something else holds them")
+    return stopped
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="run_server.sh / stop_server.sh", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("start")
+    s.add_argument("--base_model", required=True, help="'default' or a local HF model dir")
+    s.add_argument("--iter", type=int, default=0, help="serve the LoRAs of results/iter_K (0: base model only)")
+    s.add_argument("--workdir", default=".")
+    s.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness")
+    s.add_argument("--host", default=None, help="bind address (default: 127.0.0.1 on one node)")
+    s.add_argument("--api_port", type=int, default=8000)
+    s.add_argument("--controller_port", type=int, default=21001)
+    s.add_argument("--worker_port", type=int, default=21002)
+    s.add_argument("--max_model_len", type=int, default=None)
+    s.add_argument("--api_key_file", default=None)
+    t = sub.add_parser("stop")
+    t.add_argument("--workdir", default=".")
+    t.add_argument("--timeout", type=float, default=60.0)
+    return p.parse_args(argv)
+
+
+@cli_main
+def main(argv=None):
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.cmd == "stop":
+        stopped = stop(Path(args.workdir).resolve(), args.timeout)
+        print(f"stopped {', '.join(stopped) if stopped else 'nothing (no server was running)'}")
+        return
+    if args.iter < 0:
+        raise UsageError(f"--iter={args.iter} must be 0 or more")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout={args.timeout} must be positive")
+    launch = Launch(args, DistEnv.from_env())
+    names = launch.run()
+    where = launch.api_url + "/v1" if launch.dist.is_master else f"workers on rank {launch.dist.rank}"
+    print(f"serving {', '.join(names)} at {where}")
+
+
+if __name__ == "__main__":
+    main()

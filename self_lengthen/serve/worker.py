@@ -1,0 +1,280 @@
+"""A FastChat model worker on today's vLLM async engine, serving the base model and LoRA adapters by name.
+
+FastChat 0.2.36's own vllm_worker no longer runs on vLLM 0.3x, so this worker speaks FastChat's worker protocol
+(register and heart-beat with the controller; /worker_generate[_stream], /count_token, /model_details,
+/worker_get_conv_template, /worker_get_status) over a vLLM `AsyncLLM`. Each request is routed to its
+`LoRARequest` by the model name it asks for. A request whose client goes away is aborted in the engine.
+
+Run: python -m self_lengthen.serve.worker --model-path DIR --lora gen_sft=DIR --lora ext_sft=DIR ...
+"""
+import argparse
+import asyncio
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import uvicorn
+from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastchat.constants import ErrorCode
+from fastchat.conversation import Conversation, SeparatorStyle
+from fastchat.serve.base_model_worker import BaseModelWorker
+
+from ..chat_template import needs_special_tokens, template_spec
+from .ports import port_in_use
+
+log = logging.getLogger("self_lengthen.worker")
+DEFAULT_BASE_NAME = "base"
+SUPPORTED_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank(adapter_dir: Path) -> int:
+    return int(json.loads((adapter_dir / "adapter_config.json").read_text())["r"])
+
+
+def sampling_params(params: dict, eos_ids: list[int]):
+    """Translate FastChat's request fields into vLLM SamplingParams."""
+    from vllm import SamplingParams
+
+    temperature = float(params.get("temperature") if params.get("temperature") is not None else 1.0)
+    top_p = float(params.get("top_p") if params.get("top_p") is not None else 1.0)
+    top_k = int(params.get("top_k") or 0)
+    if temperature <= 1e-5:  # greedy
+        temperature, top_p, top_k = 0.0, 1.0, 0
+    stop = params.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    stop_token_ids = sorted(set(params.get("stop_token_ids") or []) | set(eos_ids))
+    max_tokens = params.get("max_new_tokens")
+    return SamplingParams(
+        n=1,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k if top_k > 0 else 0,  # FastChat's -1 means off; vLLM's off is 0
+        repetition_penalty=float(params.get("repetition_penalty") or 1.0),
+        presence_penalty=float(params.get("presence_penalty") or 0.0),
+        frequency_penalty=float(params.get("frequency_penalty") or 0.0),
+        stop=stop,
+        stop_token_ids=stop_token_ids,
+        max_tokens=int(max_tokens) if max_tokens else None,
+        min_tokens=int(params.get("min_tokens") or 0),
+        ignore_eos=bool(params.get("ignore_eos") or False),
+        seed=params.get("seed"),
+        skip_special_tokens=True,
+    )
+
+
+class VLLMWorker(BaseModelWorker):
+    def __init__(self, engine, tokenizer, *, controller_addr, worker_addr, model_path, base_name, adapters,
+                 limit_worker_concurrency, context_len):
+        from vllm.lora.request import LoRARequest
+
+        self._tokenizer = tokenizer
+        super().__init__(
+            controller_addr, worker_addr, uuid.uuid4().hex[:8], str(model_path),
+            [base_name, *adapters], limit_worker_concurrency,
+        )
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.context_len = context_len
+        self.base_name = base_name
+        self.loras = {name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate(adapters.items())}
+        self.eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.stats = {"requests": 0, "aborted": 0}
+        self._background: set[asyncio.Task] = set()
+
+    def make_conv_template(self, conv_template=None, model_path=None) -> Conversation:
+        # Only a carrier for stop tokens; chat prompts are rendered from the chat template (see get_conv_template).
+        return Conversation(name="hf_chat_template", system_template="{system_message}", roles=("user", "assistant"),
+                            sep_style=SeparatorStyle.ADD_COLON_SINGLE, sep="\n",
+                            stop_token_ids=[self._tokenizer.eos_token_id])
+
+    def get_conv_template(self):
+        c = self.conv
+        conv = {"name": c.name, "system_template": c.system_template, "system_message": c.system_message,
+                "roles": list(c.roles), "messages": [], "offset": 0, "sep_style": int(c.sep_style), "sep": c.sep,
+                "sep2": None, "stop_str": None, "stop_token_ids": self.eos_ids}
+        conv.update(template_spec(self.tokenizer))
+        return {"conv": conv}
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt, add_special_tokens=needs_special_tokens(self.tokenizer, prompt))
+
+    def count_token(self, params):
+        return {"count": len(self.prompt_ids(params["prompt"])), "error_code": 0}
+
+    def _abort_later(self, request_id: str):
+        # Runs outside the (possibly cancelled) request scope, so the abort itself is not cancelled.
+        task = asyncio.get_running_loop().create_task(self.engine.abort(request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        self.stats["aborted"] += 1
+
+    async def generate(self, params: dict):
+        """Yield FastChat-style cumulative outputs for one request."""
+        from vllm.inputs import TokensPrompt
+
+        model = params.get("model", self.base_name)
+        if model != self.base_name and model not in self.loras:
+            yield {"text": f"unknown model {model!r}; this worker serves {self.model_names}", "error_code": ErrorCode.INVALID_MODEL}
+            return
+        prompt = params["prompt"]
+        ids = self.prompt_ids(prompt)
+        request_id = uuid.uuid4().hex
+        self.stats["requests"] += 1
+        finished = False
+        try:
+            stream = self.engine.generate(TokensPrompt(prompt_token_ids=ids), sampling_params(params, self.eos_ids),
+                                          request_id, lora_request=self.loras.get(model))
+            async for out in stream:
+                choice = out.outputs[0]
+                yield {
+                    "text": (prompt + choice.text) if params.get("echo") else choice.text,
+                    "error_code": 0,
+                    "usage": {"prompt_tokens": len(ids), "completion_tokens": len(choice.token_ids),
+                              "total_tokens": len(ids) + len(choice.token_ids)},
+                    "finish_reason": choice.finish_reason if out.finished else None,
+                }
+            finished = True
+        except ValueError as exc:  # invalid sampling parameters and the like
+            finished = True
+            yield {"text": f"bad request: {exc}", "error_code": ErrorCode.PARAM_OUT_OF_RANGE}
+        finally:
+            if not finished:
+                self._abort_later(request_id)
+
+    async def generate_stream_bytes(self, params: dict):
+        async for item in self.generate(params):
+            yield json.dumps(item).encode() + b"\0"
+
+    async def generate_once(self, params: dict, request: Request) -> dict:
+        """Non-streaming: the last output, aborting the engine request if the client disconnects."""
+        async def run():
+            last = {"text": "", "error_code": 0}
+            async for item in self.generate(params):
+                last = item
+            return last
+
+        task = asyncio.ensure_future(run())
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                return {"text": "client disconnected", "error_code": ErrorCode.INTERNAL_ERROR}
+        return task.result()
+
+
+def build_app(worker: VLLMWorker) -> FastAPI:
+    app = FastAPI()
+    semaphore = asyncio.Semaphore(worker.limit_worker_concurrency)
+    worker.semaphore = semaphore
+
+    @app.post("/worker_generate_stream")
+    async def generate_stream(request: Request):
+        params = await request.json()
+        await semaphore.acquire()
+        background = BackgroundTasks()
+        background.add_task(semaphore.release)
+        return StreamingResponse(worker.generate_stream_bytes(params), background=background)
+
+    @app.post("/worker_generate")
+    async def generate(request: Request):
+        params = await request.json()
+        async with semaphore:
+            return JSONResponse(await worker.generate_once(params, request))
+
+    @app.post("/worker_get_status")
+    async def get_status():
+        return worker.get_status()
+
+    @app.post("/count_token")
+    async def count_token(request: Request):
+        return worker.count_token(await request.json())
+
+    @app.post("/worker_get_conv_template")
+    async def get_conv():
+        return worker.get_conv_template()
+
+    @app.post("/model_details")
+    async def model_details():
+        return {"context_length": worker.context_len}
+
+    @app.get("/worker_stats")
+    async def stats():
+        return dict(worker.stats, running=semaphore._value != worker.limit_worker_concurrency)
+
+    return app
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="FastChat worker over vLLM with LoRA routing")
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--base-name", default=DEFAULT_BASE_NAME, help="model name clients use for the base model")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="serve a PEFT adapter as NAME")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=21002)
+    p.add_argument("--worker-address", default=None, help="address the controller uses (default http://host:port)")
+    p.add_argument("--controller-address", default="http://127.0.0.1:21001")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--limit-worker-concurrency", type=int, default=1024)
+    return p.parse_args(argv)
+
+
+async def serve(args, adapters: dict[str, Path]):
+    from transformers import AutoTokenizer
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    max_rank = max([lora_rank(p) for p in adapters.values()], default=0)
+    engine_kwargs = dict(model=args.model_path, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+                         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization)
+    if args.max_num_seqs:
+        engine_kwargs["max_num_seqs"] = args.max_num_seqs
+    if adapters:
+        engine_kwargs.update(enable_lora=True, max_loras=len(adapters),
+                             max_lora_rank=next(r for r in SUPPORTED_LORA_RANKS if r >= max_rank))
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
+    try:
+        worker = VLLMWorker(
+            engine, AutoTokenizer.from_pretrained(args.model_path), controller_addr=args.controller_address,
+            worker_addr=args.worker_address or f"http://{args.host}:{args.port}", model_path=args.model_path,
+            base_name=args.base_name, adapters=adapters, limit_worker_concurrency=args.limit_worker_concurrency,
+            context_len=engine.model_config.max_model_len,
+        )
+        server = uvicorn.Server(uvicorn.Config(build_app(worker), host=args.host, port=args.port,
+                                               log_level="warning", timeout_graceful_shutdown=10))
+
+        async def register_once_listening():
+            while not server.started:
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(worker.init_heart_beat)
+            log.info("registered %s as %s with %s", worker.model_names, worker.worker_addr, worker.controller_addr)
+
+        registration = asyncio.create_task(register_once_listening())
+        await server.serve()  # returns on SIGTERM or SIGINT
+        registration.cancel()
+    finally:
+        engine.shutdown()
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    adapters = {}
+    for spec in args.lora:
+        name, _, path = spec.partition("=")
+        if not name or not (Path(path) / "adapter_config.json").is_file():
+            raise SystemExit(f"worker: --lora {spec}: expected NAME=DIR with DIR/adapter_config.json")
+        adapters[name] = Path(path).resolve()
+    port_error = port_in_use(args.host, args.port)
+    if port_error:
+        raise SystemExit(f"worker: {port_error}")
+    asyncio.run(serve(args, adapters))
+
+
+if __name__ == "__main__":
+    main()
