@@ -28,3 +28,62 @@ def env_with(**extra) -> dict:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def make_random_adapter(base: Path, out: Path, seed: int, rank: int = 8) -> Path:
+    """A real PEFT LoRA adapter with random (non-zero) weights, so it visibly changes the model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+class Stack:
+    """A served stack started with run_server.sh in `workdir`, stopped with stop_server.sh."""
+
+    def __init__(self, workdir: Path, api_port: int = 8000):
+        self.workdir = workdir
+        self.base_url = f"http://127.0.0.1:{api_port}/v1"
+        self.api_port = api_port
+
+    def worker_url(self, i: int = 0, port: int = 21002) -> str:
+        return f"http://127.0.0.1:{port + i}"
+
+
+def start_stack(workdir: Path, iteration: int, *extra: str, env=None, timeout: int = 900):
+    import subprocess
+
+    return subprocess.run(
+        ["bash", str(ROOT / "llama" / "run_server.sh"), "--base_model=default", f"--iter={iteration}",
+         f"--workdir={workdir}", *extra],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def stop_stack(workdir: Path, env=None):
+    import subprocess
+
+    return subprocess.run(["bash", str(ROOT / "llama" / "stop_server.sh"), f"--workdir={workdir}"],
+                          capture_output=True, text=True, timeout=180, env=env)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, default_model):
+    """One served stack for the whole session: base + random gen_sft and ext_sft adapters (iteration 1)."""
+    workdir = tmp_path_factory.mktemp("served")
+    lora = workdir / "results" / "iter_1" / "lora"
+    make_random_adapter(default_model, lora / "gen_sft", seed=1)
+    make_random_adapter(default_model, lora / "ext_sft", seed=2)
+    proc = start_stack(workdir, 1, "--timeout=800")
+    if proc.returncode != 0:
+        stop_stack(workdir)
+        pytest.fail(f"run_server.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    yield Stack(workdir)
+    out = stop_stack(workdir)
+    assert out.returncode == 0, out.stderr

@@ -1,34 +1,46 @@
 """FastChat's OpenAI-compatible API server, extended minimally rather than rewritten.
 
-Three changes, all applied by `extend()`:
+Four changes, all applied by `extend()`:
 - chat prompts are rendered from the model's own chat template, which the worker ships (byte-identical to
   `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`);
 - sampling fields FastChat's request models drop (repetition_penalty, min_tokens, ignore_eos, seed) are read from
   the raw request body and forwarded to the worker, on /v1/chat/completions and /v1/completions;
+- a client that disconnects cancels its request, so the worker aborts it in the engine;
 - streaming works under pydantic 2 (FastChat calls `.json(ensure_ascii=...)`, which pydantic 2 rejects).
 
 Run: python -m self_lengthen.serve.api_server --host 127.0.0.1 --port 8000 [--api-key-file F]
 The API key, when required, comes from $SELF_LENGTHEN_API_KEY or a file, never from the command line.
 """
 import argparse
+import asyncio
+import contextlib
 import contextvars
 import json
 import os
 from pathlib import Path
 
+import httpx
 import pydantic
 import uvicorn
+
+from fastchat.constants import ErrorCode
 
 from ..chat_template import render_chat
 
 EXTRA_FIELDS = ("repetition_penalty", "min_tokens", "ignore_eos", "seed")
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 API_KEY_ENV = "SELF_LENGTHEN_API_KEY"
+WORKER_TIMEOUT = float(os.environ.get("FASTCHAT_WORKER_API_TIMEOUT", 3 * 3600))
 _extra_fields: contextvars.ContextVar[dict] = contextvars.ContextVar("extra_sampling_fields", default={})
 
 
-class ExtraSamplingFields:
-    """ASGI middleware: remember the extra sampling fields of a generation request's JSON body."""
+class GenerationRequests:
+    """ASGI middleware for the generation routes.
+
+    - Remembers the extra sampling fields of the JSON body for `get_gen_params`.
+    - Cancels the request when its client disconnects, streaming or not, so the worker sees the connection close
+      and aborts the engine request (FastChat's non-streaming handlers would otherwise run to the end).
+    """
 
     def __init__(self, app):
         self.app = app
@@ -40,7 +52,7 @@ class ExtraSamplingFields:
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                return await self.app(scope, receive, send)
+                return  # the client left before sending its request
             body += message.get("body", b"")
             more = message.get("more_body", False)
         try:
@@ -48,6 +60,7 @@ class ExtraSamplingFields:
         except ValueError:
             data = None
         extra = {k: data[k] for k in EXTRA_FIELDS if isinstance(data, dict) and data.get(k) is not None}
+        disconnected = asyncio.Event()
         replayed = False
 
         async def replay():
@@ -55,13 +68,27 @@ class ExtraSamplingFields:
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
 
         token = _extra_fields.set(extra)
         try:
-            await self.app(scope, replay, send)
+            handler = asyncio.ensure_future(self.app(scope, replay, send))  # copies the context, with `extra`
         finally:
             _extra_fields.reset(token)
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if handler.done():
+            watcher.cancel()
+            return handler.result()
+        handler.cancel()  # the client went away: closing our worker connection aborts the engine request
+        with contextlib.suppress(asyncio.CancelledError):
+            await handler
 
 
 def _message_text(content) -> str:
@@ -86,6 +113,17 @@ def extend(fc) -> None:
 
     fc.get_gen_params = get_gen_params
 
+    async def generate_completion(payload, worker_addr):
+        # httpx closes the worker connection as soon as this is cancelled (aiohttp, FastChat's choice, may not),
+        # and the worker aborts the engine request when it sees that.
+        async with httpx.AsyncClient(timeout=httpx.Timeout(WORKER_TIMEOUT, connect=30.0)) as client:
+            r = await client.post(worker_addr + "/worker_generate", json=payload)
+        if r.status_code != 200:
+            return {"text": f"worker error {r.status_code}: {r.text[:200]}", "error_code": ErrorCode.INTERNAL_ERROR}
+        return r.json()
+
+    fc.generate_completion = generate_completion
+
     def json_compat(self, **kwargs):
         kwargs.pop("ensure_ascii", None)  # model_dump_json writes UTF-8 as is
         return self.model_dump_json(**kwargs)
@@ -97,7 +135,7 @@ def extend(fc) -> None:
             if isinstance(obj, type) and issubclass(obj, pydantic.BaseModel):
                 obj.json = json_compat
 
-    fc.app.add_middleware(ExtraSamplingFields)
+    fc.app.add_middleware(GenerationRequests)
 
 
 def read_api_key(key_file: str | None) -> str | None:

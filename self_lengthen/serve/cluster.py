@@ -25,7 +25,7 @@ from ..errors import UsageError, cli_main
 from ..paths import vllm_cache_root
 from .api_server import API_KEY_ENV
 from .ports import port_in_use, wait_port_free
-from .procs import log_tail, pid_records, spawn, stop_groups
+from .procs import leader_alive, log_tail, pid_records, spawn, stop_groups
 
 ADAPTERS = ("gen_sft", "ext_sft")
 BASE_NAME = "base"
@@ -87,7 +87,7 @@ class Launch:
     def __init__(self, args, dist: DistEnv):
         self.args, self.dist = args, dist
         self.workdir = Path(args.workdir).resolve()
-        self.run_dir, self.log_dir = self.workdir / "run", self.workdir / "logs"
+        self.run_dir, self.log_dir = run_dir(self.workdir, dist.rank), self.workdir / "logs"
         self.host = args.host or own_address(dist)
         master = "127.0.0.1" if not dist.multi_node else dist.master_addr
         self.controller_url = f"http://{master}:{args.controller_port}"
@@ -151,7 +151,7 @@ class Launch:
             for name, path in adapters.items():
                 cmd += ["--lora", f"{name}={path}"]
             extra_env = {"CUDA_VISIBLE_DEVICES": w["devices"]} if w["devices"] is not None else {}
-            self.start(f"worker{i}", cmd, [port], **extra_env)
+            self.start(f"worker{i}" + (f".rank{dist.rank}" if dist.multi_node else ""), cmd, [port], **extra_env)
             my_workers.append(addr)
 
         def registered():
@@ -219,9 +219,13 @@ class Launch:
             raise
 
 
+def run_dir(workdir: Path, rank: int) -> Path:
+    """Pid files are node-local facts, so each rank keeps its own (the workdir may be shared)."""
+    return workdir / "run" / f"rank{rank}"
+
+
 def stop(workdir: Path, timeout: float) -> list[str]:
-    run_dir = workdir / "run"
-    records = pid_records(run_dir)
+    records = pid_records(run_dir(workdir, DistEnv.from_env().rank))
     stopped = stop_groups(records, grace=min(timeout, 20.0))
     busy = []
     for rec in records:
@@ -232,6 +236,23 @@ def stop(workdir: Path, timeout: float) -> list[str]:
     if busy:
         raise UsageError(f"ports {busy} are still in use after stopping; something else holds them")
     return stopped
+
+
+def status(workdir: Path) -> list[str]:
+    """One line per recorded server of this rank; raises if any of them is no longer running."""
+    records = pid_records(run_dir(workdir, DistEnv.from_env().rank))
+    if not records:
+        raise UsageError(f"no server recorded in {run_dir(workdir, DistEnv.from_env().rank)}; start one with run_server.sh")
+    lines, dead = [], []
+    for rec in records:
+        alive = leader_alive(rec)
+        lines.append(f"{rec['name']}: pid {rec['pid']} {'running' if alive else 'NOT RUNNING'}")
+        if not alive:
+            dead.append(f"{rec['name']} (pid {rec['pid']}) is not running; last lines of {rec['log']}:\n"
+                        f"{log_tail(rec['log'], 10)}")
+    if dead:
+        raise UsageError("\n".join(lines + dead) + "\nrun stop_server.sh, then run_server.sh again")
+    return lines
 
 
 def parse(argv):
@@ -248,6 +269,7 @@ def parse(argv):
     s.add_argument("--worker_port", type=int, default=21002)
     s.add_argument("--max_model_len", type=int, default=None)
     s.add_argument("--api_key_file", default=None)
+    sub.add_parser("status").add_argument("--workdir", default=".")
     t = sub.add_parser("stop")
     t.add_argument("--workdir", default=".")
     t.add_argument("--timeout", type=float, default=60.0)
@@ -257,6 +279,9 @@ def parse(argv):
 @cli_main
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else argv)
+    if args.cmd == "status":
+        print("\n".join(status(Path(args.workdir).resolve())))
+        return
     if args.cmd == "stop":
         stopped = stop(Path(args.workdir).resolve(), args.timeout)
         print(f"stopped {', '.join(stopped) if stopped else 'nothing (no server was running)'}")

@@ -51,6 +51,15 @@ def group_alive(pgid: int) -> bool:
         return True
 
 
+def leader_alive(record: dict) -> bool:
+    """The recorded process itself is running (not a zombie, not a new process that reused its pid)."""
+    try:
+        state = Path(f"/proc/{record['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and _start_time(record["pid"]) == record.get("start_time")
+
+
 def _is_ours(record: dict) -> bool:
     """The group is ours if its leader is gone (its children keep the group id) or is the process we started."""
     now = _start_time(record["pid"])

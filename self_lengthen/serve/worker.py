@@ -14,6 +14,7 @@ import logging
 import uuid
 from pathlib import Path
 
+import requests
 import uvicorn
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -44,7 +45,10 @@ def sampling_params(params: dict, eos_ids: list[int]):
         temperature, top_p, top_k = 0.0, 1.0, 0
     stop = params.get("stop") or []
     stop = [stop] if isinstance(stop, str) else list(stop)
-    stop_token_ids = sorted(set(params.get("stop_token_ids") or []) | set(eos_ids))
+    ignore_eos = bool(params.get("ignore_eos") or False)
+    stop_token_ids = set(params.get("stop_token_ids") or []) | set(eos_ids)
+    if ignore_eos:  # generate to max_tokens: eos must not stop it under another name either
+        stop_token_ids -= set(eos_ids)
     max_tokens = params.get("max_new_tokens")
     return SamplingParams(
         n=1,
@@ -55,10 +59,10 @@ def sampling_params(params: dict, eos_ids: list[int]):
         presence_penalty=float(params.get("presence_penalty") or 0.0),
         frequency_penalty=float(params.get("frequency_penalty") or 0.0),
         stop=stop,
-        stop_token_ids=stop_token_ids,
+        stop_token_ids=sorted(stop_token_ids),
         max_tokens=int(max_tokens) if max_tokens else None,
         min_tokens=int(params.get("min_tokens") or 0),
-        ignore_eos=bool(params.get("ignore_eos") or False),
+        ignore_eos=ignore_eos,
         seed=params.get("seed"),
         skip_special_tokens=True,
     )
@@ -251,7 +255,13 @@ async def serve(args, adapters: dict[str, Path]):
         async def register_once_listening():
             while not server.started:
                 await asyncio.sleep(0.1)
-            await asyncio.to_thread(worker.init_heart_beat)
+            while True:  # the controller may come up after us (another node)
+                try:
+                    await asyncio.to_thread(worker.init_heart_beat)
+                    break
+                except (requests.RequestException, AssertionError) as exc:
+                    log.warning("registration with %s failed (%s); retrying", worker.controller_addr, exc)
+                    await asyncio.sleep(2)
             log.info("registered %s as %s with %s", worker.model_names, worker.worker_addr, worker.controller_addr)
 
         registration = asyncio.create_task(register_once_listening())

@@ -1,0 +1,105 @@
+"""The OpenAI-compatible client every stage uses: the method's sampling defaults, timeouts, retries, one clear error.
+
+Connection errors, timeouts, 5xx answers and bodies that are not the expected JSON are retried with exponential
+backoff; after the last try an `EndpointError` says what failed. A 4xx (an unknown model, say) is not retried: it
+raises `RequestRejected` at once with the server's message. The base URL and API key come from the arguments or
+$SELF_LENGTHEN_BASE_URL and $SELF_LENGTHEN_API_KEY.
+"""
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+from .errors import UsageError
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+# Self-Lengthen's sampling for generation and extension.
+DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
+
+
+class EndpointError(UsageError):
+    """The endpoint kept failing (unreachable, timing out, 5xx or garbage) through every retry."""
+
+
+class RequestRejected(UsageError):
+    """The endpoint refused the request (4xx): retrying will not help."""
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None
+    completion_tokens: int
+
+
+class Client:
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 1800.0,
+                 retries: int = 4, backoff: float = 2.0, sampling: dict | None = None):
+        self.base_url = (base_url or os.environ.get("SELF_LENGTHEN_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key = api_key or os.environ.get("SELF_LENGTHEN_API_KEY") or None
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+            if self.api_key:
+                self._local.session.headers["Authorization"] = f"Bearer {self.api_key}"
+        return self._local.session
+
+    def _post(self, path: str, payload: dict) -> Completion:
+        url = f"{self.base_url}{path}"
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                r = self._session().post(url, json=payload, timeout=self.timeout)
+            except requests.Timeout:
+                last = f"timed out after {self.timeout:.0f}s"
+                continue
+            except requests.ConnectionError as exc:
+                last = f"cannot connect ({type(exc).__name__})"
+                continue
+            if 400 <= r.status_code < 500:
+                raise RequestRejected(f"{url} refused the request ({r.status_code}): {_error_message(r)}")
+            if r.status_code >= 500:
+                last = f"server error {r.status_code}: {_error_message(r)}"
+                continue
+            try:
+                body = r.json()
+                choice = body["choices"][0]
+                text = choice["message"]["content"] if "message" in choice else choice["text"]
+                if not isinstance(text, str):
+                    raise TypeError(text)
+                tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
+                return Completion(text, choice.get("finish_reason"), tokens)
+            except (ValueError, KeyError, IndexError, TypeError):
+                last = f"unexpected answer {r.text[:120]!r}"
+        raise EndpointError(f"{url} failed after {self.retries + 1} attempts: {last}; is the server running "
+                            f"(run_server.sh) and is --base_url right?")
+
+    def _params(self, model: str, overrides: dict) -> dict:
+        return {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}, "model": model}
+
+    def chat(self, model: str, messages: list[dict], **sampling) -> Completion:
+        return self._post("/chat/completions", {**self._params(model, sampling), "messages": messages})
+
+    def complete(self, model: str, prompt: str, **sampling) -> Completion:
+        return self._post("/completions", {**self._params(model, sampling), "prompt": prompt})
+
+    def models(self) -> list[str]:
+        r = self._session().get(f"{self.base_url}/models", timeout=30)
+        r.raise_for_status()
+        return [m["id"] for m in r.json()["data"]]
+
+
+def _error_message(r: requests.Response) -> str:
+    try:
+        body = r.json()
+        return str(body.get("message") or body.get("error") or body)[:300]
+    except ValueError:
+        return r.text[:300]

@@ -1,0 +1,114 @@
+"""run_server.sh / stop_server.sh: failures are clear and fast, and stopping leaves nothing behind."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from conftest import ROOT, env_with, start_stack, stop_stack
+from self_lengthen.serve.ports import port_in_use
+from self_lengthen.serve.procs import group_alive
+
+
+def records(workdir, rank=0):
+    return [json.loads(p.read_text()) for p in sorted((workdir / "run" / f"rank{rank}").glob("*.pid"))]
+
+
+def test_missing_adapter_fails_fast_naming_the_path(tmp_path, default_model):
+    t0 = time.monotonic()
+    proc = start_stack(tmp_path, 2, "--timeout=60", timeout=120)
+    assert proc.returncode != 0
+    assert str(tmp_path / "results" / "iter_2" / "lora" / "gen_sft") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 30
+    assert records(tmp_path) == []
+
+
+def test_port_in_use_gets_a_clear_error_and_nothing_is_left_running(tmp_path, default_model):
+    ports = ["--api_port=18500", "--controller_port=18501", "--worker_port=18502"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 18500))
+        busy.listen()
+        proc = start_stack(tmp_path, 0, "--timeout=60", *ports, timeout=120)
+    assert proc.returncode != 0
+    assert "port 18500" in proc.stderr and "already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert records(tmp_path) == []  # the controller it had started was stopped again
+    assert port_in_use("127.0.0.1", 18501) is None
+
+
+@pytest.mark.slow
+def test_worker_killed_during_startup_is_reported_and_cleaned_up(tmp_path, default_model):
+    ports = ["--api_port=18600", "--controller_port=18601", "--worker_port=18602"]
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "llama" / "run_server.sh"), "--base_model=default", "--iter=0", f"--workdir={tmp_path}",
+         "--timeout=600", *ports],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with(VLLM_CPU_KVCACHE_SPACE=1))
+    pid_file = tmp_path / "run" / "rank0" / "worker0.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(8)  # let the engine start spawning its children
+    worker = json.loads(pid_file.read_text())
+    os.kill(worker["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "worker0 exited with code -9" in err
+    stop = stop_stack(tmp_path)
+    assert stop.returncode == 0, stop.stderr
+    for rec in [worker, *records(tmp_path)]:
+        assert not group_alive(rec["pgid"])
+    for port in (18600, 18601, 18602):
+        assert port_in_use("127.0.0.1", port) is None
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_controller_and_both_serve(tmp_path, default_model):
+    """Two nodes simulated on loopback: rank 0 runs controller + API server + a worker, rank 1 a worker."""
+    key = "test-key-not-secret"
+    common = dict(WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", SELF_LENGTHEN_API_KEY=key, VLLM_CPU_KVCACHE_SPACE=1)
+    ports = ["--api_port=18700", "--controller_port=18701"]
+    envs = {rank: env_with(RANK=rank, **common) for rank in (0, 1)}
+    with ThreadPoolExecutor(2) as pool:
+        runs = {rank: pool.submit(start_stack, tmp_path, 0, "--timeout=800", *ports, f"--worker_port={18702 + 10 * rank}",
+                                  env=envs[rank]) for rank in (0, 1)}
+        results = {rank: f.result() for rank, f in runs.items()}
+    try:
+        for rank, proc in results.items():
+            assert proc.returncode == 0, f"rank {rank}: {proc.stderr}"
+        workers = requests.post("http://127.0.0.1:18701/list_workers", timeout=10).json()
+        assert sorted(workers) == ["http://127.0.0.1:18702", "http://127.0.0.1:18712"]
+        # each worker serves requests itself ...
+        for addr in workers:
+            out = requests.post(addr + "/worker_generate", json={"model": "base", "prompt": "Hello", "max_new_tokens": 4,
+                                                                 "temperature": 0}, timeout=120).json()
+            assert out["error_code"] == 0 and out["text"]
+        # ... and through the API server, which now needs the key
+        url = "http://127.0.0.1:18700/v1/completions"
+        body = {"model": "base", "prompt": "Hello", "max_tokens": 4}
+        assert requests.post(url, json=body, timeout=60).status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: requests.post(url, json=body, headers=auth, timeout=120).status_code, range(8)))
+        assert codes == [200] * 8
+        # a worker killed with -9 is reported by status, and stop_server.sh still cleans up
+        rank1 = records(tmp_path, 1)
+        os.kill(rank1[0]["pid"], signal.SIGKILL)
+        status = subprocess.run([sys.executable, "-m", "self_lengthen.serve.cluster", "status", f"--workdir={tmp_path}"],
+                                capture_output=True, text=True, env=envs[1], timeout=60)
+        assert status.returncode != 0 and "worker0.rank1" in status.stderr and "NOT RUNNING" in status.stderr
+    finally:
+        all_records = records(tmp_path, 0) + records(tmp_path, 1)
+        for rank in (0, 1):
+            stop = stop_stack(tmp_path, env=envs[rank])
+            assert stop.returncode == 0, stop.stderr
+    for rec in all_records:
+        assert not group_alive(rec["pgid"]), rec["name"]
+    for port in (18700, 18701, 18702, 18712):
+        assert port_in_use("127.0.0.1", port) is None

@@ -1,0 +1,137 @@
+"""Serving on the real stack: FastChat controller + extended API server + our vLLM worker, default model, LoRAs."""
+import json
+import time
+
+import pytest
+import requests
+
+from self_lengthen.client import Client, RequestRejected
+
+pytestmark = pytest.mark.slow
+NAMES = ["base", "gen_sft", "ext_sft"]
+QUESTION = [{"role": "user", "content": "Write two sentences about a lighthouse."}]
+GREEDY = {"temperature": 0, "max_tokens": 48, "repetition_penalty": 1.0, "top_k": -1, "top_p": 1.0}
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served.base_url, retries=1)
+
+
+def test_models_lists_base_and_both_adapters(client):
+    assert sorted(client.models()) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chat_and_completion_succeed_for_every_served_name(client, name):
+    chat = client.chat(name, QUESTION, max_tokens=24)
+    done = client.complete(name, "The lighthouse keeper", max_tokens=24)
+    assert chat.text.strip() and chat.completion_tokens > 0
+    assert done.text.strip() and done.completion_tokens > 0
+
+
+def test_lora_changes_greedy_output(client):
+    outputs = {name: client.chat(name, QUESTION, **GREEDY).text for name in NAMES}
+    assert outputs["base"] != outputs["gen_sft"]
+    assert outputs["base"] != outputs["ext_sft"]
+    assert outputs["gen_sft"] != outputs["ext_sft"]
+    # and greedy decoding is deterministic, so the difference is the adapter's
+    assert client.chat("base", QUESTION, **GREEDY).text == outputs["base"]
+
+
+def test_repetition_penalty_reaches_the_engine_on_chat(client):
+    plain = client.chat("base", QUESTION, **GREEDY).text
+    penalised = client.chat("base", QUESTION, **{**GREEDY, "repetition_penalty": 1.8}).text
+    assert plain != penalised
+
+
+def test_repetition_penalty_reaches_the_engine_on_completions(client):
+    prompt = "List the days of the week: Monday, Tuesday,"
+    plain = client.complete("base", prompt, **GREEDY).text
+    penalised = client.complete("base", prompt, **{**GREEDY, "repetition_penalty": 1.8}).text
+    assert plain != penalised
+
+
+def test_seed_makes_sampling_reproducible(client):
+    kw = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 32}
+    a = client.chat("base", QUESTION, seed=7, **kw).text
+    b = client.chat("base", QUESTION, seed=7, **kw).text
+    others = {client.chat("base", QUESTION, seed=s, **kw).text for s in (8, 9, 10)}
+    assert a == b
+    assert others != {a}
+
+
+def test_chat_prompt_is_byte_identical_to_the_chat_template(client, default_model):
+    """Greedy chat output equals greedy completion of apply_chat_template's prompt, token counts included."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model)
+    prompt = tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    r = requests.post(client.base_url + "/chat/completions", json={"model": "base", "messages": QUESTION, **GREEDY},
+                      timeout=120).json()
+    c = requests.post(client.base_url + "/completions", json={"model": "base", "prompt": prompt, **GREEDY},
+                      timeout=120).json()
+    assert r["choices"][0]["message"]["content"] == c["choices"][0]["text"]
+    expected_ids = tok.apply_chat_template(QUESTION, tokenize=True, add_generation_prompt=True, return_dict=True)
+    assert r["usage"]["prompt_tokens"] == len(expected_ids["input_ids"]) == c["usage"]["prompt_tokens"]
+
+
+def _stream(url, payload):
+    pieces = []
+    with requests.post(url, json={**payload, "stream": True}, stream=True, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line.removeprefix(b"data: "))
+            choice = chunk["choices"][0]
+            pieces.append(choice.get("delta", {}).get("content") or choice.get("text") or "")
+    return pieces
+
+
+def test_streaming_matches_non_streaming(client):
+    chat = {"model": "gen_sft", "messages": QUESTION, **GREEDY}
+    pieces = _stream(client.base_url + "/chat/completions", chat)
+    assert len([p for p in pieces if p]) > 3
+    assert "".join(pieces) == client.chat("gen_sft", QUESTION, **GREEDY).text
+    done = {"model": "base", "prompt": "Once upon a time", **GREEDY}
+    pieces = _stream(client.base_url + "/completions", done)
+    assert "".join(pieces) == client.complete("base", "Once upon a time", **GREEDY).text
+
+
+def test_unknown_model_gets_a_clear_4xx(client):
+    with pytest.raises(RequestRejected) as err:
+        client.chat("no_such_model", QUESTION, max_tokens=4)
+    assert "no_such_model" in str(err.value) and "400" in str(err.value)
+
+
+def _aborted(served) -> int:
+    return requests.get(served.worker_url() + "/worker_stats", timeout=10).json()["aborted"]
+
+
+def _wait_for_abort(served, before: int) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _aborted(served) <= before:
+        time.sleep(0.5)
+    return _aborted(served)
+
+
+LONG = {"model": "base", "max_tokens": 3000, "ignore_eos": True}
+
+
+def test_client_disconnect_aborts_a_streaming_request(client, served):
+    before = _aborted(served)
+    with requests.post(client.base_url + "/chat/completions", json={**LONG, "messages": QUESTION, "stream": True},
+                       stream=True, timeout=60) as r:
+        lines = (line for line in r.iter_lines() if line)
+        next(lines), next(lines)  # the role chunk, then the first generated text: the engine is at work
+    assert _wait_for_abort(served, before) > before
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_client_disconnect_aborts_a_non_streaming_request(client, served, path):
+    before = _aborted(served)
+    body = {**LONG, "messages": QUESTION} if path.startswith("/chat") else {**LONG, "prompt": "Once upon a time"}
+    with pytest.raises(requests.Timeout):  # the client gives up long before 3000 tokens are written
+        requests.post(client.base_url + path, json=body, timeout=4)
+    assert _wait_for_abort(served, before) > before
