@@ -1,0 +1,138 @@
+"""What every stage shares: its command line, its context (paths, client, prompts, models) and its run."""
+import argparse
+import hashlib
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..client import Client
+from ..default_model import resolve_base_model
+from ..dist import DistEnv
+from ..errors import UsageError
+from ..flavour import Flavour, PromptBuilder
+from ..text import count_words, drop_short
+from .runner import Checkpoint, is_complete, run_items, save_dataset, summarize, write_json_atomic
+
+DEFAULT_MAX_TOKENS = 16384  # the method's; the API server caps it by the model's context
+
+
+def stable_key(*parts: str) -> str:
+    return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def default_workers() -> int:
+    from ..serve.cluster import gpu_count
+
+    gpus = gpu_count()
+    return DistEnv.from_env().world_size * gpus * 32 if gpus else 32
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--iter", type=int, required=True, help="macro-iteration (1-based)")
+    p.add_argument("--workdir", default=".", help="where results/ lives (default: here)")
+    p.add_argument("--workers", type=int, default=None, help="requests in flight (default: 32 per GPU, 32 on CPU)")
+    p.add_argument("--max_tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--max_tries", type=int, default=None, help="tries per item (default: the method's)")
+    p.add_argument("--finish_fraction", type=float, default=1.0, help="end once this share of items is done")
+    p.add_argument("--base_model", default="default", help="'default' or the HF dir the server serves (tokenizer)")
+    p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint (default $SELF_LENGTHEN_BASE_URL "
+                                                    "or http://127.0.0.1:8000/v1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--request_timeout", type=float, default=1800.0)
+    p.add_argument("--retries", type=int, default=4, help="retries of a failing request (with backoff)")
+    return p
+
+
+@dataclass
+class StageContext:
+    args: argparse.Namespace
+    flavour: Flavour
+    prompts: PromptBuilder
+    client: Client
+    iter_dir: Path
+
+    @classmethod
+    def create(cls, args, flavour_dir: Path) -> "StageContext":
+        if args.iter < 1:
+            raise UsageError(f"--iter={args.iter}: iterations are numbered from 1")
+        if args.workers is not None and args.workers < 1:
+            raise UsageError(f"--workers={args.workers} must be at least 1")
+        if args.max_tokens < 1:
+            raise UsageError(f"--max_tokens={args.max_tokens} must be at least 1")
+        if not 0 < args.finish_fraction <= 1:
+            raise UsageError(f"--finish_fraction={args.finish_fraction} must be in (0, 1]")
+        flavour = Flavour(flavour_dir)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(args.base_model)))
+        args.workers = args.workers or default_workers()
+        client = Client(args.base_url, timeout=args.request_timeout, retries=max(0, args.retries))
+        iter_dir = Path(args.workdir).resolve() / "results" / f"iter_{args.iter}"
+        iter_dir.mkdir(parents=True, exist_ok=True)
+        return cls(args, flavour, PromptBuilder(flavour, tokenizer), client, iter_dir)
+
+    def model(self, role: str) -> str:
+        """The base model writes in iteration 1; the adapters trained in iteration k-1 afterwards."""
+        return "base" if self.args.iter == 1 else role
+
+    def check_model_served(self, name: str) -> None:
+        """Fail early, with one line, if the endpoint does not serve `name` (or cannot be reached)."""
+        try:
+            served = self.client.models()
+        except Exception as exc:
+            raise UsageError(f"cannot reach the endpoint at {self.client.base_url} ({type(exc).__name__}); "
+                             f"start it with run_server.sh") from None
+        if name not in served:
+            raise UsageError(f"the endpoint serves {served}, not {name!r}; start run_server.sh with "
+                             f"--iter={self.args.iter - 1} so it serves the adapters of the previous iteration")
+
+    def sampling(self, **extra) -> dict:
+        return {"max_tokens": self.args.max_tokens, **extra}
+
+
+def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, columns: list[str],
+              rows_of: Callable[[list[dict]], list[dict]], length_of: Callable[[dict], int] | None) -> Path:
+    """Resume-or-run one stage and write its dataset, summary and completion marker."""
+    out_dir = ctx.iter_dir / name
+    if is_complete(out_dir):
+        print(f"{name}: already complete at {out_dir}")
+        return out_dir
+    if not items:
+        raise UsageError(f"{name}: nothing to do (the previous stage produced no rows)")
+    checkpoint = Checkpoint(ctx.iter_dir / f"{name}.checkpoint.jsonl")
+    before = set(checkpoint.records)
+    started = time.monotonic()
+    try:
+        records = run_items(items, work, checkpoint, workers=ctx.args.workers,
+                            finish_fraction=ctx.args.finish_fraction, desc=f"iter {ctx.args.iter} {name}")
+    finally:
+        checkpoint.close()
+    summary = summarize(records, started, sum(r.get("tokens", 0) for r in records if r["key"] not in before))
+    rows = rows_of([r for r in records if r["status"] == "accepted"])
+    if length_of is not None:
+        summary["mean_words_before_drop_short"] = _mean([length_of(r) for r in rows])
+        rng = random.Random(f"{ctx.args.seed}-{name}-{ctx.args.iter}")
+        rows = drop_short(rows, length_of, rng)
+        summary["mean_words_after_drop_short"] = _mean([length_of(r) for r in rows])
+    summary["rows"] = len(rows)
+    save_dataset(rows, columns, out_dir)
+    write_json_atomic(ctx.iter_dir / f"{name}.summary.json", summary)
+    print(f"{name}: {len(rows)} rows -> {out_dir} ({summary['accepted']} accepted, {summary['exhausted']} exhausted, "
+          f"{summary['tokens_per_second_this_run']} tok/s)")
+    return out_dir
+
+
+def _mean(xs: list[int]) -> float:
+    return round(sum(xs) / len(xs), 1) if xs else 0.0
+
+
+def words_of(column: str) -> Callable[[dict], int]:
+    return lambda row: count_words(row[column])
+
+
+def flavour_dir_of(script: str) -> Path:
+    return Path(os.path.abspath(script)).parent

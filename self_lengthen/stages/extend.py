@@ -1,0 +1,95 @@
+"""step2 Extender: lengthen each initial response in up to 3 rounds of chat-then-completion.
+
+A round: split the current text into blocks; ask by chat for an enriched version of the first half of the blocks;
+keep the first 2/3 of that answer's blocks as a prefix; then continue, by raw completion, the chat-formatted
+extend request over the whole current text followed by that prefix. The round's output (prefix + continuation)
+replaces the current text only if it passes the response check and is longer. The result is kept only if it has
+more than 1.2x the initial words.
+"""
+import threading
+from collections import Counter
+from pathlib import Path
+
+from ..errors import cli_main
+from ..text import check_response, count_words, split_blocks
+from .common import StageContext, base_parser, run_stage, stable_key, words_of
+from .runner import is_complete, require_complete
+
+MAX_TRIES = 20
+ATTEMPTS_PER_RESPONSE = 2
+ROUNDS = 3
+MIN_GROWTH = 1.2
+PREFIX_SHARE = 2 / 3
+
+
+def extend_once(ctx: StageContext, model: str, instruction: str, text: str) -> tuple[str | None, str | None, int]:
+    """One round. Returns (new text or None, reject reason or None, tokens generated)."""
+    prompts, meta_words = ctx.prompts, ctx.flavour.config.meta_words
+    blocks, sep = split_blocks(text)
+    first_half = sep.join(blocks[: max(1, len(blocks) // 2)])
+    head = ctx.client.chat(model, [{"role": "user", "content": prompts.extend_request(instruction, first_half)}],
+                           **ctx.sampling())
+    head_blocks, head_sep = split_blocks(head.text)
+    if not head_blocks:
+        return None, "empty", head.completion_tokens
+    prefix = head_sep.join(head_blocks[: max(1, int(len(head_blocks) * PREFIX_SHARE))]) + head_sep
+    rest = ctx.client.complete(model, prompts.extend_completion(instruction, text, prefix), **ctx.sampling())
+    tokens = head.completion_tokens + rest.completion_tokens
+    candidate = (prefix + rest.text).strip()
+    reason = check_response(candidate, meta_words)
+    if reason is None and count_words(candidate) <= count_words(text):
+        reason = "not_longer"
+    return (candidate if reason is None else None), reason, tokens
+
+
+def make_work(ctx: StageContext, model: str):
+    tries = ctx.args.max_tries or MAX_TRIES
+
+    def work(key: str, row: dict, stop: threading.Event) -> dict | None:
+        reasons, tokens = Counter(), 0
+        initial_words = count_words(row["initial_response"])
+        for attempt in range(tries):
+            current = row["initial_response"]
+            for _ in range(ROUNDS):
+                if stop.is_set():
+                    return None
+                extended, reason, used = extend_once(ctx, model, row["prompt"], current)
+                tokens += used
+                if extended is None:
+                    reasons[reason] += 1
+                else:
+                    current = extended
+            if count_words(current) > MIN_GROWTH * initial_words:
+                return {"status": "accepted", **row, "extended_response": current, "tries": attempt + 1,
+                        "reasons": reasons, "tokens": tokens}
+            reasons["too_little_growth"] += 1
+        return {"status": "exhausted", **row, "tries": tries, "reasons": reasons, "tokens": tokens}
+
+    return work
+
+
+def run(ctx: StageContext) -> Path:
+    out = ctx.iter_dir / "extended_responses"
+    if is_complete(out):
+        print(f"extended_responses: already complete at {out}")
+        return out
+    source = ctx.iter_dir / "initial_responses"
+    require_complete(source, f"python step1_gen_initial_responses.py --iter {ctx.args.iter}")
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(source))
+    model = ctx.model("ext_sft")
+    ctx.check_model_served(model)
+    items = {f"{stable_key(r['prompt'], r['initial_response'])}-{a}": {"prompt": r["prompt"],
+                                                                        "initial_response": r["initial_response"]}
+             for r in data for a in range(ATTEMPTS_PER_RESPONSE)}
+    columns = ["prompt", "initial_response", "extended_response"]
+    return run_stage(ctx, "extended_responses", items, make_work(ctx, model), columns=columns,
+                     rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs],
+                     length_of=words_of("extended_response"))
+
+
+@cli_main
+def main(flavour_dir: Path, argv=None):
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    run(StageContext.create(args, flavour_dir))

@@ -1,0 +1,161 @@
+"""The stage runner, written once: concurrency, checkpoint, resume, progress, summary and the final dataset.
+
+A stage is a set of items, each with a stable key, and a `work` function that turns one item into a record
+(`status` accepted or exhausted, `reasons` for rejected tries, `tokens` generated, plus the stage's fields).
+Every finished record is appended to `<out>.checkpoint.jsonl` as it completes. A rerun reads the completion
+marker first (`<out>/_COMPLETE`, inside the dataset dir that is renamed into place), then the checkpoint, and does
+only what is missing. The final dataset is written to a temp dir and renamed, so a half-written one never exists.
+"""
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from ..errors import UsageError
+
+MARKER = "_COMPLETE"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1))
+    os.replace(tmp, path)
+
+
+class Checkpoint:
+    """Append-only JSONL of finished records, keyed by `key`. A torn last line (kill -9 mid-write) is dropped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, dict] = {}
+        if path.exists():
+            raw = path.read_bytes()
+            good_end = raw.rfind(b"\n") + 1
+            for line in raw[:good_end].splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    self.records[rec["key"]] = rec
+            if good_end < len(raw):  # cut the torn tail so the next append starts on a fresh line
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+        self._file = open(path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def append(self, record: dict) -> None:
+        with self._lock:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+            self.records[record["key"]] = record
+
+    def close(self):
+        self._file.close()
+
+
+@dataclass
+class StageResult:
+    records: list[dict]
+    rows: list[dict] | None = None
+    summary: dict = field(default_factory=dict)
+
+
+def is_complete(out_dir: Path) -> bool:
+    return (out_dir / MARKER).is_file()
+
+
+def require_complete(out_dir: Path, command: str) -> None:
+    if not is_complete(out_dir):
+        raise UsageError(f"{out_dir} is missing or unfinished; run `{command}` first")
+
+
+def run_items(items: dict[str, object], work: Callable[[str, object, threading.Event], dict], checkpoint: Checkpoint,
+              *, workers: int, finish_fraction: float = 1.0, desc: str = "") -> list[dict]:
+    """Run `work` over the items not yet in the checkpoint, `workers` at a time. Returns all finished records.
+
+    With finish_fraction < 1 the stage ends once that share of all items is finished: queued items are cancelled
+    and the in-flight ones are told to stop (they finish their current request; nothing is killed).
+    """
+    todo = {k: v for k, v in items.items() if k not in checkpoint.records}
+    total = len(items)
+    target = min(total, max(1, int(round(finish_fraction * total)))) if total else 0
+    stop = threading.Event()
+    counts = Counter(r["status"] for r in checkpoint.records.values() if r["key"] in items)
+    bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="item", dynamic_ncols=True)
+    bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
+    if todo and total - len(todo) < target:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        pending = {pool.submit(work, key, payload, stop): key for key, payload in todo.items()}
+        finished = total - len(todo)
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    key = pending.pop(future)
+                    record = future.result()  # a worker error (the endpoint is gone, say) ends the stage
+                    if record is None:  # stopped before finishing: not recorded, redone on resume
+                        continue
+                    checkpoint.append({"key": key, **record})
+                    counts[record["status"]] += 1
+                    finished += 1
+                    bar.update(1)
+                    bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
+                if finished >= target and pending:
+                    break
+        finally:
+            # Early finish, an error or Ctrl-C: queued items are cancelled, in-flight ones stop after their
+            # current request; their results are not recorded and are redone by a rerun.
+            stop.set()
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            bar.close()  # before any error message, so it starts on a line of its own
+    bar.close()
+    return [checkpoint.records[k] for k in sorted(items) if k in checkpoint.records]
+
+
+def save_dataset(rows: list[dict], columns: list[str], out_dir: Path) -> None:
+    """Write an HF dataset to a temp dir beside out_dir, mark it complete, and rename it into place."""
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        data = Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+        data.save_to_disk(str(tmp / "data"))
+        for item in (tmp / "data").iterdir():
+            item.rename(tmp / item.name)
+        (tmp / "data").rmdir()
+        (tmp / MARKER).write_text(json.dumps({"rows": len(rows), "columns": columns}))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summarize(records: list[dict], started: float, tokens_this_run: int) -> dict:
+    reasons = Counter()
+    for r in records:
+        reasons.update(r.get("reasons", {}))
+    wall = time.monotonic() - started
+    return {
+        "items": len(records),
+        "accepted": sum(r["status"] == "accepted" for r in records),
+        "exhausted": sum(r["status"] == "exhausted" for r in records),
+        "reject_reasons": dict(reasons.most_common()),
+        "tokens_generated": sum(r.get("tokens", 0) for r in records),
+        "tokens_this_run": tokens_this_run,
+        "wall_seconds_this_run": round(wall, 1),
+        "tokens_per_second_this_run": round(tokens_this_run / wall, 1) if wall > 0 else 0.0,
+    }

@@ -1,0 +1,62 @@
+"""The client: retries with backoff on faults, then one clear error; a 4xx at once."""
+import socket
+
+import pytest
+
+from fake_endpoint import FakeEndpoint
+from self_lengthen.client import DEFAULT_SAMPLING, Client, EndpointError, RequestRejected
+
+
+def fast_client(url, **kw):
+    return Client(url, retries=2, backoff=0.01, **kw)
+
+
+@pytest.mark.parametrize("mode,words", [("500", "server error 500"), ("garbage", "unexpected answer")])
+def test_faults_are_retried_then_one_clear_error(mode, words):
+    with FakeEndpoint(mode) as fake:
+        with pytest.raises(EndpointError) as err:
+            fast_client(fake.base_url).chat("base", [{"role": "user", "content": "hi"}])
+        assert fake.requests == 3
+    assert words in str(err.value) and "3 attempts" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_timeouts_are_retried():
+    with FakeEndpoint("timeout", delay=2.0) as fake:
+        with pytest.raises(EndpointError) as err:
+            fast_client(fake.base_url, timeout=0.3).complete("base", "Once")
+        assert fake.requests == 3
+    assert "timed out" in str(err.value)
+
+
+def test_unreachable_endpoint():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(EndpointError) as err:
+        fast_client(f"http://127.0.0.1:{port}/v1").complete("base", "Once")
+    assert "cannot connect" in str(err.value)
+
+
+def test_4xx_is_not_retried():
+    with FakeEndpoint("400") as fake:
+        with pytest.raises(RequestRejected) as err:
+            fast_client(fake.base_url).chat("x", [{"role": "user", "content": "hi"}])
+        assert fake.requests == 1
+    assert "400" in str(err.value) and "your model x" in str(err.value)
+
+
+def test_method_sampling_defaults_are_sent_and_overridable():
+    seen = []
+    with FakeEndpoint(text=lambda payload: seen.append(payload) or "ok.") as fake:
+        client = fast_client(fake.base_url)
+        client.chat("base", [{"role": "user", "content": "hi"}])
+        client.complete("base", "Once", temperature=0.0, max_tokens=5)
+    assert {k: seen[0][k] for k in DEFAULT_SAMPLING} == {"temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                                                         "repetition_penalty": 1.1}
+    assert seen[1]["temperature"] == 0.0 and seen[1]["max_tokens"] == 5 and seen[1]["prompt"] == "Once"
+
+
+def test_empty_text_is_returned_for_the_stage_to_judge():
+    with FakeEndpoint("empty") as fake:
+        assert fast_client(fake.base_url).chat("base", [{"role": "user", "content": "hi"}]).text == ""
