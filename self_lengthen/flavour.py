@@ -28,6 +28,12 @@ class FlavourConfig:
     min_instruction_words: int = 3
     max_instruction_words: int = 500
 
+    def __post_init__(self):
+        for name in ("judge_yes", "judge_no", "meta_words"):
+            values = getattr(self, name)
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise TypeError(f"{name} must be a list of quoted strings (YAML reads a bare yes/no as true/false)")
+
 
 class Flavour:
     def __init__(self, directory: Path):

@@ -1,0 +1,73 @@
+"""Answer every query of a LonGen-format JSONL with a served model, adding `response` and `response_length`.
+
+Usage: python eval/generate.py FILE --model base|gen_sft [--output OUT] [--workers 8] [--base_url URL]
+Each answer is checkpointed as it arrives (OUT.checkpoint.jsonl); a rerun after a kill does only what is missing.
+OUT (default FILE's name + .MODEL.jsonl) is written once, when every query is answered.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from self_lengthen.client import Client  # noqa: E402
+from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.evaluation import read_jsonl  # noqa: E402
+from self_lengthen.stages.runner import Checkpoint, run_items  # noqa: E402
+from self_lengthen.text import count_words  # noqa: E402
+
+
+def generate(rows: list[dict], client: Client, model: str, output: Path, workers: int, max_tokens: int) -> int:
+    if output.exists():
+        print(f"{output} already exists; delete it to generate again")
+        return 0
+    if model not in (served := client.models()):
+        raise UsageError(f"the endpoint serves {served}, not {model!r}")
+    items = {f"{row['_line']:07d}": row for row in rows}
+
+    def work(key, row, stop):
+        if stop.is_set():
+            return None
+        out = client.chat(model, [{"role": "user", "content": row["query"]}], max_tokens=max_tokens)
+        return {"status": "accepted", "response": out.text, "response_length": count_words(out.text),
+                "tokens": out.completion_tokens}
+
+    checkpoint = Checkpoint(output.with_name(output.name + ".checkpoint.jsonl"))
+    try:
+        records = run_items(items, work, checkpoint, workers=workers, desc=f"generate {model}")
+    finally:
+        checkpoint.close()
+    done = {r["key"]: r for r in records}
+    tmp = output.with_name(f".{output.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for key, row in sorted(items.items()):
+            clean = {k: v for k, v in row.items() if k != "_line"}
+            clean.update(response=done[key]["response"], response_length=done[key]["response_length"])
+            f.write(json.dumps(clean, ensure_ascii=False) + "\n")
+    os.replace(tmp, output)
+    print(f"wrote {len(items)} answers to {output}")
+    return len(items)
+
+
+@cli_main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("file")
+    p.add_argument("--model", default="base")
+    p.add_argument("--output", default=None)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--max_tokens", type=int, default=16384)
+    p.add_argument("--base_url", default=None)
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        raise UsageError(f"--workers={args.workers} must be at least 1")
+    source = Path(args.file)
+    output = Path(args.output) if args.output else source.with_name(f"{source.stem}.{args.model}.jsonl")
+    rows = read_jsonl(source, required=("query",))
+    generate(rows, Client(args.base_url), args.model, output, args.workers, args.max_tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Score the quality of generated responses with an LLM judge on 7 dimensions (1-10 each), ignoring length.
+
+Usage: python eval/quality_eval.py FILE [--judge_base_url URL] [--judge_model NAME] [--workers 4] [--json]
+FILE rows carry `query` and `response` (eval/generate.py writes them). The judge is any OpenAI-compatible
+endpoint (key from $JUDGE_API_KEY); by default the locally served base model. The prompt is eval/quality_eval.md.
+"""
+import argparse
+import json
+import os
+import re
+import string
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from self_lengthen.client import Client  # noqa: E402
+from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.evaluation import read_jsonl  # noqa: E402
+
+DIMENSIONS = ("relevance", "coherence", "accuracy", "consistency", "clarity", "creativity", "engagement")
+PROMPT = string.Template((Path(__file__).with_name("quality_eval.md")).read_text())
+_OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
+
+
+def parse_verdict(text: str) -> dict[str, float] | None:
+    """The first JSON object in `text` that scores all 7 dimensions in [1, 10]; tolerant of fences and prose."""
+    for candidate in _OBJECT.findall(text or ""):
+        for attempt in (candidate, candidate.replace("'", '"')):
+            try:
+                data = json.loads(attempt)
+            except ValueError:
+                continue
+            lowered = {str(k).strip().lower(): v for k, v in data.items()}
+            try:
+                scores = {d: float(lowered[d]) for d in DIMENSIONS}
+            except (KeyError, TypeError, ValueError):
+                break
+            if all(1 <= v <= 10 for v in scores.values()):
+                return scores
+            break
+    return None
+
+
+def judge_one(client: Client, model: str, row: dict, tries: int) -> dict[str, float] | None:
+    prompt = PROMPT.substitute(query=row["query"], response=row["response"])
+    for _ in range(tries):
+        verdict = parse_verdict(client.chat(model, [{"role": "user", "content": prompt}], max_tokens=200,
+                                            temperature=0.2).text)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def evaluate(rows, client: Client, model: str, workers: int, tries: int) -> dict:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        verdicts = list(pool.map(lambda r: judge_one(client, model, r, tries), rows))
+    good = [v for v in verdicts if v is not None]
+    means = {d: (sum(v[d] for v in good) / len(good) if good else None) for d in DIMENSIONS}
+    overall = sum(means[d] for d in DIMENSIONS) / len(DIMENSIONS) if good else None
+    return {"per_dimension": means, "overall": overall, "judged": len(good), "unparseable": len(verdicts) - len(good)}
+
+
+@cli_main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("file")
+    p.add_argument("--judge_base_url", default=None, help="default: the local endpoint")
+    p.add_argument("--judge_model", default="base")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--tries", type=int, default=3, help="judge calls per row before it counts as unparseable")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.tries < 1 or args.workers < 1:
+        raise UsageError("--tries and --workers must be at least 1")
+    rows = read_jsonl(args.file, required=("query", "response"))
+    client = Client(args.judge_base_url, os.environ.get("JUDGE_API_KEY"))
+    result = evaluate(rows, client, args.judge_model, args.workers, args.tries)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for d in DIMENSIONS:
+        value = result["per_dimension"][d]
+        print(f"{d}: {value:.2f}" if value is not None else f"{d}: n/a")
+    print(f"Overall: {result['overall']:.2f}" if result["overall"] is not None else "Overall: n/a")
+    print(f"judged {result['judged']} rows; unparseable verdicts: {result['unparseable']}")
+
+
+if __name__ == "__main__":
+    main()
