@@ -9,7 +9,6 @@ Rows with min_words <= words < max_words are kept. Each gets a constraint type i
 the bounds) that its response satisfies. Chinese constraints use Chinese numerals half of the time. A rewrite that
 loses the constraint falls back to appending it to the query.
 """
-import argparse
 import json
 import os
 import random
@@ -19,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import band, int_to_zh, length_score, parse_numbers, read_jsonl  # noqa: E402
 from self_lengthen.text import count_words, is_cjk  # noqa: E402
 
@@ -102,7 +101,7 @@ def build(rows: list[dict], *, seed: int, lo: int, hi: int) -> list[dict]:
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("file")
     p.add_argument("--output", required=True)
     p.add_argument("--min_words", type=int, default=2000)

@@ -4,7 +4,6 @@ Usage: python eval/generate.py FILE --model base|gen_sft [--output OUT] [--worke
 Each answer is checkpointed as it arrives (OUT.checkpoint.jsonl); a rerun after a kill does only what is missing.
 OUT (default FILE's name + .MODEL.jsonl) is written once, when every query is answered.
 """
-import argparse
 import json
 import os
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import read_jsonl  # noqa: E402
 from self_lengthen.stages.runner import Checkpoint, run_items  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
@@ -53,7 +52,7 @@ def generate(rows: list[dict], client: Client, model: str, output: Path, workers
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("file")
     p.add_argument("--model", default="base")
     p.add_argument("--output", default=None)

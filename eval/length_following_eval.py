@@ -3,7 +3,6 @@
 Usage: python eval/length_following_eval.py FILE [--json]
 Prints each type's average, then `Overall: <mean over all rows>`.
 """
-import argparse
 import json
 import sys
 from collections import defaultdict
@@ -11,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import TYPES, band, length_score, read_jsonl  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
@@ -42,7 +41,7 @@ def report(scored: list[dict]) -> dict:
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)

@@ -3,14 +3,13 @@
 
 Usage: python eval/longbench_write_length.py FILE [--plot scatter.png] [--json]
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import longbench_length_score, read_jsonl  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
@@ -55,7 +54,7 @@ def plot(points: list[tuple[float, float]], path: str) -> None:
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("file")
     p.add_argument("--plot", default=None, help="write the scatter plot to this PNG")
     p.add_argument("--json", action="store_true")

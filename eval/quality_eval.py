@@ -4,7 +4,6 @@ Usage: python eval/quality_eval.py FILE [--judge_base_url URL] [--judge_model NA
 FILE rows carry `query` and `response` (eval/generate.py writes them). The judge is any OpenAI-compatible
 endpoint (key from $JUDGE_API_KEY); by default the locally served base model. The prompt is eval/quality_eval.md.
 """
-import argparse
 import json
 import os
 import re
@@ -16,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import read_jsonl  # noqa: E402
 
 DIMENSIONS = ("relevance", "coherence", "accuracy", "consistency", "clarity", "creativity", "engagement")
@@ -64,7 +63,7 @@ def evaluate(rows, client: Client, model: str, workers: int, tries: int) -> dict
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("file")
     p.add_argument("--judge_base_url", default=None, help="default: the local endpoint")
     p.add_argument("--judge_model", default="base")

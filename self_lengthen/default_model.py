@@ -5,7 +5,6 @@ ChatML chat template, eos and pad `<|im_end|>`). The first call converts the GGU
 The directory is built under a temp name and renamed, and a manifest of file sizes is written last, so a killed or
 damaged conversion is detected and rebuilt rather than used.
 """
-import argparse
 import fcntl
 import json
 import shutil
@@ -13,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError, cli_main
+from .errors import ArgParser, UsageError, cli_main
 from .paths import home
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -120,7 +119,7 @@ def resolve_base_model(value: str) -> Path:
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base_model", default="default", help="'default' or a local HF model dir (validated and printed)")
     args = parser.parse_args(argv)
     print(resolve_base_model(args.base_model))

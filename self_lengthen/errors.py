@@ -22,3 +22,16 @@ def cli_main(func):
             sys.exit(130)
 
     return wrapper
+
+
+class ArgParser:
+    """argparse.ArgumentParser whose errors are one `error:` line (via UsageError), not usage text."""
+
+    def __new__(cls, *args, **kwargs):
+        import argparse
+
+        class _Parser(argparse.ArgumentParser):
+            def error(self, message):
+                raise UsageError(f"{self.prog}: {message} (see --help)")
+
+        return _Parser(*args, **kwargs)

@@ -27,6 +27,7 @@ class FlavourConfig:
     grow_pool: bool = True
     min_instruction_words: int = 3
     max_instruction_words: int = 500
+    lf_templates: list[str] = field(default_factory=lambda: ["smollm2", "chatml", "qwen", "llama3"])
 
     def __post_init__(self):
         for name in ("judge_yes", "judge_no", "meta_words"):
@@ -139,3 +140,12 @@ class PromptBuilder:
 
     def extend_completion(self, instruction: str, response: str, prefix: str) -> str:
         return self.chat(self.extend_request(instruction, response)) + prefix
+
+
+def pop_flavour_dir(argv: list[str]) -> Path:
+    """Take `--flavour_dir=DIR` (passed by a flavour's shell driver) out of argv."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--flavour_dir="):
+            argv.pop(i)
+            return Path(arg.split("=", 1)[1])
+    raise SystemExit("--flavour_dir=DIR is required (the flavour's run scripts pass it)")

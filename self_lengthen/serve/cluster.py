@@ -7,7 +7,6 @@ GPU, one tensor-parallel worker over the node's GPUs for models over 10B paramet
 `start` returns 0 only when every expected worker is registered and a probe request to each served name succeeded.
 `stop` stops exactly the process groups `start` recorded in WORKDIR/run/ and waits until their ports are free.
 """
-import argparse
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import requests
 
 from ..default_model import resolve_base_model
 from ..dist import DistEnv
-from ..errors import UsageError, cli_main
+from ..errors import ArgParser, UsageError, cli_main
 from ..paths import vllm_cache_root
 from .api_server import API_KEY_ENV
 from .ports import port_in_use, wait_port_free
@@ -256,7 +255,7 @@ def status(workdir: Path) -> list[str]:
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="run_server.sh / stop_server.sh", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="run_server.sh / stop_server.sh", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start")
     s.add_argument("--base_model", required=True, help="'default' or a local HF model dir")

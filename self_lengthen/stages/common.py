@@ -11,7 +11,7 @@ from typing import Callable
 from ..client import Client
 from ..default_model import resolve_base_model
 from ..dist import DistEnv
-from ..errors import UsageError
+from ..errors import ArgParser, UsageError
 from ..flavour import Flavour, PromptBuilder
 from ..text import count_words, drop_short
 from .runner import Checkpoint, is_complete, run_items, save_dataset, summarize, write_json_atomic
@@ -31,7 +31,7 @@ def default_workers() -> int:
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = ArgParser(description=description)
     p.add_argument("--iter", type=int, required=True, help="macro-iteration (1-based)")
     p.add_argument("--workdir", default=".", help="where results/ lives (default: here)")
     p.add_argument("--workers", type=int, default=None, help="requests in flight (default: 32 per GPU, 32 on CPU)")

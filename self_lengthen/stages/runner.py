@@ -123,7 +123,7 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
 
 def save_dataset(rows: list[dict], columns: list[str], out_dir: Path) -> None:
     """Write an HF dataset to a temp dir beside out_dir, mark it complete, and rename it into place."""
-    from datasets import Dataset
+    from datasets import Dataset, Features, Value
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
@@ -131,8 +131,9 @@ def save_dataset(rows: list[dict], columns: list[str], out_dir: Path) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        data = Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
-        data.save_to_disk(str(tmp / "data"))
+        features = Features({c: Value("string") for c in columns})
+        data = Dataset.from_dict({c: [r[c] for r in rows] for c in columns}, features=features)
+        data.save_to_disk(str(tmp / "data"), num_shards=1)  # one shard: an empty dataset must load too
         for item in (tmp / "data").iterdir():
             item.rename(tmp / item.name)
         (tmp / "data").rmdir()

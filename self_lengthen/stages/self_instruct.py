@@ -65,7 +65,7 @@ def make_work(ctx: StageContext, pool: InstructionPool):
                 reasons["duplicate"] += 1
                 continue
             verdict = client.chat("base", [{"role": "user", "content": prompts.judge(candidate)}],
-                                  max_tokens=JUDGE_MAX_TOKENS, temperature=0)
+                                  max_tokens=JUDGE_MAX_TOKENS)  # sampled: a weak judge is not stuck on one answer
             tokens += verdict.completion_tokens
             suitable = prompts.parse_verdict(verdict.text)
             if suitable is None:

@@ -1,0 +1,73 @@
+"""Gather every results/*/initial_responses and extended_responses into long.jsonl ({"query", "response"} lines),
+dropping exact duplicates.
+
+Usage: python collect_data.py [--results DIR ...] [--output long.jsonl]
+Default --results: qwen/results and llama/results (those that exist).
+"""
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.text import count_words  # noqa: E402
+
+SOURCES = (("initial_responses", "initial_response"), ("extended_responses", "extended_response"))
+
+
+def gather(results_dirs: list[Path]) -> tuple[list[dict], dict]:
+    from datasets import load_from_disk
+
+    rows, seen, counts = [], set(), {"initial_responses": 0, "extended_responses": 0, "duplicates": 0}
+    for results in results_dirs:
+        for iter_dir in sorted(results.glob("iter_*")):
+            for name, column in SOURCES:
+                ds_dir = iter_dir / name
+                if not (ds_dir / "_COMPLETE").exists():
+                    continue
+                for row in load_from_disk(str(ds_dir)):
+                    key = (row["prompt"], row[column])
+                    if key in seen:
+                        counts["duplicates"] += 1
+                        continue
+                    seen.add(key)
+                    rows.append({"query": row["prompt"], "response": row[column]})
+                    counts[name] += 1
+    return rows, counts
+
+
+@cli_main
+def main(argv=None):
+    p = ArgParser(prog="collect_data.py", description=__doc__.splitlines()[0])
+    p.add_argument("--results", action="append", default=None, help="a results/ dir (repeatable)")
+    p.add_argument("--output", default="long.jsonl")
+    args = p.parse_args(argv)
+    if args.results:
+        dirs = [Path(d) for d in args.results]
+        missing = [str(d) for d in dirs if not d.is_dir()]
+        if missing:
+            raise UsageError(f"--results {missing[0]}: no such directory")
+    else:
+        dirs = [d for d in (ROOT / "qwen" / "results", ROOT / "llama" / "results") if d.is_dir()]
+        if not dirs:
+            raise UsageError("no results found in qwen/results or llama/results; run run.sh first or pass --results")
+    rows, counts = gather(dirs)
+    if not rows:
+        raise UsageError(f"no finished initial_responses or extended_responses under {', '.join(map(str, dirs))}")
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    mean = statistics.mean(count_words(r["response"]) for r in rows)
+    print(f"wrote {len(rows)} rows to {out}: {counts['initial_responses']} initial, {counts['extended_responses']} "
+          f"extended, {counts['duplicates']} duplicates dropped; mean {mean:.0f} words")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The macro-iteration loop behind each flavour's run.sh: serve, synthesize, train; on every node; resumable.
+
+Iteration K (1..max_iter), with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from the environment:
+  1. run_server (all ranks) serving the base model and, from K=2, the LoRAs of iteration K-1
+  2. rank 0: step0 self-instruct, step1 Generator, step2 Extender        3. barrier
+  4. stop_server (all ranks)                                               5. rank 0: mk_data, mk_config
+  6. barrier                                                               7. train gen_sft, then ext_sft
+Each finished step leaves a marker, so a rerun after any crash continues at the first unfinished step and never
+redoes finished training. A failing rank writes a failure marker; the others stop with its message.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .default_model import resolve_base_model
+from .dist import DistEnv, Sync
+from .errors import ArgParser, UsageError, cli_main
+from .flavour import Flavour, pop_flavour_dir
+from .serve.cluster import gpu_count
+from .train import (MODELS, adapter_done, load_profile, mk_config, mk_data, pick_template, publish_adapter, tokenize,
+                    torchrun)
+
+STEP_TIMEOUT_SERVER = 1800
+
+
+def parse_args(argv):
+    p = ArgParser(prog="run.sh", description="Self-Lengthen macro-iterations on this node.")
+    p.add_argument("--base_model", default="default", help="'default' or a local HF model dir")
+    p.add_argument("--instruct_count", type=int, default=None, help="instructions requested per iteration")
+    p.add_argument("--max_iter", type=int, default=None, help="macro-iterations to run")
+    p.add_argument("--workdir", default=".", help="holds results/ (shared by all nodes)")
+    p.add_argument("--profile", default=None, help="gpu, cpu-demo or tiny (default: gpu with GPUs, else cpu-demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--collect", action=argparse.BooleanOptionalAction, default=True,
+                   help="run run_collect_data.sh at the end when the profile asks for a total_count")
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]}; run with --help for the options")
+    return args
+
+
+def validate(args) -> None:
+    defaults = {"instruct_count": 5000, "max_iter": 3}
+    for name in ("instruct_count", "max_iter"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
+
+
+class Pipeline:
+    def __init__(self, args, flavour_dir: Path):
+        self.args = args
+        self.dist = DistEnv.from_env()
+        self.flavour = Flavour(flavour_dir)
+        self.workdir = Path(args.workdir).resolve()
+        self.results = self.workdir / "results"
+        self.profile_name = args.profile or ("gpu" if gpu_count() else "cpu-demo")
+        self.profile = load_profile(self.profile_name)
+        self.model_dir = resolve_base_model(args.base_model)
+        self.gpus = gpu_count()
+        self.sync = Sync(self.results / ".sync", self.dist, timeout=float(self.profile.get("barrier_timeout", 3600)))
+        self.logs = self.workdir / "logs"
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        print(f"[rank {self.dist.rank} {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def iter_dir(self, k: int) -> Path:
+        return self.results / f"iter_{k}"
+
+    def script(self, name: str) -> str:
+        return str(self.flavour.dir / name)
+
+    def run(self, cmd: list[str], what: str) -> None:
+        self.say(what)
+        proc = subprocess.run(cmd, cwd=self.workdir)
+        if proc.returncode != 0:
+            raise UsageError(f"{what} failed (exit {proc.returncode}); see the output above")
+
+    def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
+        cmd = [sys.executable, "-m", "self_lengthen.serve.cluster", action, f"--workdir={self.workdir}"]
+        if action == "start":
+            cmd += [f"--base_model={self.model_dir}", f"--iter={k}", f"--timeout={STEP_TIMEOUT_SERVER}"]
+        return cmd
+
+    def stage_args(self, k: int) -> list[str]:
+        gen = self.profile["generation"]
+        out = ["--iter", str(k), "--workdir", str(self.workdir), "--base_model", str(self.model_dir),
+               "--max_tokens", str(gen["max_tokens"]), "--seed", str(self.args.seed)]
+        if gen.get("workers"):
+            out += ["--workers", str(gen["workers"])]
+        if gen.get("max_tries"):
+            out += ["--max_tries", str(gen["max_tries"])]
+        return out
+
+    # -- one iteration ---------------------------------------------------------------------------------------------
+    def synthesize(self, k: int) -> None:
+        d = self.iter_dir(k)
+        if (d / "extended_responses" / "_COMPLETE").exists() or (d / "data" / "_COMPLETE").exists():
+            self.sync.arrive(f"iter_{k}/synthesis")
+            return
+        self.run(self.serve_cmd("start", k - 1), f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
+        try:
+            if self.dist.is_master:
+                py, common = sys.executable, self.stage_args(k)
+                self.run([py, self.script("step0_self_instruct.py"), *common, "--count", str(self.args.instruct_count)],
+                         f"iteration {k}: step0 self-instruct")
+                self.run([py, self.script("step1_gen_initial_responses.py"), *common], f"iteration {k}: step1 Generator")
+                self.run([py, self.script("step2_ext_responses.py"), *common], f"iteration {k}: step2 Extender")
+            self.sync.barrier(f"iter_{k}/synthesis")
+        finally:
+            subprocess.run(self.serve_cmd("stop"), cwd=self.workdir, capture_output=True, timeout=300)
+
+    def prepare_training(self, k: int) -> None:
+        d = self.iter_dir(k)
+        if self.dist.is_master and not all((d / "data" / f"train_{m}.yaml").exists() for m in MODELS):
+            from transformers import AutoTokenizer
+
+            from .flavour import PromptBuilder
+
+            prompts = PromptBuilder(self.flavour, AutoTokenizer.from_pretrained(str(self.model_dir)))
+            data_dir = mk_data(d, prompts, seed=self.args.seed)
+            system = json.loads((data_dir / "_COMPLETE").read_text()).get("system")
+            template = pick_template(self.model_dir, self.flavour, system)
+            for name in MODELS:
+                mk_config(d, k, name, self.model_dir, self.flavour, self.profile, template, self.gpus)
+            self.say(f"iteration {k}: training data in {data_dir} (LLaMA-Factory template {template})")
+        self.sync.barrier(f"iter_{k}/data")
+
+    def train(self, k: int) -> None:
+        d = self.iter_dir(k)
+        for name in MODELS:
+            if adapter_done(d, name):
+                continue
+            config = d / "data" / f"train_{name}.yaml"
+            if self.dist.is_master:
+                self.say(f"iteration {k}: tokenizing {name}")
+                tokenize(config, self.logs / f"train_iter{k}_{name}.rank0.log")
+            self.sync.barrier(f"iter_{k}/tokenized_{name}")
+            self.say(f"iteration {k}: training {name} on {self.dist.world_size} node(s)")
+            torchrun(config, self.dist, self.gpus, self.logs / f"train_iter{k}_{name}.rank{self.dist.rank}.log")
+            self.sync.barrier(f"iter_{k}/trained_{name}")
+            if self.dist.is_master:
+                publish_adapter(d, name)
+            self.sync.barrier(f"iter_{k}/published_{name}")
+
+    def iteration(self, k: int) -> None:
+        done = self.iter_dir(k) / "_ITERATION_COMPLETE"
+        if done.exists():
+            self.say(f"iteration {k}: already complete")
+            return
+        self.synthesize(k)
+        self.prepare_training(k)
+        self.train(k)
+        if self.dist.is_master:
+            from .report import iteration_report
+
+            iteration_report(self.iter_dir(k))
+            done.write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+        self.sync.barrier(f"iter_{k}/complete")
+        self.say(f"iteration {k}: complete")
+
+    def collect(self) -> None:
+        total = int((self.profile.get("collect") or {}).get("total_count") or 0)
+        if not self.args.collect or total <= 0:
+            return
+        self.run(["bash", self.script("run_collect_data.sh"), f"--base_model={self.model_dir}",
+                  f"--max_iter={self.args.max_iter}", f"--instruct_count={self.args.instruct_count}",
+                  f"--total_count={total}", f"--workdir={self.workdir}", f"--profile={self.profile_name}"],
+                 "collecting more data with the final adapters")
+
+    def main(self) -> None:
+        self.sync.clear_own_failure()
+        try:
+            for k in range(1, self.args.max_iter + 1):
+                self.iteration(k)
+            self.collect()
+            if self.dist.is_master:
+                from .report import run_report
+
+                report = run_report(self.results)
+                self.say(f"done: report at {report}")
+        except BaseException as exc:
+            self.sync.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+
+
+@cli_main
+def main(flavour_dir: Path, argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    validate(args)
+    Pipeline(args, Path(flavour_dir)).main()
+
+
+if __name__ == "__main__":
+    main(pop_flavour_dir(sys.argv))

@@ -1,0 +1,101 @@
+"""Reports: per iteration (word-count histograms, accept/reject counts, tokens/s) and for the whole run (the growth
+of response length, iteration by iteration: the method's key picture, for this run)."""
+import json
+import os
+import statistics
+from pathlib import Path
+
+from .text import count_words
+
+STAGES = ("instructions", "initial_responses", "extended_responses")
+
+
+def _words(dataset_dir: Path, column: str) -> list[int]:
+    if not (dataset_dir / "_COMPLETE").exists():
+        return []
+    from datasets import load_from_disk
+
+    return [count_words(t) for t in load_from_disk(str(dataset_dir))[column]]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _stats(xs: list[int]) -> tuple[str, str]:
+    return (f"{statistics.mean(xs):.0f}", f"{statistics.median(xs):.0f}") if xs else ("-", "-")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def iteration_report(iter_dir: Path) -> Path:
+    initial = _words(iter_dir / "initial_responses", "initial_response")
+    extended = _words(iter_dir / "extended_responses", "extended_response")
+    lines = [f"# {iter_dir.name}", "", "| | responses | mean words | median words |", "|---|---|---|---|"]
+    for name, xs in (("initial", initial), ("extended", extended)):
+        lines.append(f"| {name} | {len(xs)} | {' | '.join(_stats(xs))} |")
+    lines += ["", "| stage | items | accepted | exhausted | rows | tokens/s | reject reasons |", "|---|---|---|---|---|---|---|"]
+    for stage in STAGES:
+        path = iter_dir / f"{stage}.summary.json"
+        if path.exists():
+            s = json.loads(path.read_text())
+            reasons = ", ".join(f"{k}: {v}" for k, v in s["reject_reasons"].items()) or "none"
+            lines.append(f"| {stage} | {s['items']} | {s['accepted']} | {s['exhausted']} | {s['rows']} | "
+                         f"{s['tokens_per_second_this_run']} | {reasons} |")
+    if initial or extended:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        bins = 20
+        for name, xs in (("initial", initial), ("extended", extended)):
+            if xs:
+                ax.hist(xs, bins=bins, alpha=0.6, label=f"{name} (n={len(xs)})")
+        ax.set(xlabel="words", ylabel="responses", title=f"{iter_dir.name}: response length")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(iter_dir / "words_hist.png", dpi=110)
+        plt.close(fig)
+        lines += ["", "![word counts](words_hist.png)"]
+    report = iter_dir / "report.md"
+    _write(report, "\n".join(lines) + "\n")
+    return report
+
+
+def run_report(results: Path) -> Path:
+    iters = sorted((d for d in results.glob("iter_*") if d.name[5:].isdigit() and int(d.name[5:]) < 10000),
+                   key=lambda d: int(d.name[5:]))
+    rows = []
+    for d in iters:
+        initial = _words(d / "initial_responses", "initial_response")
+        extended = _words(d / "extended_responses", "extended_response")
+        rows.append((int(d.name[5:]), initial, extended))
+    lines = ["# Self-Lengthen: response length by iteration", "",
+             "| iteration | initial mean | initial median | extended mean | extended median |", "|---|---|---|---|---|"]
+    for k, initial, extended in rows:
+        lines.append(f"| {k} | {' | '.join(_stats(initial))} | {' | '.join(_stats(extended))} |")
+    if rows:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for label, idx in (("initial (Generator)", 1), ("extended (Extender)", 2)):
+            pts = [(r[0], statistics.mean(r[idx])) for r in rows if r[idx]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+        ax.set(xlabel="iteration", ylabel="mean words", title="Response length growth")
+        ax.set_xticks([r[0] for r in rows])
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(results / "growth.png", dpi=110)
+        plt.close(fig)
+        lines += ["", "![growth](growth.png)", ""]
+        lines += [f"- [{d.name}]({d.name}/report.md)" for d in iters if (d / "report.md").exists()]
+    report = results / "report.md"
+    _write(report, "\n".join(lines) + "\n")
+    return report

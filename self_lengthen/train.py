@@ -1,0 +1,195 @@
+"""Training data and LoRA fine-tuning for one macro-iteration (runs in the serving env; trains in the training env).
+
+mk_data       results/iter_K/extended_responses -> results/iter_K/data/{gen_sft,ext_sft}.json + dataset_info.json
+mk_config     one LLaMA-Factory YAML per model, from the flavour's template and the profile's sizes
+tokenize      rank 0 tokenizes each dataset once, through LLaMA-Factory's data API (training env)
+train         every rank runs `llamafactory-cli train` under torchrun (FORCE_TORCHRUN, NNODES, NODE_RANK, ...)
+"""
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+from .flavour import Flavour, PromptBuilder
+from .stages.runner import MARKER, is_complete, require_complete, write_json_atomic
+
+MODELS = ("gen_sft", "ext_sft")
+LINE_KEEP = 0.8
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_PY = ROOT / ".venv-train" / "bin" / "python"
+PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+def load_profile(name: str) -> dict:
+    path = PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        raise UsageError(f"--profile={name}: unknown profile (known: {known})")
+    return yaml.safe_load(path.read_text())
+
+
+def default_system(tokenizer) -> str | None:
+    """The system prompt the chat template inserts when a conversation has none (SmolLM2's, Qwen's), else None."""
+    sentinel = "\x00SYSTEM\x00"
+    user = [{"role": "user", "content": "hi"}]
+    try:
+        with_sys = tokenizer.apply_chat_template([{"role": "system", "content": sentinel}, *user], tokenize=False)
+    except Exception:  # a template without system turns
+        return None
+    bare = tokenizer.apply_chat_template(user, tokenize=False)
+    if sentinel not in with_sys:
+        return None
+    head, tail = with_sys.split(sentinel, 1)
+    if bare.startswith(head) and bare.endswith(tail) and len(bare) > len(head) + len(tail):
+        return bare[len(head):len(bare) - len(tail)]
+    return None
+
+
+def drop_lines(text: str, rng: random.Random, keep: float = LINE_KEEP) -> str:
+    """Keep each line with probability `keep` (at least one line survives)."""
+    lines = text.splitlines()
+    kept = [line for line in lines if rng.random() < keep]
+    return "\n".join(kept or lines[:1])
+
+
+def mk_data(iter_dir: Path, prompts: PromptBuilder, seed: int = 0) -> Path:
+    data_dir = iter_dir / "data"
+    if is_complete(data_dir):
+        return data_dir
+    source = iter_dir / "extended_responses"
+    require_complete(source, f"python step2_ext_responses.py --iter {iter_dir.name.split('_')[-1]}")
+    from datasets import load_from_disk
+
+    rows = list(load_from_disk(str(source)))
+    if not rows:
+        raise UsageError(f"{source} has no rows: nothing to train on (raise --instruct_count, or check "
+                         f"{iter_dir}/extended_responses.summary.json for why items were rejected)")
+    system = default_system(prompts.tokenizer)
+    extra = {"system": system} if system else {}
+    rng = random.Random(f"{seed}-{iter_dir.name}-ext")
+    datasets = {
+        "gen_sft": [{"instruction": r["prompt"], "input": "", "output": r["extended_response"], **extra} for r in rows],
+        "ext_sft": [{"instruction": prompts.extend_request(r["prompt"], drop_lines(r["initial_response"], rng)),
+                     "input": "", "output": r["extended_response"], **extra} for r in rows],
+    }
+    tmp = iter_dir / ".data.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    columns = {"prompt": "instruction", "query": "input", "response": "output", **({"system": "system"} if system else {})}
+    info = {}
+    for name, records in datasets.items():
+        (tmp / f"{name}.json").write_text(json.dumps(records, ensure_ascii=False, indent=1))
+        info[name] = {"file_name": f"{name}.json", "columns": columns}
+    (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    (tmp / MARKER).write_text(json.dumps({"rows": len(rows), "system": system}))
+    shutil.rmtree(data_dir, ignore_errors=True)
+    tmp.rename(data_dir)
+    return data_dir
+
+
+def train_python() -> Path:
+    if not TRAIN_PY.exists():
+        raise UsageError(f"the training env is missing ({TRAIN_PY}); run 'make setup'")
+    return TRAIN_PY
+
+
+def pick_template(model_dir: Path, flavour: Flavour, system: str | None) -> str:
+    cmd = [str(train_python()), "-m", "self_lengthen.lf_tools", "pick-template", "--model", str(model_dir),
+           "--candidates", ",".join(flavour.config.lf_templates)] + (["--system", system] if system else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        last = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        raise UsageError(last[-1][7:] if last else f"template check failed: {proc.stderr[-500:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavour: Flavour, profile: dict,
+              template: str, gpus: int) -> Path:
+    """Write results/iter_K/data/train_<name>.yaml and return its path."""
+    config = yaml.safe_load((flavour.dir / "train_config_template" / "lora_sft.yaml").read_text())
+    sizes = dict(profile["training"])
+    use_deepspeed = sizes.pop("deepspeed", False) and gpus > 0
+    bf16 = sizes.pop("bf16", False) and gpus > 0
+    lora_rank = sizes.pop("lora_rank", 8)
+    config.update(sizes)
+    data_dir = iter_dir / "data"
+    config.update(
+        model_name_or_path=str(model_dir), dataset=name, dataset_dir=str(data_dir), template=template,
+        output_dir=str(iter_dir / "lora" / f".{name}.training"), tokenized_path=str(data_dir / f"tokenized_{name}"),
+        lora_rank=lora_rank, lora_alpha=2 * lora_rank, bf16=bf16, fp16=False,
+    )
+    if use_deepspeed:
+        config["deepspeed"] = str(ROOT / "self_lengthen" / "ds_z3_offload.json")
+    previous = iter_dir.parent / f"iter_{iteration - 1}" / "lora" / name
+    if iteration > 1:
+        if not (previous / "adapter_config.json").is_file():
+            raise UsageError(f"iteration {iteration} continues {previous}, which is missing; finish iteration "
+                             f"{iteration - 1} first")
+        config["adapter_name_or_path"] = str(previous)
+    path = data_dir / f"train_{name}.yaml"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    os.replace(tmp, path)
+    return path
+
+
+def tokenize(config_path: Path, log) -> None:
+    run_logged([str(train_python()), "-m", "self_lengthen.lf_tools", "tokenize", str(config_path)], log,
+               env=train_env(), what=f"tokenizing {config_path.name}")
+
+
+def train_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = f"{train_python().parent}{os.pathsep}{env.get('PATH', '')}"  # torchrun, llamafactory-cli
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def torchrun(config_path: Path, dist, gpus: int, log) -> None:
+    """Every rank: llamafactory-cli train under torchrun, data-parallel across nodes."""
+    env = train_env(FORCE_TORCHRUN=1, NNODES=dist.world_size, NODE_RANK=dist.rank, NPROC_PER_NODE=max(1, gpus),
+                    MASTER_ADDR=dist.master_addr, MASTER_PORT=dist.master_port)
+    cli = train_python().parent / "llamafactory-cli"
+    run_logged([str(cli), "train", str(config_path)], log, env=env, what=f"training {config_path.stem[6:]}")
+
+
+def run_logged(cmd: list[str], log: Path, *, env: dict, what: str, timeout: float | None = None) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise UsageError(f"{what} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+
+
+def publish_adapter(iter_dir: Path, name: str) -> Path:
+    """Move the finished adapter from its training dir into results/iter_K/lora/<name> (rank 0)."""
+    training = iter_dir / "lora" / f".{name}.training"
+    final = iter_dir / "lora" / name
+    if not (training / "adapter_config.json").is_file():
+        raise UsageError(f"training {name} left no adapter in {training}")
+    tmp = iter_dir / "lora" / f".{name}.publish"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in training.iterdir():
+        if item.name.startswith("adapter_") or item.suffix in (".json", ".jinja", ".txt") and "token" in item.name:
+            shutil.copy2(item, tmp / item.name)
+    for extra in ("trainer_log.jsonl", "all_results.json", "train_results.json"):
+        if (training / extra).exists():
+            shutil.copy2(training / extra, tmp / extra)
+    tmp.rename(final)
+    shutil.rmtree(training, ignore_errors=True)
+    return final
+
+
+def adapter_done(iter_dir: Path, name: str) -> bool:
+    return (iter_dir / "lora" / name / "adapter_config.json").is_file()
+

@@ -1,0 +1,133 @@
+"""Training with the real LLaMA-Factory in the training env, on the default model and a tiny mk_data output."""
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, TRAIN_PY
+from self_lengthen.dist import DistEnv
+from self_lengthen.flavour import Flavour, PromptBuilder
+from self_lengthen.stages.runner import save_dataset
+from self_lengthen.train import (MODELS, default_system, drop_lines, load_profile, mk_config, mk_data, pick_template,
+                                 publish_adapter, tokenize, torchrun)
+
+pytestmark = pytest.mark.slow
+ROWS = [{"prompt": f"Write about the history of bridge number {i}.",
+         "initial_response": f"Bridge {i} is old.\nIt crosses a river.\nPeople like it.\nIt was repaired twice.",
+         "extended_response": f"Bridge {i} is very old; its first stones were laid centuries ago.\n\n"
+                              f"It crosses a wide river, joining two towns that once traded across it.\n\n"
+                              f"People still like it and walk over it every evening."} for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, default_model):
+    """iteration 1 data, config and a trained gen_sft adapter (learning rate raised so 4 steps leave a mark)."""
+    workdir = tmp_path_factory.mktemp("train")
+    iter_dir = workdir / "results" / "iter_1"
+    save_dataset(ROWS, ["prompt", "initial_response", "extended_response"], iter_dir / "extended_responses")
+    flavour = Flavour(ROOT / "llama")
+    from transformers import AutoTokenizer
+
+    prompts = PromptBuilder(flavour, AutoTokenizer.from_pretrained(default_model))
+    data_dir = mk_data(iter_dir, prompts, seed=0)
+    system = json.loads((data_dir / "_COMPLETE").read_text())["system"]
+    template = pick_template(default_model, flavour, system)
+    profile = load_profile("tiny")
+    configs = {m: mk_config(iter_dir, 1, m, default_model, flavour, profile, template, gpus=0) for m in MODELS}
+    config = yaml.safe_load(configs["gen_sft"].read_text())
+    config.update(learning_rate=5e-3, max_steps=4)
+    configs["gen_sft"].write_text(yaml.safe_dump(config))
+    tokenize(configs["gen_sft"], workdir / "logs" / "tok.log")
+    torchrun(configs["gen_sft"], DistEnv(), 0, workdir / "logs" / "train.log")
+    adapter = publish_adapter(iter_dir, "gen_sft")
+    return {"workdir": workdir, "iter_dir": iter_dir, "data_dir": data_dir, "system": system, "template": template,
+            "adapter": adapter, "profile": profile, "flavour": flavour}
+
+
+def test_mk_data_writes_alpaca_files_with_the_template_system(trained):
+    data_dir = trained["data_dir"]
+    info = json.loads((data_dir / "dataset_info.json").read_text())
+    assert set(info) == {"gen_sft", "ext_sft"}
+    gen = json.loads((data_dir / "gen_sft.json").read_text())
+    ext = json.loads((data_dir / "ext_sft.json").read_text())
+    assert [g["instruction"] for g in gen] == [r["prompt"] for r in ROWS]
+    assert all(g["output"] == r["extended_response"] for g, r in zip(gen, ROWS))
+    # SmolLM2's template adds its own system prompt, so the data carries it explicitly
+    assert trained["system"] == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert all(e["system"] == trained["system"] for e in gen + ext)
+    for e, r in zip(ext, ROWS):
+        assert r["prompt"] in e["instruction"] and e["output"] == r["extended_response"]
+
+
+def test_drop_lines_keeps_about_80_percent():
+    import random
+
+    text = "\n".join(f"line {i}" for i in range(2000))
+    kept = drop_lines(text, random.Random(0)).splitlines()
+    assert 0.77 < len(kept) / 2000 < 0.83
+    assert kept == [line for line in text.splitlines() if line in set(kept)]  # order kept
+
+
+def test_training_template_tokenizes_like_the_chat_template(trained, default_model):
+    """The tokenized training data is token-for-token the model's chat template applied to the same conversation."""
+    tokenized = trained["iter_dir"] / "data" / "tokenized_gen_sft"
+    code = ("import json,sys; from datasets import load_from_disk; d=load_from_disk(sys.argv[1]);"
+            "d=d['train'] if 'train' in d else d; print(json.dumps([list(x) for x in d['input_ids'][:3]]))")
+    proc = subprocess.run([str(TRAIN_PY), "-c", code, str(tokenized)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lf_ids = json.loads(proc.stdout.strip().splitlines()[-1])
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model)
+    gen = json.loads((trained["data_dir"] / "gen_sft.json").read_text())
+    hf_ids = []
+    for row in gen[:3]:
+        conversation = [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["output"]}]
+        hf_ids.append(list(tok.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]))
+    assert sorted(lf_ids) == sorted(hf_ids)  # the default system prompt included, byte for byte
+    assert default_system(tok) == trained["system"]
+
+
+def test_trained_adapter_changes_greedy_output(trained, default_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model)
+    inputs = tok.apply_chat_template([{"role": "user", "content": ROWS[0]["prompt"]}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    base = AutoModelForCausalLM.from_pretrained(default_model, dtype=torch.float32)
+    with torch.no_grad():
+        plain = base.generate(**inputs, max_new_tokens=30, do_sample=False)
+        tuned = PeftModel.from_pretrained(base, str(trained["adapter"])).generate(**inputs, max_new_tokens=30,
+                                                                                  do_sample=False)
+    assert plain.tolist() != tuned.tolist()
+
+
+def test_continuing_from_an_adapter_carries_its_weights_over(trained, default_model):
+    """Iteration 2 trains from iteration 1's adapter: with a zero learning rate the weights come out unchanged."""
+    from safetensors.torch import load_file
+
+    workdir = trained["workdir"]
+    iter2 = workdir / "results" / "iter_2"
+    save_dataset(ROWS, ["prompt", "initial_response", "extended_response"], iter2 / "extended_responses")
+    from transformers import AutoTokenizer
+
+    mk_data(iter2, PromptBuilder(trained["flavour"], AutoTokenizer.from_pretrained(default_model)))
+    config_path = mk_config(iter2, 2, "gen_sft", default_model, trained["flavour"], trained["profile"],
+                            trained["template"], gpus=0)
+    config = yaml.safe_load(config_path.read_text())
+    assert config["adapter_name_or_path"] == str(trained["adapter"])
+    assert config["tokenized_path"] != str(trained["iter_dir"] / "data" / "tokenized_gen_sft")
+    config.update(learning_rate=0.0, max_steps=1)
+    config_path.write_text(yaml.safe_dump(config))
+    tokenize(config_path, workdir / "logs" / "tok2.log")
+    torchrun(config_path, DistEnv(), 0, workdir / "logs" / "train2.log")
+    continued = publish_adapter(iter2, "gen_sft")
+    before = load_file(str(trained["adapter"] / "adapter_model.safetensors"))
+    after = load_file(str(Path(continued) / "adapter_model.safetensors"))
+    assert before.keys() == after.keys() and len(before) > 0
+    assert all((before[k] == after[k]).all() for k in before)
+    assert any(before[k].abs().sum() > 0 for k in before if "lora_B" in k)  # non-trivial weights carried over
