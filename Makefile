@@ -26,8 +26,16 @@ test: setup
 test-fast: setup-serve
 	$(PY) -m pytest -v -m "not slow" $(PYTEST_ARGS) tests
 
+# The main job on the embedded SmolLM2: 2 macro-iterations on a few instructions, then the base model and the
+# final Generator answer the shipped LonGen-style sample and are scored.
+DEMO_ITER ?= 2
+DEMO_ARGS ?= --instruct_count=8 --max_iter=$(DEMO_ITER)
 demo: setup
-	cd llama && bash run.sh --base_model=default --profile=cpu-demo
+	cd llama && bash run.sh --base_model=default --profile=cpu-demo $(DEMO_ARGS)
+	cd llama && bash run_server.sh --base_model=default --iter=$(DEMO_ITER) && \
+	  { ../.venv/bin/python ../eval/compare_models.py ../eval/data/longen_sample.jsonl --models base,gen_sft \
+	      --outdir results/eval --max_tokens 1500; rc=$$?; bash stop_server.sh; exit $$rc; }
+	@echo "report: llama/results/report.md (growth plot: llama/results/growth.png)"
 
 clean-envs:
 	rm -rf .venv .venv-train

@@ -3,7 +3,7 @@
 Connection errors, timeouts, 5xx answers and bodies that are not the expected JSON are retried with exponential
 backoff; after the last try an `EndpointError` says what failed. A 4xx (an unknown model, say) is not retried: it
 raises `RequestRejected` at once with the server's message. The base URL and API key come from the arguments or
-$SELF_LENGTHEN_BASE_URL and $SELF_LENGTHEN_API_KEY.
+$SELF_LENGTHEN_BASE_URL (else the master's API server) and $SELF_LENGTHEN_API_KEY.
 """
 import os
 import threading
@@ -14,7 +14,14 @@ import requests
 
 from .errors import UsageError
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+def default_base_url() -> str:
+    """The API server run_server.sh starts: on the master, at $SELF_LENGTHEN_API_PORT (8000)."""
+    multi_node = int(os.environ.get("WORLD_SIZE") or 1) > 1
+    host = os.environ.get("MASTER_ADDR") if multi_node and os.environ.get("MASTER_ADDR") else "127.0.0.1"
+    return f"http://{host}:{os.environ.get('SELF_LENGTHEN_API_PORT') or 8000}/v1"
+
 # Self-Lengthen's sampling for generation and extension.
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
 
@@ -37,7 +44,7 @@ class Completion:
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 1800.0,
                  retries: int = 4, backoff: float = 2.0, sampling: dict | None = None):
-        self.base_url = (base_url or os.environ.get("SELF_LENGTHEN_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = (base_url or os.environ.get("SELF_LENGTHEN_BASE_URL") or default_base_url()).rstrip("/")
         self.api_key = api_key or os.environ.get("SELF_LENGTHEN_API_KEY") or None
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}

@@ -10,6 +10,7 @@ from .default_model import resolve_base_model
 from .dist import DistEnv
 from .errors import ArgParser, UsageError, cli_main
 from .flavour import pop_flavour_dir
+from .pipeline import stage_args
 from .train import adapter_done, load_profile
 
 FIRST_BATCH = 10000
@@ -42,7 +43,7 @@ def main(flavour_dir: Path, argv=None):
     final = workdir / "results" / f"iter_{args.max_iter}"
     if not all(adapter_done(final, m) for m in ("gen_sft", "ext_sft")):
         raise UsageError(f"no trained adapters in {final}/lora; run run.sh --max_iter={args.max_iter} first")
-    gen = load_profile(args.profile)["generation"]
+    profile = load_profile(args.profile)
     model = resolve_base_model(args.base_model)
     dist = DistEnv.from_env()
     serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
@@ -52,17 +53,13 @@ def main(flavour_dir: Path, argv=None):
         if dist.is_master:
             have = 0
             for batch in range(FIRST_BATCH, FIRST_BATCH + args.max_batches):
-                common = ["--iter", str(batch), "--workdir", str(workdir), "--base_model", str(model),
-                          "--max_tokens", str(gen["max_tokens"])]
-                if gen.get("workers"):
-                    common += ["--workers", str(gen["workers"])]
-                if gen.get("max_tries"):
-                    common += ["--max_tries", str(gen["max_tries"])]
                 batch_out = workdir / "results" / f"iter_{batch}" / "initial_responses"
                 if not (batch_out / "_COMPLETE").exists():  # finished batches are kept, not redone
-                    for script, extra in (("step0_self_instruct.py", ["--count", str(args.instruct_count)]),
-                                          ("step1_gen_initial_responses.py", [])):
-                        subprocess.run([sys.executable, str(flavour_dir / script), *common, *extra], check=True)
+                    for script, stage, extra in (
+                            ("step0_self_instruct.py", "self_instruct", ["--count", str(args.instruct_count)]),
+                            ("step1_gen_initial_responses.py", "generate", [])):
+                        options = stage_args(profile, stage, batch, workdir, model, seed=0)
+                        subprocess.run([sys.executable, str(flavour_dir / script), *options, *extra], check=True)
                 have += rows_in(batch_out)
                 print(f"collect: batch {batch} done, {have}/{args.total_count} initial responses")
                 if have >= args.total_count:

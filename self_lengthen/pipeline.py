@@ -10,6 +10,7 @@ redoes finished training. A failing rank writes a failure marker; the others sto
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +25,19 @@ from .train import (MODELS, adapter_done, load_profile, mk_config, mk_data, pick
                     torchrun)
 
 STEP_TIMEOUT_SERVER = 1800
+
+
+def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path, seed: int) -> list[str]:
+    """A stage's command-line options from the profile's generation sizes."""
+    gen = profile["generation"]
+    out = ["--iter", str(k), "--workdir", str(workdir), "--base_model", str(model_dir),
+           "--max_tokens", str(gen["max_tokens"]), "--seed", str(seed)]
+    if gen.get("workers"):
+        out += ["--workers", str(gen["workers"])]
+    tries = (gen.get("max_tries") or {}).get(stage)
+    if tries:
+        out += ["--max_tries", str(tries)]
+    return out
 
 
 def parse_args(argv):
@@ -55,15 +69,23 @@ class Pipeline:
     def __init__(self, args, flavour_dir: Path):
         self.args = args
         self.dist = DistEnv.from_env()
-        self.flavour = Flavour(flavour_dir)
         self.workdir = Path(args.workdir).resolve()
         self.results = self.workdir / "results"
-        self.profile_name = args.profile or ("gpu" if gpu_count() else "cpu-demo")
-        self.profile = load_profile(self.profile_name)
-        self.model_dir = resolve_base_model(args.base_model)
-        self.gpus = gpu_count()
-        self.sync = Sync(self.results / ".sync", self.dist, timeout=float(self.profile.get("barrier_timeout", 3600)))
         self.logs = self.workdir / "logs"
+        # Created first, so that any failure from here on is reported to the other ranks.
+        self.sync = Sync(self.results / ".sync", self.dist, timeout=3600.0)
+        self.sync.clear_own_failure()
+        try:
+            self.flavour = Flavour(flavour_dir)
+            self.gpus = gpu_count()
+            self.profile_name = args.profile or ("gpu" if self.gpus else "cpu-demo")
+            self.profile = load_profile(self.profile_name)
+            self.sync.timeout = float(os.environ.get("SELF_LENGTHEN_BARRIER_TIMEOUT")
+                                      or self.profile.get("barrier_timeout", 3600))
+            self.model_dir = resolve_base_model(args.base_model)
+        except BaseException as exc:
+            self.sync.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -84,18 +106,12 @@ class Pipeline:
     def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
         cmd = [sys.executable, "-m", "self_lengthen.serve.cluster", action, f"--workdir={self.workdir}"]
         if action == "start":
-            cmd += [f"--base_model={self.model_dir}", f"--iter={k}", f"--timeout={STEP_TIMEOUT_SERVER}"]
+            cmd += [f"--base_model={self.model_dir}", f"--iter={k}",
+                    f"--timeout={min(STEP_TIMEOUT_SERVER, self.sync.timeout)}"]
         return cmd
 
-    def stage_args(self, k: int) -> list[str]:
-        gen = self.profile["generation"]
-        out = ["--iter", str(k), "--workdir", str(self.workdir), "--base_model", str(self.model_dir),
-               "--max_tokens", str(gen["max_tokens"]), "--seed", str(self.args.seed)]
-        if gen.get("workers"):
-            out += ["--workers", str(gen["workers"])]
-        if gen.get("max_tries"):
-            out += ["--max_tries", str(gen["max_tries"])]
-        return out
+    def stage_args(self, k: int, stage: str) -> list[str]:
+        return stage_args(self.profile, stage, k, self.workdir, self.model_dir, self.args.seed)
 
     # -- one iteration ---------------------------------------------------------------------------------------------
     def synthesize(self, k: int) -> None:
@@ -103,14 +119,19 @@ class Pipeline:
         if (d / "extended_responses" / "_COMPLETE").exists() or (d / "data" / "_COMPLETE").exists():
             self.sync.arrive(f"iter_{k}/synthesis")
             return
+        # Servers left by a run of ours that was killed (their pid files are in workdir/run) go first.
+        subprocess.run(self.serve_cmd("stop"), cwd=self.workdir, capture_output=True, timeout=300)
+        self.sync.barrier(f"iter_{k}/begin")
         self.run(self.serve_cmd("start", k - 1), f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
         try:
             if self.dist.is_master:
-                py, common = sys.executable, self.stage_args(k)
-                self.run([py, self.script("step0_self_instruct.py"), *common, "--count", str(self.args.instruct_count)],
-                         f"iteration {k}: step0 self-instruct")
-                self.run([py, self.script("step1_gen_initial_responses.py"), *common], f"iteration {k}: step1 Generator")
-                self.run([py, self.script("step2_ext_responses.py"), *common], f"iteration {k}: step2 Extender")
+                py = sys.executable
+                self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),
+                          "--count", str(self.args.instruct_count)], f"iteration {k}: step0 self-instruct")
+                self.run([py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
+                         f"iteration {k}: step1 Generator")
+                self.run([py, self.script("step2_ext_responses.py"), *self.stage_args(k, "extend")],
+                         f"iteration {k}: step2 Extender")
             self.sync.barrier(f"iter_{k}/synthesis")
         finally:
             subprocess.run(self.serve_cmd("stop"), cwd=self.workdir, capture_output=True, timeout=300)
@@ -174,7 +195,6 @@ class Pipeline:
                  "collecting more data with the final adapters")
 
     def main(self) -> None:
-        self.sync.clear_own_failure()
         try:
             for k in range(1, self.args.max_iter + 1):
                 self.iteration(k)

@@ -47,13 +47,13 @@ def make_random_adapter(base: Path, out: Path, seed: int, rank: int = 8) -> Path
 class Stack:
     """A served stack started with run_server.sh in `workdir`, stopped with stop_server.sh."""
 
-    def __init__(self, workdir: Path, api_port: int = 8000):
+    def __init__(self, workdir: Path, api_port: int, worker_port: int):
         self.workdir = workdir
         self.base_url = f"http://127.0.0.1:{api_port}/v1"
-        self.api_port = api_port
+        self.worker_port = worker_port
 
-    def worker_url(self, i: int = 0, port: int = 21002) -> str:
-        return f"http://127.0.0.1:{port + i}"
+    def worker_url(self, i: int = 0) -> str:
+        return f"http://127.0.0.1:{self.worker_port + i}"
 
 
 def start_stack(workdir: Path, iteration: int, *extra: str, env=None, timeout: int = 900):
@@ -80,10 +80,12 @@ def served(tmp_path_factory, default_model):
     lora = workdir / "results" / "iter_1" / "lora"
     make_random_adapter(default_model, lora / "gen_sft", seed=1)
     make_random_adapter(default_model, lora / "ext_sft", seed=2)
-    proc = start_stack(workdir, 1, "--timeout=800")
+    # Ports of its own, so that tests running the whole pipeline (default ports) can run beside it.
+    ports = ["--api_port=18000", "--controller_port=18001", "--worker_port=18002"]
+    proc = start_stack(workdir, 1, "--timeout=800", *ports, env=env_with(VLLM_CPU_KVCACHE_SPACE=2))
     if proc.returncode != 0:
         stop_stack(workdir)
         pytest.fail(f"run_server.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    yield Stack(workdir)
+    yield Stack(workdir, api_port=18000, worker_port=18002)
     out = stop_stack(workdir)
     assert out.returncode == 0, out.stderr

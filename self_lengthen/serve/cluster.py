@@ -263,9 +263,11 @@ def parse(argv):
     s.add_argument("--workdir", default=".")
     s.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness")
     s.add_argument("--host", default=None, help="bind address (default: 127.0.0.1 on one node)")
-    s.add_argument("--api_port", type=int, default=8000)
-    s.add_argument("--controller_port", type=int, default=21001)
-    s.add_argument("--worker_port", type=int, default=21002)
+    env_port = lambda name, default: int(os.environ.get(name) or default)  # noqa: E731
+    s.add_argument("--api_port", type=int, default=env_port("SELF_LENGTHEN_API_PORT", 8000))
+    s.add_argument("--controller_port", type=int, default=env_port("SELF_LENGTHEN_CONTROLLER_PORT", 21001))
+    s.add_argument("--worker_port", type=int, default=env_port("SELF_LENGTHEN_WORKER_PORT", 21002),
+                   help="first worker port on this node ($SELF_LENGTHEN_WORKER_PORT)")
     s.add_argument("--max_model_len", type=int, default=None)
     s.add_argument("--api_key_file", default=None)
     sub.add_parser("status").add_argument("--workdir", default=".")

@@ -1,0 +1,74 @@
+"""Serving throughput: the whole stack (API server -> controller -> our worker -> vLLM) against vLLM's offline
+LLM.generate on the same 32 chat requests of 256 generated tokens, in one run. Prints the ratio (goal >= 0.90).
+
+Usage: .venv/bin/python bench/serving.py [--requests 32] [--tokens 256]
+Starts its own stack (ports 18900-18902) and stops it before the offline run, so both get the machine alone.
+"""
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TOPICS = ["rivers", "bridges", "libraries", "trains", "gardens", "markets", "lighthouses", "bicycles"]
+
+
+def prompts(n):
+    return [[{"role": "user", "content": f"Write an essay about {TOPICS[i % len(TOPICS)]} (variant {i})."}]
+            for i in range(n)]
+
+
+def through_stack(model_dir, messages, tokens):
+    from self_lengthen.client import Client
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    ports = ["--api_port=18900", "--controller_port=18901", "--worker_port=18902"]
+    subprocess.run(["bash", str(ROOT / "llama" / "run_server.sh"), f"--base_model={model_dir}", "--iter=0",
+                    f"--workdir={workdir}", *ports], check=True)
+    try:
+        client = Client("http://127.0.0.1:18900/v1")
+        client.chat("base", messages[0], max_tokens=8)  # warm-up
+        start = time.monotonic()
+        with ThreadPoolExecutor(len(messages)) as pool:
+            outs = list(pool.map(lambda m: client.chat("base", m, max_tokens=tokens, ignore_eos=True), messages))
+        wall = time.monotonic() - start
+        return sum(o.completion_tokens for o in outs) / wall
+    finally:
+        subprocess.run(["bash", str(ROOT / "llama" / "stop_server.sh"), f"--workdir={workdir}"], check=False)
+
+
+def offline(model_dir, messages, tokens):
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(model_dir), dtype="bfloat16")
+    params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
+                            ignore_eos=True)
+    llm.chat(messages[0], SamplingParams(max_tokens=8))
+    start = time.monotonic()
+    outs = llm.chat(messages, params)
+    wall = time.monotonic() - start
+    return sum(len(o.outputs[0].token_ids) for o in outs) / wall
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=256)
+    args = p.parse_args()
+    from self_lengthen.default_model import ensure_default_model
+
+    model = ensure_default_model()
+    messages = prompts(args.requests)
+    stack = through_stack(model, messages, args.tokens)
+    direct = offline(model, messages, args.tokens)
+    print(f"stack {stack:.1f} tok/s, offline {direct:.1f} tok/s, ratio {stack / direct:.2f} "
+          f"({args.requests} requests x {args.tokens} tokens)")
+
+
+if __name__ == "__main__":
+    main()

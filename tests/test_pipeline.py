@@ -1,0 +1,160 @@
+"""run.sh end to end on the default model with the tiny profile: one iteration, a crash and a rerun into a second
+iteration (which serves the first iteration's trained adapters), two nodes on one machine, and bad input."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SERVE_PY, env_with
+from self_lengthen.serve.procs import group_alive
+
+RUN = ROOT / "llama" / "run.sh"
+TINY = ["--base_model=default", "--instruct_count=2", "--profile=tiny"]
+
+
+def run_sh(workdir, *args, env=None, timeout=2400, wait=True):
+    cmd = ["bash", str(RUN), f"--workdir={workdir}", *args]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["--max_iter=0"], "--max_iter=0 must be at least 1"),
+    (["--instruct_count=many"], "invalid int value: 'many'"),
+    (["--colour=blue"], "unknown option --colour=blue"),
+    (["--profile=huge"], "--profile=huge: unknown profile"),
+])
+def test_bad_options_get_one_clear_line(tmp_path, args, needle):
+    proc = run_sh(tmp_path, "--base_model=default", *args, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+
+
+def test_rank_beyond_world_size(tmp_path):
+    proc = run_sh(tmp_path, *TINY, "--max_iter=1", env=env_with(WORLD_SIZE=2, RANK=2), timeout=120)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
+    assert "RANK=2 must be in [0, WORLD_SIZE=2)" in proc.stderr
+
+
+# --- one node: an iteration, then a crash in the second and a rerun ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def one_iteration(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e")
+    proc = run_sh(workdir, *TINY, "--max_iter=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_one_iteration_leaves_every_artefact(one_iteration):
+    it = one_iteration / "results" / "iter_1"
+    for name in ("instructions", "initial_responses", "extended_responses"):
+        assert (it / name / "_COMPLETE").is_file()
+        assert (it / f"{name}.summary.json").is_file() and (it / f"{name}.checkpoint.jsonl").is_file()
+    for name in ("gen_sft", "ext_sft"):
+        assert (it / "data" / f"{name}.json").is_file() and (it / "data" / f"train_{name}.yaml").is_file()
+        assert (it / "lora" / name / "adapter_config.json").is_file()
+        assert (it / "lora" / name / "adapter_model.safetensors").is_file()
+    assert set(json.loads((it / "data" / "dataset_info.json").read_text())) == {"gen_sft", "ext_sft"}
+    assert (it / "report.md").is_file() and (it / "words_hist.png").is_file()
+    assert (one_iteration / "results" / "report.md").read_text().count("| 1 |") == 1
+    assert (one_iteration / "results" / "growth.png").is_file()
+    assert not list((one_iteration / "run").rglob("*.pid"))  # the servers were stopped
+
+
+@pytest.mark.slow
+def test_collect_data_writes_long_jsonl(one_iteration, tmp_path):
+    out = tmp_path / "long.jsonl"
+    proc = subprocess.run([str(SERVE_PY), str(ROOT / "collect_data.py"), "--results", str(one_iteration / "results"),
+                           "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    from datasets import load_from_disk
+
+    it = one_iteration / "results" / "iter_1"
+    expected = {(r["prompt"], r["initial_response"]) for r in load_from_disk(str(it / "initial_responses"))}
+    expected |= {(r["prompt"], r["extended_response"]) for r in load_from_disk(str(it / "extended_responses"))}
+    assert {(r["query"], r["response"]) for r in rows} == expected and len(rows) == len(expected)
+    assert all(set(r) == {"query", "response"} for r in rows)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_iteration_then_rerun_redoes_nothing_finished(one_iteration):
+    workdir = one_iteration
+    it1, it2 = workdir / "results" / "iter_1", workdir / "results" / "iter_2"
+    adapter_mtime = (it1 / "lora" / "gen_sft" / "adapter_model.safetensors").stat().st_mtime_ns
+    running = run_sh(workdir, *TINY, "--max_iter=2", wait=False)
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline and not (it2 / "initial_responses" / "_COMPLETE").exists():
+        assert running.poll() is None, running.stdout.read()[-3000:]
+        time.sleep(1)
+    os.killpg(running.pid, signal.SIGKILL)  # run.sh and its stage processes; its servers live in their own groups
+    running.wait(timeout=60)
+    initial_mtime = (it2 / "initial_responses" / "_COMPLETE").stat().st_mtime_ns
+    rerun = run_sh(workdir, *TINY, "--max_iter=2")
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "iteration 1: already complete" in rerun.stdout
+    assert "step1 Generator" in rerun.stdout  # it reran the step command, which found its output finished
+    assert (it2 / "initial_responses" / "_COMPLETE").stat().st_mtime_ns == initial_mtime
+    assert (it1 / "lora" / "gen_sft" / "adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
+    for name in ("gen_sft", "ext_sft"):
+        assert (it2 / "lora" / name / "adapter_config.json").is_file()
+    # iteration 2 generated with the adapters trained in iteration 1, through the serving worker
+    worker_log = (workdir / "logs" / "worker0.log").read_text()
+    assert "registered ['base', 'gen_sft', 'ext_sft']" in worker_log
+    assert "| 2 |" in (workdir / "results" / "report.md").read_text()
+    assert not list((workdir / "run").rglob("*.pid"))
+
+
+# --- two nodes on one machine -----------------------------------------------------------------------------------------
+
+def two_node_env(rank: int, **extra) -> dict:
+    return env_with(WORLD_SIZE=2, RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=29731,
+                    SELF_LENGTHEN_API_KEY="two-node-test-key", SELF_LENGTHEN_API_PORT=18800,
+                    SELF_LENGTHEN_CONTROLLER_PORT=18801, SELF_LENGTHEN_WORKER_PORT=18802 + 10 * rank,
+                    VLLM_CPU_KVCACHE_SPACE=1, **extra)
+
+
+@pytest.mark.slow
+def test_two_nodes_complete_one_iteration_with_data_parallel_training(tmp_path):
+    ranks = {r: run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(r), wait=False) for r in (0, 1)}
+    outputs = {r: p.communicate(timeout=3000)[0] for r, p in ranks.items()}
+    for r, p in ranks.items():
+        assert p.returncode == 0, f"rank {r}:\n{outputs[r][-4000:]}"
+    it = tmp_path / "results" / "iter_1"
+    for name in ("gen_sft", "ext_sft"):
+        assert (it / "lora" / name / "adapter_config.json").is_file()
+        for r in (0, 1):
+            log = (tmp_path / "logs" / f"train_iter1_{name}.rank{r}.log").read_text()
+            assert "world size: 2" in log.lower() or "world_size=2" in log.lower() or "nnodes" in log.lower(), log[-2000:]
+    assert "training gen_sft on 2 node(s)" in outputs[1]
+
+
+@pytest.mark.slow
+def test_when_a_rank_fails_the_other_stops_with_a_clear_error(tmp_path):
+    """Rank 1 fails (its model path is wrong); rank 0 stops at its next barrier, naming rank 1 and why."""
+    zero = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(0, SELF_LENGTHEN_BARRIER_TIMEOUT=300), wait=False)
+    one = run_sh(tmp_path, "--base_model=/nonexistent/model", "--instruct_count=2", "--profile=tiny", "--max_iter=1",
+                 env=two_node_env(1), timeout=300)
+    assert one.returncode != 0 and "/nonexistent/model" in one.stderr
+    out = zero.communicate(timeout=400)[0]
+    assert zero.returncode != 0
+    assert "another rank failed (rank1: --base_model=/nonexistent/model" in out
+
+
+@pytest.mark.slow
+def test_a_rank_that_never_comes_is_named_at_the_timeout(tmp_path):
+    start = time.monotonic()
+    zero = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(0, SELF_LENGTHEN_BARRIER_TIMEOUT=20), timeout=300)
+    assert zero.returncode != 0
+    assert "rank(s) 1 never arrived" in zero.stderr and "iter_1/begin" in zero.stderr
+    assert time.monotonic() - start < 200
