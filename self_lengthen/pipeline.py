@@ -30,8 +30,11 @@ STEP_TIMEOUT_SERVER = 1800
 def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path, seed: int) -> list[str]:
     """A stage's command-line options from the profile's generation sizes."""
     gen = profile["generation"]
+    max_tokens = gen["max_tokens"]
+    if isinstance(max_tokens, dict):  # per stage
+        max_tokens = max_tokens[stage]
     out = ["--iter", str(k), "--workdir", str(workdir), "--base_model", str(model_dir),
-           "--max_tokens", str(gen["max_tokens"]), "--seed", str(seed)]
+           "--max_tokens", str(max_tokens), "--seed", str(seed)]
     if gen.get("workers"):
         out += ["--workers", str(gen["workers"])]
     tries = (gen.get("max_tries") or {}).get(stage)

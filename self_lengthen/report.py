@@ -54,7 +54,9 @@ def iteration_report(iter_dir: Path) -> Path:
     if initial or extended:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        bins = 20
+        everything = initial + extended
+        lo, hi = min(everything), max(everything)
+        bins = [lo + (hi - lo + 1) * i / 20 for i in range(21)]  # shared bins, so the two series compare
         for name, xs in (("initial", initial), ("extended", extended)):
             if xs:
                 ax.hist(xs, bins=bins, alpha=0.6, label=f"{name} (n={len(xs)})")
