@@ -5,7 +5,6 @@ Usage: .venv/bin/python bench/synthesis.py [--small 200] [--large 2000]
 (Throughput through the stack against vLLM offline is measured by bench/serving.py for the same engine path.)
 """
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile

@@ -14,8 +14,9 @@ from generate import generate  # noqa: E402
 from length_following_eval import report, score_rows  # noqa: E402
 
 from self_lengthen.client import Client  # noqa: E402
+from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, cli_main  # noqa: E402
-from self_lengthen.evaluation import band, longbench_length_score, read_jsonl  # noqa: E402
+from self_lengthen.evaluation import band, longbench_length_score  # noqa: E402
 
 
 def target_length(kind: str, constraint: str) -> float:
@@ -47,7 +48,7 @@ def main(argv=None):
         s_l = [longbench_length_score(target_length(r["type"], r["constraint"]), r["response_length"]) for r in answered]
         mean_words = sum(r["response_length"] for r in answered) / len(answered)
         table.append((model, following, sum(s_l) / len(s_l), mean_words))
-    print(f"\n| model | length-following | S_l | mean words |\n|---|---|---|---|")
+    print("\n| model | length-following | S_l | mean words |\n|---|---|---|---|")
     for model, following, s_l, words in table:
         print(f"| {model} | {following:.3f} | {s_l:.1f} | {words:.0f} |")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
-from self_lengthen.evaluation import TYPES, band, length_score, read_jsonl  # noqa: E402
+from self_lengthen.evaluation import TYPES, band, length_score  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
 

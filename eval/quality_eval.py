@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
+from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
-from self_lengthen.evaluation import read_jsonl  # noqa: E402
 
 DIMENSIONS = ("relevance", "coherence", "accuracy", "consistency", "clarity", "creativity", "engagement")
 PROMPT = string.Template((Path(__file__).with_name("quality_eval.md")).read_text())

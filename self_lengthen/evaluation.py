@@ -6,7 +6,6 @@ Words are counted as in the pipeline (`text.count_words`).
 """
 import re
 
-from .errors import UsageError
 
 TYPES = ("about", "range", "above", "below")
 MIN_LENGTH = 10  # smaller numbers in a constraint ("一篇", "2 parts") are not lengths
@@ -110,30 +109,3 @@ def longbench_length_score(required: float, output: float) -> float:
     if output <= 0:
         return 0.0
     return 100 * max(0.0, 1 - (required / output - 1) / 2)
-
-
-def read_jsonl(path, required: tuple[str, ...] = ()) -> list[dict]:
-    """Rows of a JSONL file; a bad line gets one clear error naming its number."""
-    import json
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise UsageError(f"{path}: line {n} is not valid JSON") from None
-        if not isinstance(row, dict):
-            raise UsageError(f"{path}: line {n} is not a JSON object")
-        missing = [k for k in required if row.get(k) is None]
-        if missing:
-            raise UsageError(f"{path}: line {n} has no {', '.join(repr(k) for k in missing)}")
-        rows.append({**row, "_line": n})
-    if not rows:
-        raise UsageError(f"{path}: no rows")
-    return rows

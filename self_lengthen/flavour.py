@@ -4,7 +4,6 @@ from them with the model's own chat template.
 Templates are plain text with `$name` fields (string.Template). Chat formatting always comes from the tokenizer's
 chat template; a raw-completion prompt is that chat-formatted request followed by an assistant prefix.
 """
-import json
 import re
 import string
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
+from .io import read_jsonl
 
 TEMPLATES = ("self_instruct", "judge", "extend")
 
@@ -71,19 +71,11 @@ def load_seeds(source: Path) -> list[str]:
             raise UsageError(f"--seeds {source}: the dataset has no 'prompt' column (columns: {data.column_names})")
         seeds = [p for p in data["prompt"] if isinstance(p, str) and p.strip()]
     elif source.is_file():
-        seeds = []
-        for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                prompt = row["prompt"]
-                if not isinstance(prompt, str):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
-                raise UsageError(f"--seeds {source}: line {n} is not a JSON object with a string 'prompt'") from None
-            if prompt.strip():
-                seeds.append(prompt.strip())
+        rows = read_jsonl(source, required=("prompt",), allow_empty=True)
+        bad = next((r["_line"] for r in rows if not isinstance(r["prompt"], str)), None)
+        if bad:
+            raise UsageError(f"--seeds {source}: line {bad}: 'prompt' is not a string")
+        seeds = [r["prompt"].strip() for r in rows if r["prompt"].strip()]
     else:
         raise UsageError(f"--seeds {source}: no such file or directory")
     if len(seeds) < 2:

@@ -16,7 +16,7 @@ import yaml
 
 from .errors import UsageError
 from .flavour import Flavour, PromptBuilder
-from .stages.runner import MARKER, is_complete, require_complete, write_json_atomic
+from .stages.runner import MARKER, is_complete, require_complete
 
 MODELS = ("gen_sft", "ext_sft")
 LINE_KEEP = 0.8

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -20,7 +19,6 @@ from self_lengthen.text import count_words
 
 sys.path.insert(0, str(ROOT / "eval"))
 import add_length_control as alc  # noqa: E402
-import length_following_eval as lfe  # noqa: E402
 import quality_eval  # noqa: E402
 
 SAMPLE = ROOT / "eval" / "data" / "longen_sample.jsonl"

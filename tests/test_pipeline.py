@@ -5,12 +5,10 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, SERVE_PY, env_with
-from self_lengthen.serve.procs import group_alive
 
 RUN = ROOT / "llama" / "run.sh"
 TINY = ["--base_model=default", "--instruct_count=2", "--profile=tiny"]

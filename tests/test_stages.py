@@ -204,3 +204,18 @@ def test_kill_9_at_three_random_points_then_resume_loses_and_repeats_nothing(ser
     assert set(keys) == set(_keys(clean / "results" / "iter_1" / "initial_responses.checkpoint.jsonl"))
     assert len(keys) == 2 * len(SHORT_PROMPTS)
     assert (killed / "results" / "iter_1" / "initial_responses" / MARKER).is_file()
+
+
+def test_finish_fraction_ends_the_stage_early_without_killing(tmp_path):
+    """With --finish_fraction 0.5 the stage stops once half the items are done: queued ones are cancelled,
+    in-flight ones finish their request, and the dataset holds what was finished."""
+    write_instructions(tmp_path, [f"Write about place {i}." for i in range(10)])  # 20 items
+    with FakeEndpoint(text="A complete answer.", delay=0) as fake:
+        proc = step(STEP1, tmp_path, "--finish_fraction", "0.5", "--workers", "2", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "results" / "iter_1" / "initial_responses.summary.json").read_text())
+    assert 10 <= summary["items"] < 20
+    keys = [json.loads(line)["key"] for line in
+            (tmp_path / "results" / "iter_1" / "initial_responses.checkpoint.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == summary["items"]
+    assert (tmp_path / "results" / "iter_1" / "initial_responses" / MARKER).is_file()

@@ -7,7 +7,6 @@ GPU, one tensor-parallel worker over the node's GPUs for models over 10B paramet
 `start` returns 0 only when every expected worker is registered and a probe request to each served name succeeded.
 `stop` stops exactly the process groups `start` recorded in WORKDIR/run/ and waits until their ports are free.
 """
-import json
 import os
 import shutil
 import socket

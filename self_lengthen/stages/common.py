@@ -14,7 +14,8 @@ from ..dist import DistEnv
 from ..errors import ArgParser, UsageError
 from ..flavour import Flavour, PromptBuilder
 from ..text import count_words, drop_short
-from .runner import Checkpoint, is_complete, run_items, save_dataset, summarize, write_json_atomic
+from ..io import write_json_atomic
+from .runner import Checkpoint, is_complete, run_items, save_dataset, summarize
 
 DEFAULT_MAX_TOKENS = 16384  # the method's; the API server caps it by the model's context
 
@@ -94,12 +95,20 @@ class StageContext:
         return {"max_tokens": self.args.max_tokens, **extra}
 
 
+def finished(ctx: StageContext, name: str) -> Path | None:
+    """The stage's dataset dir if a previous run completed it (then the stage is a no-op), else None."""
+    out = ctx.iter_dir / name
+    if is_complete(out):
+        print(f"{name}: already complete at {out}")
+        return out
+    return None
+
+
 def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, columns: list[str],
               rows_of: Callable[[list[dict]], list[dict]], length_of: Callable[[dict], int] | None) -> Path:
     """Resume-or-run one stage and write its dataset, summary and completion marker."""
     out_dir = ctx.iter_dir / name
-    if is_complete(out_dir):
-        print(f"{name}: already complete at {out_dir}")
+    if finished(ctx, name):
         return out_dir
     if not items:
         raise UsageError(f"{name}: nothing to do (the previous stage produced no rows)")

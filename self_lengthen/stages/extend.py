@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..errors import cli_main
 from ..text import check_response, count_words, split_blocks
-from .common import StageContext, base_parser, run_stage, stable_key, words_of
-from .runner import is_complete, require_complete
+from .common import StageContext, base_parser, finished, run_stage, stable_key, words_of
+from .runner import require_complete
 
 MAX_TRIES = 20
 ATTEMPTS_PER_RESPONSE = 2
@@ -69,10 +69,8 @@ def make_work(ctx: StageContext, model: str):
 
 
 def run(ctx: StageContext) -> Path:
-    out = ctx.iter_dir / "extended_responses"
-    if is_complete(out):
-        print(f"extended_responses: already complete at {out}")
-        return out
+    if done := finished(ctx, "extended_responses"):
+        return done
     source = ctx.iter_dir / "initial_responses"
     require_complete(source, f"python step1_gen_initial_responses.py --iter {ctx.args.iter}")
     from datasets import load_from_disk

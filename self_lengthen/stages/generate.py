@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..errors import cli_main
 from ..text import check_response
-from .common import StageContext, base_parser, run_stage, stable_key, words_of
-from .runner import is_complete, require_complete
+from .common import StageContext, base_parser, finished, run_stage, stable_key, words_of
+from .runner import require_complete
 
 MAX_TRIES = 20
 RESPONSES_PER_INSTRUCTION = 2
@@ -34,10 +34,8 @@ def make_work(ctx: StageContext, model: str):
 
 
 def run(ctx: StageContext) -> Path:
-    out = ctx.iter_dir / "initial_responses"
-    if is_complete(out):
-        print(f"initial_responses: already complete at {out}")
-        return out
+    if done := finished(ctx, "initial_responses"):
+        return done
     source = ctx.iter_dir / "instructions"
     require_complete(source, f"python step0_self_instruct.py --iter {ctx.args.iter} --count N")
     from datasets import load_from_disk

@@ -7,7 +7,6 @@ marker first (`<out>/_COMPLETE`, inside the dataset dir that is renamed into pla
 only what is missing. The final dataset is written to a temp dir and renamed, so a half-written one never exists.
 """
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -23,12 +22,6 @@ from tqdm import tqdm
 from ..errors import UsageError
 
 MARKER = "_COMPLETE"
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1))
-    os.replace(tmp, path)
 
 
 class Checkpoint:

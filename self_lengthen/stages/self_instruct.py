@@ -7,8 +7,8 @@ from pathlib import Path
 from ..errors import UsageError, cli_main
 from ..flavour import load_seeds
 from ..text import count_words
-from .common import StageContext, base_parser, run_stage
-from .runner import Checkpoint, is_complete
+from .common import StageContext, base_parser, finished, run_stage
+from .runner import Checkpoint
 
 MAX_TRIES = 10
 JUDGE_MAX_TOKENS = 24
@@ -84,10 +84,8 @@ def make_work(ctx: StageContext, pool: InstructionPool):
 
 
 def run(ctx: StageContext, count: int, seeds_path: Path) -> Path:
-    out = ctx.iter_dir / "instructions"
-    if is_complete(out):
-        print(f"instructions: already complete at {out}")
-        return out
+    if done := finished(ctx, "instructions"):
+        return done
     seeds = load_seeds(seeds_path)
     ctx.check_model_served("base")
     pool = InstructionPool(seeds, ctx.flavour.config.grow_pool)

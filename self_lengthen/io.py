@@ -1,0 +1,37 @@
+"""Small file helpers: JSONL input with clear errors, atomic JSON output."""
+import json
+import os
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1))
+    os.replace(tmp, path)
+
+
+def read_jsonl(path, required: tuple[str, ...] = (), allow_empty: bool = False) -> list[dict]:
+    """Rows (JSON objects, with their line number as `_line`) of a JSONL file. A missing file, a line that is not
+    a JSON object or lacks a required field, or (unless allowed) an empty file gets one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise UsageError(f"{path}: line {n} is not valid JSON") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}: line {n} is not a JSON object")
+        missing = [k for k in required if row.get(k) is None]
+        if missing:
+            raise UsageError(f"{path}: line {n} has no {', '.join(repr(k) for k in missing)}")
+        rows.append({**row, "_line": n})
+    if not rows and not allow_empty:
+        raise UsageError(f"{path}: no rows")
+    return rows
