@@ -1,5 +1,5 @@
-"""run.sh end to end on the default model with the tiny profile: one iteration, a crash and a rerun into a second
-iteration (which serves the first iteration's trained adapters), two nodes on one machine, and bad input."""
+"""run.sh end to end on the default model with the tiny profile: one iteration killed with -9 and rerun, two nodes
+on one machine, and bad input. (That the serving worker loads trained adapters is shown in test_training.py.)"""
 import json
 import os
 import signal
@@ -42,19 +42,32 @@ def test_rank_beyond_world_size(tmp_path):
     assert "RANK=2 must be in [0, WORLD_SIZE=2)" in proc.stderr
 
 
-# --- one node: an iteration, then a crash in the second and a rerun ------------------------------------------------
+# --- one node: an iteration killed with -9 midway, then rerun to the end -----------------------------------------------
 
 @pytest.fixture(scope="module")
 def one_iteration(tmp_path_factory):
+    """run.sh for one iteration, killed with -9 once step1 has finished (step2 running), then run again."""
     workdir = tmp_path_factory.mktemp("e2e")
-    proc = run_sh(workdir, *TINY, "--max_iter=1")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir
+    it = workdir / "results" / "iter_1"
+    running = run_sh(workdir, *TINY, "--max_iter=1", wait=False)
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline and not (it / "initial_responses" / "_COMPLETE").exists():
+        assert running.poll() is None, running.stdout.read()[-3000:]
+        time.sleep(1)
+    time.sleep(5)  # step2 is under way
+    os.killpg(running.pid, signal.SIGKILL)  # run.sh and its stage processes; its servers live in groups of their own
+    running.wait(timeout=60)
+    assert not (it / "extended_responses" / "_COMPLETE").exists()
+    before = {name: (it / name / "_COMPLETE").stat().st_mtime_ns for name in ("instructions", "initial_responses")}
+    rerun = run_sh(workdir, *TINY, "--max_iter=1")
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    return {"workdir": workdir, "before": before, "rerun": rerun}
 
 
 @pytest.mark.slow
 def test_one_iteration_leaves_every_artefact(one_iteration):
-    it = one_iteration / "results" / "iter_1"
+    workdir = one_iteration["workdir"]
+    it = workdir / "results" / "iter_1"
     for name in ("instructions", "initial_responses", "extended_responses"):
         assert (it / name / "_COMPLETE").is_file()
         assert (it / f"{name}.summary.json").is_file() and (it / f"{name}.checkpoint.jsonl").is_file()
@@ -64,53 +77,43 @@ def test_one_iteration_leaves_every_artefact(one_iteration):
         assert (it / "lora" / name / "adapter_model.safetensors").is_file()
     assert set(json.loads((it / "data" / "dataset_info.json").read_text())) == {"gen_sft", "ext_sft"}
     assert (it / "report.md").is_file() and (it / "words_hist.png").is_file()
-    assert (one_iteration / "results" / "report.md").read_text().count("| 1 |") == 1
-    assert (one_iteration / "results" / "growth.png").is_file()
-    assert not list((one_iteration / "run").rglob("*.pid"))  # the servers were stopped
+    assert (workdir / "results" / "report.md").read_text().count("| 1 |") == 1
+    assert (workdir / "results" / "growth.png").is_file()
+    assert not list((workdir / "run").rglob("*.pid"))  # the servers were stopped, the killed run's too
+
+
+@pytest.mark.slow
+def test_rerun_after_kill_9_redoes_nothing_finished(one_iteration):
+    workdir = one_iteration["workdir"]
+    it = workdir / "results" / "iter_1"
+    for name, mtime in one_iteration["before"].items():
+        assert (it / name / "_COMPLETE").stat().st_mtime_ns == mtime, f"{name} was redone"
+    assert "initial_responses: already complete" in one_iteration["rerun"].stdout
+    checkpoint = [json.loads(line)["key"] for line in (it / "extended_responses.checkpoint.jsonl").read_text().splitlines()]
+    assert len(checkpoint) == len(set(checkpoint))
+    # and a finished iteration is never trained again
+    adapter = it / "lora" / "gen_sft" / "adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime_ns
+    again = run_sh(workdir, *TINY, "--max_iter=1", timeout=300)
+    assert again.returncode == 0 and "iteration 1: already complete" in again.stdout
+    assert adapter.stat().st_mtime_ns == mtime
 
 
 @pytest.mark.slow
 def test_collect_data_writes_long_jsonl(one_iteration, tmp_path):
+    results = one_iteration["workdir"] / "results"
     out = tmp_path / "long.jsonl"
-    proc = subprocess.run([str(SERVE_PY), str(ROOT / "collect_data.py"), "--results", str(one_iteration / "results"),
+    proc = subprocess.run([str(SERVE_PY), str(ROOT / "collect_data.py"), "--results", str(results),
                            "--output", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     from datasets import load_from_disk
 
-    it = one_iteration / "results" / "iter_1"
+    it = results / "iter_1"
     expected = {(r["prompt"], r["initial_response"]) for r in load_from_disk(str(it / "initial_responses"))}
     expected |= {(r["prompt"], r["extended_response"]) for r in load_from_disk(str(it / "extended_responses"))}
     assert {(r["query"], r["response"]) for r in rows} == expected and len(rows) == len(expected)
     assert all(set(r) == {"query", "response"} for r in rows)
-
-
-@pytest.mark.slow
-def test_kill_9_mid_iteration_then_rerun_redoes_nothing_finished(one_iteration):
-    workdir = one_iteration
-    it1, it2 = workdir / "results" / "iter_1", workdir / "results" / "iter_2"
-    adapter_mtime = (it1 / "lora" / "gen_sft" / "adapter_model.safetensors").stat().st_mtime_ns
-    running = run_sh(workdir, *TINY, "--max_iter=2", wait=False)
-    deadline = time.monotonic() + 1200
-    while time.monotonic() < deadline and not (it2 / "initial_responses" / "_COMPLETE").exists():
-        assert running.poll() is None, running.stdout.read()[-3000:]
-        time.sleep(1)
-    os.killpg(running.pid, signal.SIGKILL)  # run.sh and its stage processes; its servers live in their own groups
-    running.wait(timeout=60)
-    initial_mtime = (it2 / "initial_responses" / "_COMPLETE").stat().st_mtime_ns
-    rerun = run_sh(workdir, *TINY, "--max_iter=2")
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "iteration 1: already complete" in rerun.stdout
-    assert "step1 Generator" in rerun.stdout  # it reran the step command, which found its output finished
-    assert (it2 / "initial_responses" / "_COMPLETE").stat().st_mtime_ns == initial_mtime
-    assert (it1 / "lora" / "gen_sft" / "adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
-    for name in ("gen_sft", "ext_sft"):
-        assert (it2 / "lora" / name / "adapter_config.json").is_file()
-    # iteration 2 generated with the adapters trained in iteration 1, through the serving worker
-    worker_log = (workdir / "logs" / "worker0.log").read_text()
-    assert "registered ['base', 'gen_sft', 'ext_sft']" in worker_log
-    assert "| 2 |" in (workdir / "results" / "report.md").read_text()
-    assert not list((workdir / "run").rglob("*.pid"))
 
 
 # --- two nodes on one machine -----------------------------------------------------------------------------------------

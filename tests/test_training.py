@@ -131,3 +131,26 @@ def test_continuing_from_an_adapter_carries_its_weights_over(trained, default_mo
     assert before.keys() == after.keys() and len(before) > 0
     assert all((before[k] == after[k]).all() for k in before)
     assert any(before[k].abs().sum() > 0 for k in before if "lora_B" in k)  # non-trivial weights carried over
+
+
+def test_serving_worker_loads_the_trained_adapter(trained):
+    """run_server.sh --iter=1 serves the adapter LLaMA-Factory wrote, and it changes greedy output there too."""
+    import shutil
+
+    from conftest import env_with, start_stack, stop_stack
+    from self_lengthen.client import Client
+
+    workdir, lora = trained["workdir"], trained["iter_dir"] / "lora"
+    if not (lora / "ext_sft").exists():  # the server wants both names; this test looks at gen_sft
+        shutil.copytree(lora / "gen_sft", lora / "ext_sft")
+    ports = ["--api_port=18300", "--controller_port=18301", "--worker_port=18302"]
+    proc = start_stack(workdir, 1, "--timeout=800", *ports, env=env_with(VLLM_CPU_KVCACHE_SPACE=1))
+    try:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        client = Client("http://127.0.0.1:18300/v1", retries=1)
+        question = [{"role": "user", "content": ROWS[0]["prompt"]}]
+        greedy = {"temperature": 0, "max_tokens": 30, "repetition_penalty": 1.0, "top_k": -1, "top_p": 1.0}
+        assert client.chat("base", question, **greedy).text != client.chat("gen_sft", question, **greedy).text
+    finally:
+        stopped = stop_stack(workdir)
+    assert stopped.returncode == 0, stopped.stderr
