@@ -126,18 +126,30 @@ def two_node_env(rank: int, **extra) -> dict:
 
 
 @pytest.mark.slow
-def test_two_nodes_complete_one_iteration_with_data_parallel_training(tmp_path):
+def test_two_nodes_complete_one_iteration_with_data_parallel_training(one_iteration, tmp_path):
+    """Two run.sh processes (RANK 0 and 1) on a shared workdir. The synthesis outputs are those the real model wrote
+    in the one-node run (copied, to keep the suite's time in bounds); both ranks then meet at their barriers, rank 0
+    writes the data and configs, and both train gen_sft and ext_sft together, data-parallel over gloo.
+    (Two ranks serving together is shown in test_cluster.py.)"""
+    import shutil
+
+    source = one_iteration["workdir"] / "results" / "iter_1"
+    target = tmp_path / "results" / "iter_1"
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.name.startswith(("instructions", "initial_responses", "extended_responses")):
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / item.name)
     ranks = {r: run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(r), wait=False) for r in (0, 1)}
-    outputs = {r: p.communicate(timeout=3000)[0] for r, p in ranks.items()}
+    outputs = {r: p.communicate(timeout=2400)[0] for r, p in ranks.items()}
     for r, p in ranks.items():
         assert p.returncode == 0, f"rank {r}:\n{outputs[r][-4000:]}"
-    it = tmp_path / "results" / "iter_1"
     for name in ("gen_sft", "ext_sft"):
-        assert (it / "lora" / name / "adapter_config.json").is_file()
+        assert (target / "lora" / name / "adapter_config.json").is_file()
         for r in (0, 1):
             log = (tmp_path / "logs" / f"train_iter1_{name}.rank{r}.log").read_text()
             assert "world size: 2" in log, log[-2000:]
-    assert "training gen_sft on 2 node(s)" in outputs[1]
+    assert "training gen_sft on 2 node(s)" in outputs[1] and "iteration 1: complete" in outputs[1]
+    assert (target / "_ITERATION_COMPLETE").is_file()
 
 
 @pytest.mark.slow
