@@ -163,10 +163,11 @@ class Pipeline:
             config = d / "data" / f"train_{name}.yaml"
             if self.dist.is_master:
                 self.say(f"iteration {k}: tokenizing {name}")
-                tokenize(config, self.logs / f"train_iter{k}_{name}.rank0.log")
+                tokenize(config, self.logs / f"tokenize_iter{k}_{name}.log", timeout=self.sync.timeout)
             self.sync.barrier(f"iter_{k}/tokenized_{name}")
             self.say(f"iteration {k}: training {name} on {self.dist.world_size} node(s)")
-            torchrun(config, self.dist, self.gpus, self.logs / f"train_iter{k}_{name}.rank{self.dist.rank}.log")
+            torchrun(config, self.dist, self.gpus, self.logs / f"train_iter{k}_{name}.rank{self.dist.rank}.log",
+                     timeout=self.sync.timeout)
             self.sync.barrier(f"iter_{k}/trained_{name}")
             if self.dist.is_master:
                 publish_adapter(d, name)

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -138,13 +139,19 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     return path
 
 
-def tokenize(config_path: Path, log) -> None:
+def tokenize(config_path: Path, log, timeout: float = 7200) -> None:
+    """Single process: no distributed variables, or HF would wait for the other ranks to join."""
     run_logged([str(train_python()), "-m", "self_lengthen.lf_tools", "tokenize", str(config_path)], log,
-               env=train_env(), what=f"tokenizing {config_path.name}")
+               env=train_env(), what=f"tokenizing {config_path.name}", timeout=timeout)
+
+
+DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "NNODES", "NPROC_PER_NODE",
+             "MASTER_ADDR", "MASTER_PORT", "FORCE_TORCHRUN")
 
 
 def train_env(**extra) -> dict:
-    env = dict(os.environ)
+    """The training env's PATH, no serving-env leftovers, and only the distributed variables given in `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env.pop("PYTHONPATH", None)
     env.pop("VIRTUAL_ENV", None)
     env["PATH"] = f"{train_python().parent}{os.pathsep}{env.get('PATH', '')}"  # torchrun, llamafactory-cli
@@ -152,22 +159,34 @@ def train_env(**extra) -> dict:
     return env
 
 
-def torchrun(config_path: Path, dist, gpus: int, log) -> None:
+def torchrun(config_path: Path, dist, gpus: int, log, timeout: float | None = None) -> None:
     """Every rank: llamafactory-cli train under torchrun, data-parallel across nodes."""
     env = train_env(FORCE_TORCHRUN=1, NNODES=dist.world_size, NODE_RANK=dist.rank, NPROC_PER_NODE=max(1, gpus),
                     MASTER_ADDR=dist.master_addr, MASTER_PORT=dist.master_port)
     cli = train_python().parent / "llamafactory-cli"
-    run_logged([str(cli), "train", str(config_path)], log, env=env, what=f"training {config_path.stem[6:]}")
+    run_logged([str(cli), "train", str(config_path)], log, env=env, what=f"training {config_path.stem[6:]}",
+               timeout=timeout)
 
 
 def run_logged(cmd: list[str], log: Path, *, env: dict, what: str, timeout: float | None = None) -> None:
+    """Run `cmd` in its own process group with output to `log`; on failure or timeout, one error with the log's tail.
+    At the timeout the whole group (torchrun and its workers) is killed."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise UsageError(f"{what} timed out after {timeout:.0f}s; see {log}") from None
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)  # interrupted: leave no trainer behind
+            raise
+    if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise UsageError(f"{what} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+        raise UsageError(f"{what} failed (exit {code}); last lines of {log}:\n{tail}")
 
 
 def publish_adapter(iter_dir: Path, name: str) -> Path:
