@@ -43,6 +43,9 @@ def through_stack(model_dir, messages, tokens):
 
 
 def offline(model_dir, messages, tokens):
+    import os
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # as run_server.sh gives its workers
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(model_dir), dtype="bfloat16")
@@ -65,6 +68,7 @@ def main():
     model = ensure_default_model()
     messages = prompts(args.requests)
     stack = through_stack(model, messages, args.tokens)
+    print(f"stack {stack:.1f} tok/s", flush=True)
     direct = offline(model, messages, args.tokens)
     print(f"stack {stack:.1f} tok/s, offline {direct:.1f} tok/s, ratio {stack / direct:.2f} "
           f"({args.requests} requests x {args.tokens} tokens)")
