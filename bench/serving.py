@@ -5,6 +5,7 @@ Usage: .venv/bin/python bench/serving.py [--requests 32] [--tokens 256]
 Starts its own stack (ports 18900-18902) and stops it before the offline run, so both get the machine alone.
 """
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -43,8 +44,6 @@ def through_stack(model_dir, messages, tokens):
 
 
 def offline(model_dir, messages, tokens):
-    import os
-
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # as run_server.sh gives its workers
     from vllm import LLM, SamplingParams
 
@@ -71,7 +70,9 @@ def main():
     print(f"stack {stack:.1f} tok/s", flush=True)
     direct = offline(model, messages, args.tokens)
     print(f"stack {stack:.1f} tok/s, offline {direct:.1f} tok/s, ratio {stack / direct:.2f} "
-          f"({args.requests} requests x {args.tokens} tokens)")
+          f"({args.requests} requests x {args.tokens} tokens)", flush=True)
+    # The offline engine's shutdown at interpreter exit hung here; leave now that the result is printed.
+    os._exit(0)
 
 
 if __name__ == "__main__":
