@@ -198,12 +198,11 @@ def publish_adapter(iter_dir: Path, name: str) -> Path:
     tmp = iter_dir / "lora" / f".{name}.publish"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for item in training.iterdir():
-        if item.name.startswith("adapter_") or item.suffix in (".json", ".jinja", ".txt") and "token" in item.name:
+    logs = ("trainer_log.jsonl", "all_results.json", "train_results.json")
+    for item in training.iterdir():  # the adapter, its tokenizer files and the training logs; no checkpoints
+        tokenizer_file = "token" in item.name and item.suffix in (".json", ".jinja", ".txt")
+        if item.name.startswith("adapter_") or tokenizer_file or item.name in logs:
             shutil.copy2(item, tmp / item.name)
-    for extra in ("trainer_log.jsonl", "all_results.json", "train_results.json"):
-        if (training / extra).exists():
-            shutil.copy2(training / extra, tmp / extra)
     tmp.rename(final)
     shutil.rmtree(training, ignore_errors=True)
     return final
