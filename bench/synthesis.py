@@ -1,22 +1,146 @@
-"""Synthesis client memory: peak RSS of step1 (the real stage process) at 2000 items over 200 items, against a
-fast fake endpoint, in one run. Prints the ratio (goal <= 1.2).
+"""Synthesis benchmarks, each a ratio measured within one run.
 
-Usage: .venv/bin/python bench/synthesis.py [--small 200] [--large 2000]
-(Throughput through the stack against vLLM offline is measured by bench/serving.py for the same engine path.)
+(a) throughput: step1 (Generator) + step2 (Extender), the real stage code on the same instructions and sampling,
+    in generated tokens/s: through the whole stack (API server -> controller -> our worker -> vLLM) against
+    vLLM in this process without any server (an AsyncLLM engine that the stages call directly). Goal >= 0.90.
+(b) rss: the client's peak RSS (the real step1 process) at 2000 items over 200 items, against a fast fake
+    endpoint. Goal <= 1.2.
+
+Usage: .venv/bin/python bench/synthesis.py [throughput|rss|all] [--instructions 8] [--profile cpu-demo]
+The stack uses ports 18900-18902 and is stopped before the in-process engine starts, so each side has the machine
+to itself.
 """
 import argparse
+import asyncio
+import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_endpoint import FakeEndpoint  # noqa: E402
-
 from self_lengthen.stages.runner import save_dataset  # noqa: E402
+
+FLAVOUR = ROOT / "llama"
+PORTS = {"api": 18900, "controller": 18901, "worker": 18902}
+
+
+# --- (a) throughput ---------------------------------------------------------------------------------------------
+
+class InProcessEngine:
+    """The Client interface (chat, complete, models) over a vLLM AsyncLLM in this process: no HTTP, no FastChat.
+    Prompts and sampling are translated exactly as the worker translates them."""
+
+    def __init__(self, model_dir: Path):
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from self_lengthen.client import DEFAULT_SAMPLING
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.defaults = DEFAULT_SAMPLING
+        self.eos_ids = [self.tokenizer.eos_token_id]
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+        async def make():
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), dtype="bfloat16"))
+
+        self.engine = asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout=900)
+        self.context_len = self.engine.model_config.max_model_len
+
+    def models(self) -> list[str]:
+        return ["base"]
+
+    def chat(self, model: str, messages: list[dict], **sampling):
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.complete(model, prompt, **sampling)
+
+    def complete(self, model: str, prompt: str, **sampling):
+        from vllm.inputs import TokensPrompt
+
+        from self_lengthen.chat_template import needs_special_tokens
+        from self_lengthen.client import Completion
+        from self_lengthen.serve.worker import sampling_params
+
+        ids = self.tokenizer.encode(prompt, add_special_tokens=needs_special_tokens(self.tokenizer, prompt))
+        params = {**self.defaults, **{k: v for k, v in sampling.items() if v is not None}}
+        # As the API server does: max_tokens is capped by what the context leaves.
+        params["max_new_tokens"] = min(int(params.pop("max_tokens")), self.context_len - len(ids))
+
+        async def run():
+            last = None
+            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids),
+                                                  sampling_params(params, self.eos_ids), uuid.uuid4().hex):
+                last = out
+            choice = last.outputs[0]
+            return Completion(choice.text, choice.finish_reason, len(choice.token_ids))
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=1800)
+
+
+def run_stages(workdir: Path, model_dir: Path, prompts: list[str], profile: str, client=None) -> dict:
+    """step1 then step2 on `prompts`, with the profile's sizes; returns generated tokens and wall seconds."""
+    from self_lengthen.pipeline import stage_args
+    from self_lengthen.stages import extend, generate
+    from self_lengthen.stages.common import StageContext, base_parser
+    from self_lengthen.train import load_profile
+
+    it = workdir / "results" / "iter_1"
+    save_dataset([{"prompt": p} for p in prompts], ["prompt"], it / "instructions")
+    sizes = load_profile(profile)
+    tokens, wall = 0, 0.0
+    for stage, module, name in (("generate", generate, "initial_responses"), ("extend", extend, "extended_responses")):
+        argv = stage_args(sizes, stage, 1, workdir, model_dir, seed=0)
+        if client is None:
+            argv += ["--base_url", f"http://127.0.0.1:{PORTS['api']}/v1"]
+        ctx = StageContext.create(base_parser(stage).parse_args(argv), FLAVOUR)
+        if client is not None:
+            ctx.client = client
+        start = time.monotonic()
+        module.run(ctx)
+        wall += time.monotonic() - start
+        tokens += json.loads((it / f"{name}.summary.json").read_text())["tokens_generated"]
+    return {"tokens": tokens, "seconds": wall, "tok_s": tokens / wall}
+
+
+def throughput(args) -> str:
+    from self_lengthen.default_model import ensure_default_model
+    from self_lengthen.flavour import load_seeds
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # as run_server.sh gives its workers
+    model = ensure_default_model()
+    prompts = load_seeds(FLAVOUR / "seeds.jsonl")[: args.instructions]
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-synthesis-stack-"))
+    serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
+    subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", "--iter=0",
+                    f"--api_port={PORTS['api']}", f"--controller_port={PORTS['controller']}",
+                    f"--worker_port={PORTS['worker']}"], check=True)
+    try:
+        stack = run_stages(workdir, model, prompts, args.profile)
+    finally:
+        subprocess.run([*serve, "stop", f"--workdir={workdir}"], check=False, timeout=300)
+    print(f"stack: {stack['tokens']} tokens in {stack['seconds']:.0f} s, {stack['tok_s']:.1f} tok/s", flush=True)
+
+    engine = InProcessEngine(model)
+    direct = run_stages(Path(tempfile.mkdtemp(prefix="bench-synthesis-direct-")), model, prompts, args.profile,
+                        client=engine)
+    print(f"in-process vLLM: {direct['tokens']} tokens in {direct['seconds']:.0f} s, {direct['tok_s']:.1f} tok/s",
+          flush=True)
+    return (f"(a) step1+step2 on {len(prompts)} instructions ({args.profile} sizes): stack {stack['tok_s']:.1f} tok/s, "
+            f"in-process vLLM {direct['tok_s']:.1f} tok/s, ratio {stack['tok_s'] / direct['tok_s']:.2f}")
+
+
+# --- (b) client memory ------------------------------------------------------------------------------------------
 
 ANSWER = ("A complete answer of moderate length, written in full sentences so that it passes the checks. " * 20).strip()
 
@@ -28,22 +152,38 @@ def peak_rss_mb(items: int, base_url: str) -> float:
     code = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; "
             "exec('try:\\n runpy.run_path(sys.argv[0], run_name=\"__main__\")\\nexcept SystemExit: pass'); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "llama" / "step1_gen_initial_responses.py"), "--iter",
+    out = subprocess.run([sys.executable, "-c", code, str(FLAVOUR / "step1_gen_initial_responses.py"), "--iter",
                           "1", "--workdir", str(workdir), "--base_url", base_url, "--workers", "32"],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", type=int, default=200)
-    p.add_argument("--large", type=int, default=2000)
-    args = p.parse_args()
+def rss(args) -> str:
+    from fake_endpoint import FakeEndpoint
+
     with FakeEndpoint(text=ANSWER) as fake:
         small = peak_rss_mb(args.small, fake.base_url)
         large = peak_rss_mb(args.large, fake.base_url)
-    print(f"peak RSS {small:.0f} MB at {args.small} items, {large:.0f} MB at {args.large} items, "
-          f"ratio {large / small:.2f}")
+    return (f"(b) client peak RSS {small:.0f} MB at {args.small} items, {large:.0f} MB at {args.large} items, "
+            f"ratio {large / small:.2f}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("which", nargs="?", choices=["throughput", "rss", "all"], default="all")
+    p.add_argument("--instructions", type=int, default=8)
+    p.add_argument("--profile", default="cpu-demo", help="whose generation sizes (max_tokens, tries, workers)")
+    p.add_argument("--small", type=int, default=200)
+    p.add_argument("--large", type=int, default=2000)
+    args = p.parse_args()
+    results = []
+    if args.which in ("rss", "all"):
+        results.append(rss(args))
+        print(results[-1], flush=True)
+    if args.which in ("throughput", "all"):
+        results.append(throughput(args))
+    print("\n".join(results), flush=True)
+    os._exit(0)  # an in-process vLLM engine's shutdown at interpreter exit can hang; the results are printed
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """run_collect_data.sh: serve the final adapters and repeat step0 + step1 in batches of --instruct_count until
---total_count initial responses exist. Batches live in results/iter_10000, iter_10001, ... (as upstream numbers
-them) and each is resumable like any stage; a rerun continues with the first unfinished batch.
+--total_count instructions have been requested. Batches live in results/iter_10000, iter_10001, ... (as upstream
+numbers them) and each is resumable like any stage; a rerun continues with the first unfinished batch.
+Every rank serves; rank 0 drives the stages against all workers; the others serve until rank 0 is done.
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from .default_model import resolve_base_model
-from .dist import DistEnv
+from .dist import DistEnv, Sync
 from .errors import ArgParser, UsageError, cli_main
 from .flavour import pop_flavour_dir
 from .pipeline import stage_args
@@ -31,12 +33,12 @@ def main(flavour_dir: Path, argv=None):
     p.add_argument("--base_model", default="default")
     p.add_argument("--max_iter", type=int, required=True, help="the iteration whose adapters generate")
     p.add_argument("--instruct_count", type=int, required=True, help="instructions per batch")
-    p.add_argument("--total_count", type=int, required=True, help="stop once this many initial responses exist")
+    p.add_argument("--total_count", type=int, required=True,
+                   help="instructions to request in all: ceil(total_count / instruct_count) batches")
     p.add_argument("--workdir", default=".")
     p.add_argument("--profile", default="cpu-demo")
-    p.add_argument("--max_batches", type=int, default=1000, help="give up after this many batches")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    for name in ("max_iter", "instruct_count", "total_count", "max_batches"):
+    for name in ("max_iter", "instruct_count", "total_count"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
     workdir = Path(args.workdir).resolve()
@@ -46,29 +48,46 @@ def main(flavour_dir: Path, argv=None):
     profile = load_profile(args.profile)
     model = resolve_base_model(args.base_model)
     dist = DistEnv.from_env()
+    timeout = os.environ.get("SELF_LENGTHEN_BARRIER_TIMEOUT") or profile.get("barrier_timeout", 3600)
+    sync = Sync(workdir / "results" / ".sync", dist, timeout=float(timeout))
+    sync.clear_own_failure()
+    # Every rank serves; rank 0 generates; the others keep serving until rank 0 says it is done (or failed).
+    done_step = f"collect_iter{args.max_iter}/total_{args.total_count}"
     serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
-    subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", f"--iter={args.max_iter}"],
-                   check=True)
     try:
+        # Servers left by a run of ours that was killed (their pid files are in workdir/run) go first.
+        subprocess.run([*serve, "stop", f"--workdir={workdir}"], capture_output=True, timeout=300)
+        subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", f"--iter={args.max_iter}"],
+                       check=True)
         if dist.is_master:
-            have = 0
-            for batch in range(FIRST_BATCH, FIRST_BATCH + args.max_batches):
-                batch_out = workdir / "results" / f"iter_{batch}" / "initial_responses"
-                if not (batch_out / "_COMPLETE").exists():  # finished batches are kept, not redone
-                    for script, stage, extra in (
-                            ("step0_self_instruct.py", "self_instruct", ["--count", str(args.instruct_count)]),
-                            ("step1_gen_initial_responses.py", "generate", [])):
-                        options = stage_args(profile, stage, batch, workdir, model, seed=0)
-                        subprocess.run([sys.executable, str(flavour_dir / script), *options, *extra], check=True)
-                have += rows_in(batch_out)
-                print(f"collect: batch {batch} done, {have}/{args.total_count} initial responses")
-                if have >= args.total_count:
-                    break
+            collect_batches(flavour_dir, args, workdir, model, profile)
+        sync.barrier(done_step)
     except subprocess.CalledProcessError as exc:
-        raise UsageError(f"collect: {Path(exc.cmd[1]).name} failed (exit {exc.returncode})") from None
+        what = Path(exc.cmd[1]).name if exc.cmd[1].endswith(".py") else "starting the servers"
+        message = f"collect: {what} failed (exit {exc.returncode}); see the output above"
+        sync.fail(message)
+        raise UsageError(message) from None
+    except BaseException as exc:
+        sync.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
     finally:
         subprocess.run([*serve, "stop", f"--workdir={workdir}"], capture_output=True, timeout=300)
 
+
+def collect_batches(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict) -> None:
+    batches = -(-args.total_count // args.instruct_count)
+    rows = 0
+    for batch in range(FIRST_BATCH, FIRST_BATCH + batches):
+        batch_out = workdir / "results" / f"iter_{batch}" / "initial_responses"
+        if not (batch_out / "_COMPLETE").exists():  # finished batches are kept, not redone
+            for script, stage, extra in (
+                    ("step0_self_instruct.py", "self_instruct", ["--count", str(args.instruct_count)]),
+                    ("step1_gen_initial_responses.py", "generate", [])):
+                options = stage_args(profile, stage, batch, workdir, model, seed=0)
+                subprocess.run([sys.executable, str(flavour_dir / script), *options, *extra], check=True)
+        rows += rows_in(batch_out)
+        print(f"collect: batch {batch - FIRST_BATCH + 1}/{batches} (iter_{batch}) done; {rows} initial responses "
+              f"so far", flush=True)
 
 if __name__ == "__main__":
     main(pop_flavour_dir(sys.argv))

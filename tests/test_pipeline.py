@@ -99,19 +99,63 @@ def test_rerun_after_kill_9_redoes_nothing_finished(one_iteration):
     assert adapter.stat().st_mtime_ns == mtime
 
 
+COLLECT = ROOT / "llama" / "run_collect_data.sh"
+
+
+@pytest.fixture(scope="module")
+def collected(one_iteration):
+    """run_collect_data.sh on the finished iteration's adapters, 2 batches of 1 instruction: killed with -9 once the
+    first batch is done, then rerun to the end."""
+    workdir = one_iteration["workdir"]
+    cmd = ["bash", str(COLLECT), "--base_model=default", "--max_iter=1", "--instruct_count=1", "--total_count=2",
+           "--profile=tiny", f"--workdir={workdir}"]
+    first = workdir / "results" / "iter_10000" / "initial_responses" / "_COMPLETE"
+    running = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline and not first.exists():
+        assert running.poll() is None, running.stdout.read()[-3000:]
+        time.sleep(1)
+    os.killpg(running.pid, signal.SIGKILL)
+    running.wait(timeout=60)
+    assert first.exists()
+    mtime = first.stat().st_mtime_ns
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    return {"workdir": workdir, "first_mtime": mtime, "rerun": rerun}
+
+
 @pytest.mark.slow
-def test_collect_data_writes_long_jsonl(one_iteration, tmp_path):
-    results = one_iteration["workdir"] / "results"
+def test_run_collect_data_makes_batches_with_the_final_generator_and_resumes(collected):
+    results = collected["workdir"] / "results"
+    first = results / "iter_10000" / "initial_responses" / "_COMPLETE"
+    assert first.stat().st_mtime_ns == collected["first_mtime"], "the finished batch was redone"
+    assert "batch 2/2 (iter_10001) done" in collected["rerun"].stdout
+    assert not (results / "iter_10002").exists()
+    for batch in ("iter_10000", "iter_10001"):
+        for name in ("instructions", "initial_responses"):
+            assert (results / batch / name / "_COMPLETE").is_file()
+    for batch in ("iter_10000", "iter_10001"):  # written by the final Generator
+        assert json.loads((results / batch / "initial_responses.summary.json").read_text())["model"] == "gen_sft"
+    assert not list((collected["workdir"] / "run").rglob("*.pid"))  # servers stopped, the killed run's too
+
+
+@pytest.mark.slow
+def test_collect_data_writes_long_jsonl(collected, tmp_path):
+    """long.jsonl has every (prompt, response) of every iteration and batch, each once."""
+    from datasets import load_from_disk
+
+    results = collected["workdir"] / "results"
     out = tmp_path / "long.jsonl"
     proc = subprocess.run([str(SERVE_PY), str(ROOT / "collect_data.py"), "--results", str(results),
                            "--output", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    from datasets import load_from_disk
-
-    it = results / "iter_1"
-    expected = {(r["prompt"], r["initial_response"]) for r in load_from_disk(str(it / "initial_responses"))}
-    expected |= {(r["prompt"], r["extended_response"]) for r in load_from_disk(str(it / "extended_responses"))}
+    expected = set()
+    for d in results.glob("iter_*/initial_responses"):
+        expected |= {(r["prompt"], r["initial_response"]) for r in load_from_disk(str(d))}
+    for d in results.glob("iter_*/extended_responses"):
+        expected |= {(r["prompt"], r["extended_response"]) for r in load_from_disk(str(d))}
+    assert any("iter_10000" in str(d) for d in results.glob("iter_*/initial_responses"))
     assert {(r["query"], r["response"]) for r in rows} == expected and len(rows) == len(expected)
     assert all(set(r) == {"query", "response"} for r in rows)
 

@@ -105,7 +105,8 @@ def finished(ctx: StageContext, name: str) -> Path | None:
 
 
 def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, columns: list[str],
-              rows_of: Callable[[list[dict]], list[dict]], length_of: Callable[[dict], int] | None) -> Path:
+              rows_of: Callable[[list[dict]], list[dict]], length_of: Callable[[dict], int] | None,
+              model: str = "base") -> Path:
     """Resume-or-run one stage and write its dataset, summary and completion marker."""
     out_dir = ctx.iter_dir / name
     if finished(ctx, name):
@@ -121,6 +122,7 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
     finally:
         checkpoint.close()
     summary = summarize(records, started, sum(r.get("tokens", 0) for r in records if r["key"] not in before))
+    summary["model"] = model
     rows = rows_of([r for r in records if r["status"] == "accepted"])
     if length_of is not None:
         summary["mean_words_before_drop_short"] = _mean([length_of(r) for r in rows])

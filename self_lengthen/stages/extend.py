@@ -84,7 +84,7 @@ def run(ctx: StageContext) -> Path:
     columns = ["prompt", "initial_response", "extended_response"]
     return run_stage(ctx, "extended_responses", items, make_work(ctx, model), columns=columns,
                      rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs],
-                     length_of=words_of("extended_response"))
+                     length_of=words_of("extended_response"), model=model)
 
 
 @cli_main

@@ -46,7 +46,7 @@ def run(ctx: StageContext) -> Path:
     items = {f"{stable_key(p)}-{j}": p for p in prompts for j in range(RESPONSES_PER_INSTRUCTION)}
     return run_stage(ctx, "initial_responses", items, make_work(ctx, model), columns=["prompt", "initial_response"],
                      rows_of=lambda recs: [{"prompt": r["prompt"], "initial_response": r["initial_response"]} for r in recs],
-                     length_of=words_of("initial_response"))
+                     length_of=words_of("initial_response"), model=model)
 
 
 @cli_main
