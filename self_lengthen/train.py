@@ -117,7 +117,10 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     use_deepspeed = sizes.pop("deepspeed", False) and gpus > 0
     bf16 = sizes.pop("bf16", False) and gpus > 0
     lora_rank = sizes.pop("lora_rank", 8)
+    save_steps = sizes.pop("save_steps", None)
     config.update(sizes)
+    if save_steps:  # checkpoints a crashed training resumes from (see torchrun); the last two are kept
+        config.update(save_strategy="steps", save_steps=int(save_steps), save_total_limit=2)
     data_dir = iter_dir / "data"
     config.update(
         model_name_or_path=str(model_dir), dataset=name, dataset_dir=str(data_dir), template=template,
@@ -164,8 +167,21 @@ def torchrun(config_path: Path, dist, gpus: int, log, timeout: float | None = No
     env = train_env(FORCE_TORCHRUN=1, NNODES=dist.world_size, NODE_RANK=dist.rank, NPROC_PER_NODE=max(1, gpus),
                     MASTER_ADDR=dist.master_addr, MASTER_PORT=dist.master_port)
     cli = train_python().parent / "llamafactory-cli"
-    run_logged([str(cli), "train", str(config_path)], log, env=env, what=f"training {config_path.stem[6:]}",
-               timeout=timeout)
+    cmd = [str(cli), "train", str(config_path)]
+    resume = last_checkpoint(Path(yaml.safe_load(config_path.read_text())["output_dir"]))
+    if resume is not None:  # a crashed run of this training left a checkpoint: go on from there
+        cmd.append(f"resume_from_checkpoint={resume}")
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as out:
+            out.write(f"self-lengthen: resuming from {resume}\n")
+    run_logged(cmd, log, env=env, what=f"training {config_path.stem[6:]}", timeout=timeout)
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint-N in output_dir (the trainer writes trainer_state.json last), or None."""
+    complete = [d for d in output_dir.glob("checkpoint-*")
+                if d.name.split("-")[-1].isdigit() and (d / "trainer_state.json").is_file()]
+    return max(complete, key=lambda d: int(d.name.split("-")[-1]), default=None)
 
 
 def run_logged(cmd: list[str], log: Path, *, env: dict, what: str, timeout: float | None = None) -> None:

@@ -1,5 +1,6 @@
 """Training with the real LLaMA-Factory in the training env, on the default model and a tiny mk_data output."""
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -131,6 +132,53 @@ def test_continuing_from_an_adapter_carries_its_weights_over(trained, default_mo
     assert before.keys() == after.keys() and len(before) > 0
     assert all((before[k] == after[k]).all() for k in before)
     assert any(before[k].abs().sum() > 0 for k in before if "lora_B" in k)  # non-trivial weights carried over
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_model):
+    """The trainer is killed with -9 once checkpoint-2 is complete; the rerun goes on from a checkpoint, not step 0."""
+    import copy
+    import os
+    import signal
+    import time
+
+    from self_lengthen.train import train_env, train_python
+
+    workdir = trained["workdir"]
+    iter_dir = workdir / "results" / "iter_resume" / "iter_1"
+    save_dataset(ROWS, ["prompt", "initial_response", "extended_response"], iter_dir / "extended_responses")
+    from transformers import AutoTokenizer
+
+    mk_data(iter_dir, PromptBuilder(trained["flavour"], AutoTokenizer.from_pretrained(default_model)))
+    profile = copy.deepcopy(trained["profile"])
+    profile["training"].update(max_steps=20, save_steps=1)
+    config = mk_config(iter_dir, 1, "ext_sft", default_model, trained["flavour"], profile, trained["template"], gpus=0)
+    assert yaml.safe_load(config.read_text())["save_strategy"] == "steps"
+    tokenize(config, workdir / "logs" / "tok_resume.log")
+    output_dir = Path(yaml.safe_load(config.read_text())["output_dir"])
+    env = train_env(FORCE_TORCHRUN=1, NNODES=1, NODE_RANK=0, NPROC_PER_NODE=1, MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=29733)
+    with open(workdir / "logs" / "killed.log", "wb") as log:
+        trainer = subprocess.Popen([str(train_python().parent / "llamafactory-cli"), "train", str(config)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (output_dir / "checkpoint-2" / "trainer_state.json").exists():
+        assert trainer.poll() is None and time.monotonic() < deadline, (workdir / "logs" / "killed.log").read_text()[-2000:]
+        time.sleep(0.2)
+    os.killpg(trainer.pid, signal.SIGKILL)
+    trainer.wait(timeout=60)
+    assert not (output_dir / "adapter_model.safetensors").exists()  # it really was cut short
+
+    torchrun(config, DistEnv(), 0, workdir / "logs" / "resumed.log")
+    log = (workdir / "logs" / "resumed.log").read_text()
+    assert "self-lengthen: resuming from" in log
+    resumed_at = int(re.search(r"Resuming training from checkpoint with epoch \d+ and global step (\d+)", log)[1])
+    assert 2 <= resumed_at < 20
+    state = json.loads(sorted(output_dir.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[1]))[-1]
+                       .joinpath("trainer_state.json").read_text())
+    assert state["global_step"] == 20
+    adapter = publish_adapter(iter_dir, "ext_sft")
+    assert (Path(adapter) / "adapter_model.safetensors").is_file()
+    assert not list(Path(adapter).glob("checkpoint-*"))
 
 
 def test_serving_worker_loads_the_trained_adapter(trained):
