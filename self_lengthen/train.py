@@ -194,15 +194,35 @@ def run_logged(cmd: list[str], log: Path, *, env: dict, what: str, timeout: floa
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
             proc.wait()
             raise UsageError(f"{what} timed out after {timeout:.0f}s; see {log}") from None
         except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)  # interrupted: leave no trainer behind
+            kill_tree(proc.pid)  # interrupted: leave no trainer behind
             raise
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise UsageError(f"{what} failed (exit {code}); last lines of {log}:\n{tail}")
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process, its group and all its descendants: torchrun starts its workers in sessions of their own,
+    so killing the group alone would leave them training."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def publish_adapter(iter_dir: Path, name: str) -> Path:

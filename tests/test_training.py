@@ -134,14 +134,30 @@ def test_continuing_from_an_adapter_carries_its_weights_over(trained, default_mo
     assert any(before[k].abs().sum() > 0 for k in before if "lora_B" in k)  # non-trivial weights carried over
 
 
+def _dead(proc, timeout: float = 30.0) -> bool:
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_model):
     """The trainer is killed with -9 once checkpoint-2 is complete; the rerun goes on from a checkpoint, not step 0."""
     import copy
-    import os
-    import signal
     import time
 
-    from self_lengthen.train import train_env, train_python
+    import psutil
+
+    from self_lengthen.train import kill_tree, train_env, train_python
 
     workdir = trained["workdir"]
     iter_dir = workdir / "results" / "iter_resume" / "iter_1"
@@ -150,7 +166,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
 
     mk_data(iter_dir, PromptBuilder(trained["flavour"], AutoTokenizer.from_pretrained(default_model)))
     profile = copy.deepcopy(trained["profile"])
-    profile["training"].update(max_steps=20, save_steps=1)
+    profile["training"].update(max_steps=8, save_steps=1)
     config = mk_config(iter_dir, 1, "ext_sft", default_model, trained["flavour"], profile, trained["template"], gpus=0)
     assert yaml.safe_load(config.read_text())["save_strategy"] == "steps"
     tokenize(config, workdir / "logs" / "tok_resume.log")
@@ -164,18 +180,20 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
     while not (output_dir / "checkpoint-2" / "trainer_state.json").exists():
         assert trainer.poll() is None and time.monotonic() < deadline, (workdir / "logs" / "killed.log").read_text()[-2000:]
         time.sleep(0.2)
-    os.killpg(trainer.pid, signal.SIGKILL)
+    workers = psutil.Process(trainer.pid).children(recursive=True)
+    kill_tree(trainer.pid)  # as if the node died: the launcher, torchrun and its worker (in a session of its own)
     trainer.wait(timeout=60)
+    assert workers and all(_dead(w) for w in workers)
     assert not (output_dir / "adapter_model.safetensors").exists()  # it really was cut short
 
     torchrun(config, DistEnv(), 0, workdir / "logs" / "resumed.log")
     log = (workdir / "logs" / "resumed.log").read_text()
     assert "self-lengthen: resuming from" in log
     resumed_at = int(re.search(r"Resuming training from checkpoint with epoch \d+ and global step (\d+)", log)[1])
-    assert 2 <= resumed_at < 20
+    assert 2 <= resumed_at < 8
     state = json.loads(sorted(output_dir.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[1]))[-1]
                        .joinpath("trainer_state.json").read_text())
-    assert state["global_step"] == 20
+    assert state["global_step"] == 8
     adapter = publish_adapter(iter_dir, "ext_sft")
     assert (Path(adapter) / "adapter_model.safetensors").is_file()
     assert not list(Path(adapter).glob("checkpoint-*"))
