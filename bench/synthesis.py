@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,32 +88,56 @@ class InProcessEngine:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=1800)
 
 
-def run_stages(workdir: Path, model_dir: Path, prompts: list[str], profile: str, client=None) -> dict:
-    """step1 then step2 on `prompts`, with the profile's sizes; returns generated tokens and wall seconds."""
+STAGES = {"generate": "initial_responses", "extend": "extended_responses"}
+
+
+def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=None) -> dict:
+    """One stage (step1 `generate` or step2 `extend`) of iteration 1 in `workdir`, with the profile's sizes.
+    Returns the tokens it generated and its wall seconds."""
     from self_lengthen.pipeline import stage_args
     from self_lengthen.stages import extend, generate
     from self_lengthen.stages.common import StageContext, base_parser
     from self_lengthen.train import load_profile
 
-    it = workdir / "results" / "iter_1"
-    save_dataset([{"prompt": p} for p in prompts], ["prompt"], it / "instructions")
-    sizes = load_profile(profile)
-    tokens, wall = 0, 0.0
-    for stage, module, name in (("generate", generate, "initial_responses"), ("extend", extend, "extended_responses")):
-        argv = stage_args(sizes, stage, 1, workdir, model_dir, seed=0)
-        if client is None:
-            argv += ["--base_url", f"http://127.0.0.1:{PORTS['api']}/v1"]
-        ctx = StageContext.create(base_parser(stage).parse_args(argv), FLAVOUR)
-        if client is not None:
-            ctx.client = client
-        start = time.monotonic()
-        module.run(ctx)
-        wall += time.monotonic() - start
-        tokens += json.loads((it / f"{name}.summary.json").read_text())["tokens_generated"]
-    return {"tokens": tokens, "seconds": wall, "tok_s": tokens / wall}
+    argv = stage_args(load_profile(profile), stage, 1, workdir, model_dir, seed=0)
+    if client is None:
+        argv += ["--base_url", f"http://127.0.0.1:{PORTS['api']}/v1"]
+    ctx = StageContext.create(base_parser(stage).parse_args(argv), FLAVOUR)
+    if client is not None:
+        ctx.client = client
+    start = time.monotonic()
+    {"generate": generate, "extend": extend}[stage].run(ctx)
+    seconds = time.monotonic() - start
+    summary = json.loads((workdir / "results" / "iter_1" / f"{STAGES[stage]}.summary.json").read_text())
+    return {"tokens": summary["tokens_generated"], "seconds": seconds}
+
+
+def new_workdir(side: str, prompts: list[str], initial_from: Path | None = None) -> Path:
+    """A fresh workdir holding the instructions and, if given, a copy of another run's step1 output."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-synthesis-{side}-"))
+    save_dataset([{"prompt": p} for p in prompts], ["prompt"], workdir / "results" / "iter_1" / "instructions")
+    if initial_from is not None:
+        name = STAGES["generate"]
+        shutil.copytree(initial_from / "results" / "iter_1" / name, workdir / "results" / "iter_1" / name)
+    return workdir
+
+
+def total(*runs: dict) -> dict:
+    tokens, seconds = sum(r["tokens"] for r in runs), sum(r["seconds"] for r in runs)
+    return {"tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds}
+
+
+def describe(side: str, step1: dict, step2: dict) -> str:
+    both = total(step1, step2)
+    return (f"{side}: step1 {step1['tokens']} tokens in {step1['seconds']:.0f} s, "
+            f"step2 {step2['tokens']} tokens in {step2['seconds']:.0f} s; "
+            f"{both['tokens']} tokens in {both['seconds']:.0f} s = {both['tok_s']:.1f} tok/s")
 
 
 def throughput(args) -> str:
+    """Both sides run step1 on the same instructions. Sampling makes their step1 outputs differ, and step2's
+    workload (how many items, so how many requests in flight) follows from them, so both sides run step2 on the
+    stack's step1 output: the same items, prompts and sampling."""
     from self_lengthen.default_model import ensure_default_model
     from self_lengthen.flavour import load_seeds
 
@@ -120,24 +145,25 @@ def throughput(args) -> str:
     model = ensure_default_model()
     prompts = load_seeds(FLAVOUR / "seeds.jsonl")[: args.instructions]
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-synthesis-stack-"))
+    stack_dir = new_workdir("stack", prompts)
     serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
-    subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", "--iter=0",
+    subprocess.run([*serve, "start", f"--workdir={stack_dir}", f"--base_model={model}", "--iter=0",
                     f"--api_port={PORTS['api']}", f"--controller_port={PORTS['controller']}",
                     f"--worker_port={PORTS['worker']}"], check=True)
     try:
-        stack = run_stages(workdir, model, prompts, args.profile)
+        stack = [run_stage(stage, stack_dir, model, args.profile) for stage in STAGES]
     finally:
-        subprocess.run([*serve, "stop", f"--workdir={workdir}"], check=False, timeout=300)
-    print(f"stack: {stack['tokens']} tokens in {stack['seconds']:.0f} s, {stack['tok_s']:.1f} tok/s", flush=True)
+        subprocess.run([*serve, "stop", f"--workdir={stack_dir}"], check=False, timeout=300)
+    print(describe("stack", *stack), flush=True)
 
     engine = InProcessEngine(model)
-    direct = run_stages(Path(tempfile.mkdtemp(prefix="bench-synthesis-direct-")), model, prompts, args.profile,
-                        client=engine)
-    print(f"in-process vLLM: {direct['tokens']} tokens in {direct['seconds']:.0f} s, {direct['tok_s']:.1f} tok/s",
-          flush=True)
-    return (f"(a) step1+step2 on {len(prompts)} instructions ({args.profile} sizes): stack {stack['tok_s']:.1f} tok/s, "
-            f"in-process vLLM {direct['tok_s']:.1f} tok/s, ratio {stack['tok_s'] / direct['tok_s']:.2f}")
+    direct = [run_stage("generate", new_workdir("direct-step1", prompts), model, args.profile, client=engine),
+              run_stage("extend", new_workdir("direct-step2", prompts, initial_from=stack_dir), model,
+                        args.profile, client=engine)]
+    print(describe("in-process vLLM", *direct), flush=True)
+    s, d = total(*stack), total(*direct)
+    return (f"(a) step1+step2 on {len(prompts)} instructions ({args.profile} sizes), step2 on the same items: "
+            f"stack {s['tok_s']:.1f} tok/s, in-process vLLM {d['tok_s']:.1f} tok/s, ratio {s['tok_s'] / d['tok_s']:.2f}")
 
 
 # --- (b) client memory ------------------------------------------------------------------------------------------
