@@ -135,3 +135,39 @@ def test_client_disconnect_aborts_a_non_streaming_request(client, served, path):
     with pytest.raises(requests.Timeout):  # the client gives up long before 3000 tokens are written
         requests.post(client.base_url + path, json=body, timeout=4)
     assert _wait_for_abort(served, before) > before
+
+
+def test_adapters_are_served_as_merged_copies_on_cpu(served):
+    """On CPU (vLLM runs LoRA without torch.compile there) each adapter is served by an engine of its own."""
+    log = (served.workdir / "logs" / "worker0.log").read_text()
+    assert "serving adapters as merged copies" in log
+    assert len(list((served.workdir / "run" / "rank0" / "merged").glob("*/config.json"))) == 2
+
+
+def test_a_merged_copy_equals_the_adapter_applied_and_is_made_once(tmp_path, default_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import make_random_adapter
+    from self_lengthen.serve.worker import merged_model
+
+    adapter = make_random_adapter(default_model, tmp_path / "a", seed=3)
+    merged = merged_model(default_model, adapter, tmp_path / "merged")
+    stamp = (merged / "model.safetensors").stat().st_mtime_ns
+    assert merged_model(default_model, adapter, tmp_path / "merged") == merged  # cached: not merged again
+    assert (merged / "model.safetensors").stat().st_mtime_ns == stamp
+    other = make_random_adapter(default_model, tmp_path / "b", seed=4)
+    assert merged_model(default_model, other, tmp_path / "merged") != merged  # keyed by the adapter's content
+    assert not list((tmp_path / "merged").glob(".partial-*"))
+
+    ids = AutoTokenizer.from_pretrained(default_model)("The lighthouse keeper climbed the stairs",
+                                                       return_tensors="pt").input_ids
+    load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # noqa: E731
+    with torch.no_grad():
+        plain = load(default_model)(ids).logits
+        expected = PeftModel.from_pretrained(load(default_model), str(adapter))(ids).logits
+        got = load(merged)(ids).logits
+    # The adapter moves the logits far; the merged copy lands where the adapter does, up to bf16 rounding.
+    assert (got - expected).abs().max() < 0.1 * (plain - expected).abs().max()
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))

@@ -2,15 +2,26 @@
 
 FastChat 0.2.36's own vllm_worker no longer runs on vLLM 0.3x, so this worker speaks FastChat's worker protocol
 (register and heart-beat with the controller; /worker_generate[_stream], /count_token, /model_details,
-/worker_get_conv_template, /worker_get_status) over a vLLM `AsyncLLM`. Each request is routed to its
-`LoRARequest` by the model name it asks for. A request whose client goes away is aborted in the engine.
+/worker_get_conv_template, /worker_get_status) over vLLM `AsyncLLM` engines. Each request is routed by the model
+name it asks for. A request whose client goes away is aborted in the engine.
+
+Adapters are served in one of two ways (--adapter-mode):
+- lora: one engine, each adapter a `LoRARequest` (vLLM's multi-LoRA batching). The choice on GPU.
+- merged: each adapter merged into a copy of the base weights, one engine per name. On CPU, vLLM turns torch.compile
+  off for an engine with LoRA enabled, which halves its throughput; merged engines keep it. The copies are made once
+  per adapter (keyed by its content) in --merge-dir, and the KV-cache budget is shared between the engines.
+`auto` picks merged on CPU and lora elsewhere.
 
 Run: python -m self_lengthen.serve.worker --model-path DIR --lora gen_sft=DIR --lora ext_sft=DIR ...
 """
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -68,9 +79,40 @@ def sampling_params(params: dict, eos_ids: list[int]):
     )
 
 
+def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
+    """`base` with `adapter` merged into its weights, saved once under `merge_dir` (keyed by both contents)."""
+    digest = hashlib.sha256(str(base.resolve()).encode())
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update((adapter / name).read_bytes())
+    out = merge_dir / digest.hexdigest()[:16]
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    log.info("merging %s into %s -> %s", adapter, base, out)
+    merge_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=merge_dir, prefix=".partial-"))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model.to(torch.bfloat16).save_pretrained(tmp)
+        try:
+            os.replace(tmp, out)  # a finished copy appears whole, or not at all
+        except OSError:
+            if not (out / "config.json").is_file():  # not another worker's finished copy of the same merge
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 class VLLMWorker(BaseModelWorker):
-    def __init__(self, engine, tokenizer, *, controller_addr, worker_addr, model_path, base_name, adapters,
+    def __init__(self, engines: dict, tokenizer, *, controller_addr, worker_addr, model_path, base_name, adapters,
                  limit_worker_concurrency, context_len):
+        """`engines` maps each served name to its engine. Names whose engine is the base name's are adapters served
+        as LoRARequests (lora mode); a name with an engine of its own is a merged copy."""
         from vllm.lora.request import LoRARequest
 
         self._tokenizer = tokenizer
@@ -79,10 +121,11 @@ class VLLMWorker(BaseModelWorker):
             [base_name, *adapters], limit_worker_concurrency,
         )
         self.tokenizer = tokenizer
-        self.engine = engine
+        self.engines = engines
         self.context_len = context_len
         self.base_name = base_name
-        self.loras = {name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate(adapters.items())}
+        self.loras = {name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate(adapters.items())
+                      if engines[name] is engines[base_name]}
         self.eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.stats = {"requests": 0, "aborted": 0}
         self._background: set[asyncio.Task] = set()
@@ -107,9 +150,9 @@ class VLLMWorker(BaseModelWorker):
     def count_token(self, params):
         return {"count": len(self.prompt_ids(params["prompt"])), "error_code": 0}
 
-    def _abort_later(self, request_id: str):
+    def _abort_later(self, engine, request_id: str):
         # Runs outside the (possibly cancelled) request scope, so the abort itself is not cancelled.
-        task = asyncio.get_running_loop().create_task(self.engine.abort(request_id))
+        task = asyncio.get_running_loop().create_task(engine.abort(request_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         self.stats["aborted"] += 1
@@ -119,7 +162,7 @@ class VLLMWorker(BaseModelWorker):
         from vllm.inputs import TokensPrompt
 
         model = params.get("model", self.base_name)
-        if model != self.base_name and model not in self.loras:
+        if model not in self.engines:
             yield {"text": f"unknown model {model!r}; this worker serves {self.model_names}", "error_code": ErrorCode.INVALID_MODEL}
             return
         prompt = params["prompt"]
@@ -127,9 +170,10 @@ class VLLMWorker(BaseModelWorker):
         request_id = uuid.uuid4().hex
         self.stats["requests"] += 1
         finished = False
+        engine = self.engines[model]
         try:
-            stream = self.engine.generate(TokensPrompt(prompt_token_ids=ids), sampling_params(params, self.eos_ids),
-                                          request_id, lora_request=self.loras.get(model))
+            stream = engine.generate(TokensPrompt(prompt_token_ids=ids), sampling_params(params, self.eos_ids),
+                                     request_id, lora_request=self.loras.get(model))
             async for out in stream:
                 choice = out.outputs[0]
                 yield {
@@ -145,7 +189,7 @@ class VLLMWorker(BaseModelWorker):
             yield {"text": f"bad request: {exc}", "error_code": ErrorCode.PARAM_OUT_OF_RANGE}
         finally:
             if not finished:
-                self._abort_later(request_id)
+                self._abort_later(engine, request_id)
 
     async def generate_stream_bytes(self, params: dict):
         async for item in self.generate(params):
@@ -215,6 +259,9 @@ def parse_args(argv=None):
     p.add_argument("--model-path", required=True)
     p.add_argument("--base-name", default=DEFAULT_BASE_NAME, help="model name clients use for the base model")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="serve a PEFT adapter as NAME")
+    p.add_argument("--adapter-mode", choices=["auto", "lora", "merged"], default="auto",
+                   help="serve adapters as LoRA requests or as merged copies (auto: merged on CPU)")
+    p.add_argument("--merge-dir", default=None, help="where merged copies are kept (merged mode)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=21002)
     p.add_argument("--worker-address", default=None, help="address the controller uses (default http://host:port)")
@@ -228,47 +275,80 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def resolve_adapter_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    from vllm.platforms import current_platform
+
+    return "merged" if current_platform.is_cpu() else "lora"
+
+
 async def serve(args, adapters: dict[str, Path]):
+    common = dict(dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                  gpu_memory_utilization=args.gpu_memory_utilization, tokenizer=args.model_path)
+    if args.max_num_seqs:
+        common["max_num_seqs"] = args.max_num_seqs
+    mode = resolve_adapter_mode(args.adapter_mode) if adapters else "lora"
+    if mode == "merged" and not args.merge_dir:
+        raise SystemExit("worker: --merge-dir is needed to serve adapters merged (or pass --adapter-mode lora)")
+    engines = {}
+    try:
+        await run_worker(args, adapters, mode, common, engines)
+    finally:
+        for engine in {id(e): e for e in engines.values()}.values():
+            engine.shutdown()
+
+
+async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, engines: dict):
+    """Start the engines (into `engines`, so the caller can shut them down), then serve until SIGTERM."""
     from transformers import AutoTokenizer
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    max_rank = max([lora_rank(p) for p in adapters.values()], default=0)
-    engine_kwargs = dict(model=args.model_path, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-                         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization)
-    if args.max_num_seqs:
-        engine_kwargs["max_num_seqs"] = args.max_num_seqs
+    if mode == "merged":
+        models = {args.base_name: Path(args.model_path)}
+        models.update({name: merged_model(Path(args.model_path), path, Path(args.merge_dir))
+                       for name, path in adapters.items()})
+        kv_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        if kv_space:  # one budget, shared (each engine's core process reads it when it starts)
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(float(kv_space)) // len(models)))
+        for name, path in models.items():
+            log.info("starting the engine for %s (%s)", name, path)
+            engines[name] = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(path), **common))
+    else:
+        engine_kwargs = dict(model=args.model_path, **common)
+        if adapters:
+            max_rank = max(lora_rank(p) for p in adapters.values())
+            engine_kwargs.update(enable_lora=True, max_loras=len(adapters),
+                                 max_lora_rank=next(r for r in SUPPORTED_LORA_RANKS if r >= max_rank))
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
+        engines.update({name: engine for name in [args.base_name, *adapters]})
     if adapters:
-        engine_kwargs.update(enable_lora=True, max_loras=len(adapters),
-                             max_lora_rank=next(r for r in SUPPORTED_LORA_RANKS if r >= max_rank))
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
-    try:
-        worker = VLLMWorker(
-            engine, AutoTokenizer.from_pretrained(args.model_path), controller_addr=args.controller_address,
-            worker_addr=args.worker_address or f"http://{args.host}:{args.port}", model_path=args.model_path,
-            base_name=args.base_name, adapters=adapters, limit_worker_concurrency=args.limit_worker_concurrency,
-            context_len=engine.model_config.max_model_len,
-        )
-        server = uvicorn.Server(uvicorn.Config(build_app(worker), host=args.host, port=args.port,
-                                               log_level="warning", timeout_graceful_shutdown=10))
+        log.info("serving adapters as %s", "merged copies" if mode == "merged" else "LoRA requests")
+    worker = VLLMWorker(
+        engines, AutoTokenizer.from_pretrained(args.model_path), controller_addr=args.controller_address,
+        worker_addr=args.worker_address or f"http://{args.host}:{args.port}", model_path=args.model_path,
+        base_name=args.base_name, adapters=adapters, limit_worker_concurrency=args.limit_worker_concurrency,
+        context_len=engines[args.base_name].model_config.max_model_len,
+    )
+    server = uvicorn.Server(uvicorn.Config(build_app(worker), host=args.host, port=args.port,
+                                           log_level="warning", timeout_graceful_shutdown=10))
 
-        async def register_once_listening():
-            while not server.started:
-                await asyncio.sleep(0.1)
-            while True:  # the controller may come up after us (another node)
-                try:
-                    await asyncio.to_thread(worker.init_heart_beat)
-                    break
-                except (requests.RequestException, AssertionError) as exc:
-                    log.warning("registration with %s failed (%s); retrying", worker.controller_addr, exc)
-                    await asyncio.sleep(2)
-            log.info("registered %s as %s with %s", worker.model_names, worker.worker_addr, worker.controller_addr)
+    async def register_once_listening():
+        while not server.started:
+            await asyncio.sleep(0.1)
+        while True:  # the controller may come up after us (another node)
+            try:
+                await asyncio.to_thread(worker.init_heart_beat)
+                break
+            except (requests.RequestException, AssertionError) as exc:
+                log.warning("registration with %s failed (%s); retrying", worker.controller_addr, exc)
+                await asyncio.sleep(2)
+        log.info("registered %s as %s with %s", worker.model_names, worker.worker_addr, worker.controller_addr)
 
-        registration = asyncio.create_task(register_once_listening())
-        await server.serve()  # returns on SIGTERM or SIGINT
-        registration.cancel()
-    finally:
-        engine.shutdown()
+    registration = asyncio.create_task(register_once_listening())
+    await server.serve()  # returns on SIGTERM or SIGINT
+    registration.cancel()
 
 
 def main(argv=None):
