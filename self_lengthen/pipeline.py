@@ -40,6 +40,9 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
     tries = (gen.get("max_tries") or {}).get(stage)
     if tries:
         out += ["--max_tries", str(tries)]
+    fraction = (gen.get("finish_fraction") or {}).get(stage)
+    if fraction:
+        out += ["--finish_fraction", str(fraction)]
     return out
 
 
