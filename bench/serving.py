@@ -44,16 +44,22 @@ def through_stack(model_dir, messages, tokens):
 
 
 def offline(model_dir, messages, tokens):
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # as run_server.sh gives its workers
+    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+
+    for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
+        os.environ.setdefault(key, value)
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(model_dir), dtype="bfloat16")
     params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
                             ignore_eos=True)
-    llm.chat(messages[0], SamplingParams(max_tokens=8))
-    start = time.monotonic()
-    outs = llm.chat(messages, params)
-    wall = time.monotonic() - start
+    try:
+        llm.chat(messages[0], SamplingParams(max_tokens=8))
+        start = time.monotonic()
+        outs = llm.chat(messages, params)
+        wall = time.monotonic() - start
+    finally:
+        llm.llm_engine.engine_core.shutdown()  # its core process outlives the os._exit below otherwise
     return sum(len(o.outputs[0].token_ids) for o in outs) / wall
 
 
@@ -71,7 +77,7 @@ def main():
     direct = offline(model, messages, args.tokens)
     print(f"stack {stack:.1f} tok/s, offline {direct:.1f} tok/s, ratio {stack / direct:.2f} "
           f"({args.requests} requests x {args.tokens} tokens)", flush=True)
-    # The offline engine's shutdown at interpreter exit hung here; leave now that the result is printed.
+    # The engine is shut down, but its threads' teardown at interpreter exit hung here: leave now.
     os._exit(0)
 
 

@@ -61,6 +61,10 @@ class InProcessEngine:
     def models(self) -> list[str]:
         return ["base"]
 
+    def close(self):
+        """Stop the engine's core process (it outlives an os._exit of this one otherwise)."""
+        self.engine.shutdown()
+
     def chat(self, model: str, messages: list[dict], **sampling):
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.complete(model, prompt, **sampling)
@@ -141,7 +145,10 @@ def throughput(args) -> str:
     from self_lengthen.default_model import ensure_default_model
     from self_lengthen.flavour import load_seeds
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # as run_server.sh gives its workers
+    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+
+    for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
+        os.environ.setdefault(key, value)
     model = ensure_default_model()
     prompts = load_seeds(FLAVOUR / "seeds.jsonl")[: args.instructions]
 
@@ -157,9 +164,12 @@ def throughput(args) -> str:
     print(describe("stack", *stack), flush=True)
 
     engine = InProcessEngine(model)
-    direct = [run_stage("generate", new_workdir("direct-step1", prompts), model, args.profile, client=engine),
-              run_stage("extend", new_workdir("direct-step2", prompts, initial_from=stack_dir), model,
-                        args.profile, client=engine)]
+    try:
+        direct = [run_stage("generate", new_workdir("direct-step1", prompts), model, args.profile, client=engine),
+                  run_stage("extend", new_workdir("direct-step2", prompts, initial_from=stack_dir), model,
+                            args.profile, client=engine)]
+    finally:
+        engine.close()
     print(describe("in-process vLLM", *direct), flush=True)
     s, d = total(*stack), total(*direct)
     return (f"(a) step1+step2 on {len(prompts)} instructions ({args.profile} sizes), step2 on the same items: "
@@ -209,7 +219,7 @@ def main():
     if args.which in ("throughput", "all"):
         results.append(throughput(args))
     print("\n".join(results), flush=True)
-    os._exit(0)  # an in-process vLLM engine's shutdown at interpreter exit can hang; the results are printed
+    os._exit(0)  # the engine is shut down; its threads' teardown at interpreter exit can still hang
 
 
 if __name__ == "__main__":
