@@ -257,3 +257,22 @@ def test_generate_on_the_sample_survives_a_kill(served, tmp_path):
         assert r["response"].strip() and r["response_length"] == count_words(r["response"])
     scored = run_eval("length_following_eval.py", out, "--json")
     assert scored.returncode == 0 and 0 <= json.loads(scored.stdout)["overall"] <= 1
+
+
+@pytest.mark.slow
+def test_compare_models_scores_each_served_model(served, tmp_path):
+    """The demo's last step: both models answer the same rows, and the table has one scored line per model."""
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()][:3]
+    sample = tmp_path / "few.jsonl"
+    sample.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_eval("compare_models.py", sample, "--models", "base,gen_sft", "--outdir", tmp_path / "out",
+                    "--base_url", served.base_url, "--max_tokens", "60", "--workers", "3", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| base ") or line.startswith("| gen_sft ")]
+    assert len(table) == 2
+    for line in table:
+        following, s_l, mean_words = (float(x) for x in line.strip("| ").split("|")[1:])
+        assert 0 <= following <= 1 and 0 <= s_l <= 100 and mean_words > 0
+    for model in ("base", "gen_sft"):
+        answered = [json.loads(line) for line in (tmp_path / "out" / f"few.{model}.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in answered] == [r["id"] for r in rows]
