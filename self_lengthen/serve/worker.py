@@ -80,7 +80,8 @@ def sampling_params(params: dict, eos_ids: list[int]):
 
 
 def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
-    """`base` with `adapter` merged into its weights, saved once under `merge_dir` (keyed by both contents)."""
+    """`base` with `adapter` merged into its weights, saved once under `merge_dir` (keyed by the base path and the
+    adapter's content)."""
     digest = hashlib.sha256(str(base.resolve()).encode())
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         digest.update((adapter / name).read_bytes())
