@@ -1,6 +1,7 @@
 """Shared fixtures. Heavy things (the converted model, a served stack) are built once per session."""
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ SERVE_PY = ROOT / ".venv" / "bin" / "python"
 TRAIN_PY = ROOT / ".venv-train" / "bin" / "python"
 
 sys.path.insert(0, str(ROOT))
+# FastChat modules imported by tests write their log files into $LOGDIR (default: the current directory).
+os.environ.setdefault("LOGDIR", tempfile.mkdtemp(prefix="self-lengthen-test-logs-"))
 
 
 @pytest.fixture(scope="session")
