@@ -57,11 +57,12 @@ def main(flavour_dir: Path, argv=None):
     try:
         # Servers left by a run of ours that was killed (their pid files are in workdir/run) go first.
         subprocess.run([*serve, "stop", f"--workdir={workdir}"], capture_output=True, timeout=300)
-        subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", f"--iter={args.max_iter}"],
-                       check=True)
-        if dist.is_master:
-            collect_batches(flavour_dir, args, workdir, model, profile)
-        sync.barrier(done_step)
+        with sync.heartbeat():
+            subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}",
+                            f"--iter={args.max_iter}"], check=True)
+            if dist.is_master:
+                collect_batches(flavour_dir, args, workdir, model, profile)
+            sync.barrier(done_step)
     except subprocess.CalledProcessError as exc:
         what = Path(exc.cmd[1]).name if exc.cmd[1].endswith(".py") else "starting the servers"
         message = f"collect: {what} failed (exit {exc.returncode}); see the output above"

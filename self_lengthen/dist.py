@@ -1,6 +1,12 @@
-"""Rank, world size and master address from the environment (torchrun-style), validated once."""
+"""Rank, world size and master address from the environment (torchrun-style), validated once; barriers,
+failure markers and heartbeats between ranks."""
 import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -42,21 +48,27 @@ class DistEnv:
 
 
 class Sync:
-    """Barriers and failure markers between ranks, as files in the shared results directory.
+    """Barriers, failure markers and heartbeats between ranks, as files in the shared results directory.
 
     Multi-node runs need a filesystem shared by all nodes (as the method's original scripts assume).
-    `arrive(step)` marks this rank as past `step`; `wait(step)` returns once every rank has, raises at the first
-    failure marker of another rank, and raises at the timeout naming the ranks still missing.
+    `arrive(step)` marks this rank as past `step`; `wait(step)` returns once every rank has. It raises at the first
+    failure marker of another rank, when a rank it has seen alive stops its heartbeat for `stale_after` seconds
+    (killed with -9, or its node died: no failure marker is written then), and at the timeout, naming the ranks still
+    missing. A heartbeat is only trusted once it was seen changing, so a file left by an earlier run is never mistaken
+    for a live rank or a dead one.
     """
 
-    def __init__(self, root, dist: DistEnv, timeout: float, poll: float = 1.0):
-        from pathlib import Path
-
+    def __init__(self, root, dist: DistEnv, timeout: float, poll: float = 1.0, stale_after: float | None = None):
         self.root, self.dist, self.timeout, self.poll = Path(root), dist, timeout, poll
+        self.stale_after = stale_after or float(os.environ.get("SELF_LENGTHEN_HEARTBEAT_TIMEOUT") or 300)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._seen: dict[int, tuple[str | None, float, bool]] = {}  # rank -> (content, last change, seen alive)
 
     def _marker(self, step: str, rank: int):
         return self.root / step.replace("/", "__") / f"rank{rank}"
+
+    def _heartbeat_file(self, rank: int) -> Path:
+        return self.root / f"alive-rank{rank}"
 
     def arrive(self, step: str) -> None:
         path = self._marker(step, self.dist.rank)
@@ -76,9 +88,52 @@ class Sync:
     def clear_own_failure(self) -> None:
         (self.root / f"FAILED-rank{self.dist.rank}").unlink(missing_ok=True)
 
-    def wait(self, step: str, timeout: float | None = None) -> None:
-        import time
+    @contextmanager
+    def heartbeat(self, every: float = 10.0):
+        """While the body runs, rewrite alive-rank<R> every `every` seconds with a rising count; remove it after."""
+        path = self._heartbeat_file(self.dist.rank)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        stop = threading.Event()
 
+        def beat():
+            count = 0
+            while True:
+                count += 1
+                try:
+                    tmp.write_text(f"{socket.gethostname()} pid {os.getpid()} beat {count}")
+                    os.replace(tmp, path)
+                except OSError:  # a passing filesystem hiccup: the next beat tries again
+                    pass
+                if stop.wait(every):
+                    return
+
+        thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=every + 5)
+            path.unlink(missing_ok=True)
+
+    def dead_ranks(self, ranks) -> list[tuple[int, float]]:
+        """(rank, seconds since its heartbeat last changed) for each rank seen alive whose heartbeat went stale."""
+        now = time.monotonic()
+        dead = []
+        for r in ranks:
+            try:
+                content = self._heartbeat_file(r).read_text()
+            except OSError:
+                content = None
+            last = self._seen.get(r)
+            if last is None or content != last[0]:
+                alive = last is not None and (last[2] or content is not None)
+                self._seen[r] = (content, now, alive)
+            elif last[2] and content is not None and now - last[1] > self.stale_after:
+                dead.append((r, now - last[1]))
+        return dead
+
+    def wait(self, step: str, timeout: float | None = None) -> None:
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             missing = [r for r in range(self.dist.world_size) if not self._marker(step, r).exists()]
@@ -87,6 +142,11 @@ class Sync:
             failed = self.failures()
             if failed:
                 raise UsageError(f"rank {self.dist.rank} stops: another rank failed ({'; '.join(failed)})")
+            dead = self.dead_ranks(missing)
+            if dead:
+                names = ", ".join(f"rank {r} ({age:.0f}s)" for r, age in dead)
+                raise UsageError(f"rank {self.dist.rank} stops at step '{step}': no heartbeat from {names}; it was "
+                                 f"killed or its node went down. Rerun run.sh on every node to resume")
             if time.monotonic() > deadline:
                 raise UsageError(f"rank {self.dist.rank} timed out after {timeout or self.timeout:.0f}s at step "
                                  f"'{step}': rank(s) {', '.join(map(str, missing))} never arrived")

@@ -203,9 +203,10 @@ class Pipeline:
 
     def main(self) -> None:
         try:
-            for k in range(1, self.args.max_iter + 1):
-                self.iteration(k)
-            self.collect()
+            with self.sync.heartbeat():
+                for k in range(1, self.args.max_iter + 1):
+                    self.iteration(k)
+                self.collect()
             if self.dist.is_master:
                 from .report import run_report
 

@@ -209,6 +209,39 @@ def test_when_a_rank_fails_the_other_stops_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+def test_when_a_rank_is_killed_with_9_the_other_stops_at_its_heartbeat_timeout(tmp_path):
+    """Rank 0 dies by kill -9 during synthesis, so it writes no failure marker. Rank 1, waiting at the synthesis
+    barrier, sees rank 0's heartbeat stop and exits with one clear line, long before the barrier's 15-min timeout."""
+    from conftest import stop_stack
+
+    env = {"SELF_LENGTHEN_BARRIER_TIMEOUT": 900, "SELF_LENGTHEN_HEARTBEAT_TIMEOUT": 20}
+    zero = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(0, **env), wait=False)
+    one = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(1, **env), wait=False)
+    try:
+        waiting = tmp_path / "results" / ".sync" / "iter_1__synthesis" / "rank1"
+        deadline = time.monotonic() + 1200
+        while not waiting.exists():
+            assert time.monotonic() < deadline and zero.poll() is None and one.poll() is None
+            time.sleep(1)
+        time.sleep(25)  # rank 1 watches rank 0's heartbeat change (every 10 s) while rank 0 synthesizes
+        assert zero.poll() is None and one.poll() is None
+        os.killpg(zero.pid, signal.SIGKILL)  # run.sh and its stage; its servers live in groups of their own
+        killed = time.monotonic()
+        out = one.communicate(timeout=600)[0]
+        assert one.returncode != 0
+        assert time.monotonic() - killed < 120, out[-2000:]
+        last = out.strip().splitlines()[-1]
+        assert "stops at step 'iter_1/synthesis': no heartbeat from rank 0" in last, out[-2000:]
+        assert not (tmp_path / "run" / "rank1").exists() or not list((tmp_path / "run" / "rank1").glob("*.pid"))
+    finally:
+        for proc in (zero, one):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        stop_stack(tmp_path, env=two_node_env(0))  # rank 0's servers, orphaned by the kill
+        stop_stack(tmp_path, env=two_node_env(1))
+
+
+@pytest.mark.slow
 def test_a_rank_that_never_comes_is_named_at_the_timeout(tmp_path):
     start = time.monotonic()
     zero = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(0, SELF_LENGTHEN_BARRIER_TIMEOUT=20), timeout=300)
