@@ -1,5 +1,6 @@
 """One clear line for bad input: `UsageError` carries it, `cli_main` prints it and exits non-zero."""
 import functools
+import signal
 import sys
 
 
@@ -7,11 +8,20 @@ class UsageError(Exception):
     """Bad input or a missing prerequisite. The message says what was wrong and what to do."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def cli_main(func):
     """Wrap a command's main(): a UsageError becomes `error: <message>` on stderr and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGTERM, _raise_terminated)  # so `finally` blocks stop what this process started
         try:
             return func(*args, **kwargs)
         except UsageError as exc:
@@ -20,6 +30,9 @@ def cli_main(func):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except Terminated:
+            print("terminated", file=sys.stderr)
+            sys.exit(143)
 
     return wrapper
 

@@ -127,6 +127,28 @@ def test_empty_answers_are_retried_then_counted_as_exhausted(tmp_path):
     assert summary["exhausted"] == 8 and summary["reject_reasons"] == {"empty": 24} and summary["rows"] == 0
 
 
+def test_sigterm_stops_a_stage_cleanly_and_keeps_its_checkpoint(tmp_path):
+    """SIGTERM (a scheduler's stop) unwinds like Ctrl-C: one line, exit 143, finished items kept for the rerun."""
+    write_instructions(tmp_path, [f"Write about place {i}." for i in range(10)])  # 20 items, 2 at a time
+    checkpoint = tmp_path / "results" / "iter_1" / "initial_responses.checkpoint.jsonl"
+    def slow_answer(payload):
+        time.sleep(0.5)
+        return "A complete answer."
+
+    with FakeEndpoint(text=slow_answer) as fake:
+        proc = step(STEP1, tmp_path, "--workers", "2", base_url=fake.base_url, wait=False)
+        deadline = time.monotonic() + 120
+        while not (checkpoint.exists() and checkpoint.read_text().count("\n") >= 2):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err and err.strip().splitlines()[-1] == "terminated", err
+    kept = _keys(checkpoint)
+    assert 2 <= len(kept) < 20 and len(kept) == len(set(kept))
+    assert not (tmp_path / "results" / "iter_1" / "initial_responses").exists()
+
+
 def test_finished_stage_is_a_no_op(tmp_path):
     write_instructions(tmp_path, SHORT_PROMPTS)
     with FakeEndpoint(text="A complete answer about the topic, in one sentence.") as fake:
@@ -219,3 +241,21 @@ def test_finish_fraction_ends_the_stage_early_without_killing(tmp_path):
             (tmp_path / "results" / "iter_1" / "initial_responses.checkpoint.jsonl").read_text().splitlines()]
     assert len(keys) == len(set(keys)) == summary["items"]
     assert (tmp_path / "results" / "iter_1" / "initial_responses" / MARKER).is_file()
+
+
+def test_attempts_sets_how_many_extensions_each_initial_response_gets(tmp_path):
+    """--attempts 1 (the cpu-demo profile's) gives one step2 item per initial response; the method's default is 2."""
+    rows = [{"prompt": f"Write about place {i}.", "initial_response": f"Place {i} is quiet.\nIt has a river."}
+            for i in range(3)]
+    for attempts, expected in ((None, 6), ("1", 3)):
+        workdir = tmp_path / f"attempts-{attempts}"
+        save_dataset(rows, ["prompt", "initial_response"], workdir / "results" / "iter_1" / "initial_responses")
+        extra = ("--attempts", attempts) if attempts else ()
+        with FakeEndpoint(text="A complete answer.", delay=0) as fake:
+            proc = step(STEP2, workdir, "--max_tries", "1", *extra, base_url=fake.base_url)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summary = json.loads((workdir / "results" / "iter_1" / "extended_responses.summary.json").read_text())
+        assert summary["items"] == expected
+    with FakeEndpoint(delay=0) as fake:
+        assert "--attempts=0 must be at least 1" in one_error_line(
+            step(STEP2, tmp_path / "bad", "--attempts", "0", base_url=fake.base_url))
