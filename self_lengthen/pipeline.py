@@ -43,6 +43,8 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
     fraction = (gen.get("finish_fraction") or {}).get(stage)
     if fraction:
         out += ["--finish_fraction", str(fraction)]
+    if stage == "extend" and gen.get("extend_attempts"):
+        out += ["--attempts", str(gen["extend_attempts"])]
     return out
 
 

@@ -253,16 +253,19 @@ def test_a_rank_that_never_comes_is_named_at_the_timeout(tmp_path):
 @pytest.mark.parametrize("profile", ["gpu", "cpu-demo", "tiny"])
 def test_stage_options_follow_the_profile(tmp_path, profile):
     from self_lengthen.pipeline import stage_args
+    from self_lengthen.stages import extend
     from self_lengthen.stages.common import base_parser
     from self_lengthen.train import load_profile
 
     sizes = load_profile(profile)
     for stage in ("self_instruct", "generate", "extend"):
-        args = base_parser(stage).parse_args(stage_args(sizes, stage, 1, tmp_path, tmp_path, seed=0))
+        parser = extend.parser() if stage == "extend" else base_parser(stage)
+        args = parser.parse_args(stage_args(sizes, stage, 1, tmp_path, tmp_path, seed=0))
         expected = (sizes["generation"].get("finish_fraction") or {}).get(stage, 1.0)
         assert args.finish_fraction == expected
         tries = (sizes["generation"].get("max_tries") or {}).get(stage)
         if tries:
             assert args.max_tries == tries
-    if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions
-        assert stage == "extend" and args.finish_fraction < 1
+    assert args.attempts == sizes["generation"].get("extend_attempts")
+    if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions, and extends once
+        assert stage == "extend" and args.finish_fraction < 1 and args.attempts == 1

@@ -10,7 +10,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from ..errors import cli_main
+from ..errors import UsageError, cli_main
 from ..text import check_response, count_words, split_blocks
 from .common import StageContext, base_parser, finished, run_stage, stable_key, words_of
 from .runner import require_complete
@@ -78,16 +78,26 @@ def run(ctx: StageContext) -> Path:
     data = load_from_disk(str(source))
     model = ctx.model("ext_sft")
     ctx.check_model_served(model)
+    attempts = ctx.args.attempts or ATTEMPTS_PER_RESPONSE
     items = {f"{stable_key(r['prompt'], r['initial_response'])}-{a}": {"prompt": r["prompt"],
                                                                         "initial_response": r["initial_response"]}
-             for r in data for a in range(ATTEMPTS_PER_RESPONSE)}
+             for r in data for a in range(attempts)}
     columns = ["prompt", "initial_response", "extended_response"]
     return run_stage(ctx, "extended_responses", items, make_work(ctx, model), columns=columns,
                      rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs],
                      length_of=words_of("extended_response"), model=model)
 
 
+def parser():
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--attempts", type=int, default=None,
+                   help=f"independent extensions of each initial response (default: the method's {ATTEMPTS_PER_RESPONSE})")
+    return p
+
+
 @cli_main
 def main(flavour_dir: Path, argv=None):
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = parser().parse_args(argv)
+    if args.attempts is not None and args.attempts < 1:
+        raise UsageError(f"--attempts={args.attempts} must be at least 1")
     run(StageContext.create(args, flavour_dir))
