@@ -43,6 +43,9 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
     fraction = (gen.get("finish_fraction") or {}).get(stage)
     if fraction:
         out += ["--finish_fraction", str(fraction)]
+    budget = (gen.get("time_budget") or {}).get(stage)
+    if budget:
+        out += ["--time_budget", str(budget)]
     if stage == "extend" and gen.get("extend_attempts"):
         out += ["--attempts", str(gen["extend_attempts"])]
     return out
@@ -71,6 +74,21 @@ def validate(args) -> None:
             setattr(args, name, defaults[name])
         if getattr(args, name) < 1:
             raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
+
+
+def stop_child(proc: subprocess.Popen, grace: float = 5.0, timeout: float = 120.0) -> None:
+    """We are interrupted: let the child clean up (Ctrl-C and a group SIGTERM reach it too), SIGTERM it if it goes
+    on running, and SIGKILL it only if that does not end it either."""
+    try:
+        proc.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Pipeline:
@@ -107,9 +125,14 @@ class Pipeline:
 
     def run(self, cmd: list[str], what: str) -> None:
         self.say(what)
-        proc = subprocess.run(cmd, cwd=self.workdir)
-        if proc.returncode != 0:
-            raise UsageError(f"{what} failed (exit {proc.returncode}); see the output above")
+        proc = subprocess.Popen(cmd, cwd=self.workdir)
+        try:
+            code = proc.wait()
+        except BaseException:
+            stop_child(proc)
+            raise
+        if code != 0:
+            raise UsageError(f"{what} failed (exit {code}); see the output above")
 
     def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
         cmd = [sys.executable, "-m", "self_lengthen.serve.cluster", action, f"--workdir={self.workdir}"]
@@ -130,8 +153,9 @@ class Pipeline:
         # Servers left by a run of ours that was killed (their pid files are in workdir/run) go first.
         subprocess.run(self.serve_cmd("stop"), cwd=self.workdir, capture_output=True, timeout=300)
         self.sync.barrier(f"iter_{k}/begin")
-        self.run(self.serve_cmd("start", k - 1), f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
         try:
+            self.run(self.serve_cmd("start", k - 1),
+                     f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
             if self.dist.is_master:
                 py = sys.executable
                 self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),

@@ -160,6 +160,27 @@ def test_collect_data_writes_long_jsonl(collected, tmp_path):
     assert all(set(r) == {"query", "response"} for r in rows)
 
 
+@pytest.mark.slow
+def test_sigterm_while_the_servers_start_leaves_nothing_running(tmp_path):
+    """A scheduler's SIGTERM to run.sh's process group while the servers start: exit 143 and no server left."""
+    import psutil
+
+    env = env_with(SELF_LENGTHEN_API_PORT=18900, SELF_LENGTHEN_CONTROLLER_PORT=18901, SELF_LENGTHEN_WORKER_PORT=18902)
+    running = run_sh(tmp_path, *TINY, "--max_iter=1", env=env, wait=False)
+    worker_pid = tmp_path / "run" / "rank0" / "worker0.pid"
+    deadline = time.monotonic() + 300
+    while not worker_pid.exists():
+        assert time.monotonic() < deadline and running.poll() is None, running.stdout.read()[-3000:]
+        time.sleep(0.5)
+    pids = [json.loads(p.read_text())["pid"] for p in (tmp_path / "run" / "rank0").glob("*.pid")]
+    time.sleep(3)
+    os.killpg(running.pid, signal.SIGTERM)
+    out = running.communicate(timeout=300)[0]
+    assert running.returncode == 143 and "Traceback" not in out, out[-3000:]
+    assert pids and not list((tmp_path / "run" / "rank0").glob("*.pid"))
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
 # --- two nodes on one machine -----------------------------------------------------------------------------------------
 
 def two_node_env(rank: int, **extra) -> dict:
@@ -267,5 +288,6 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
         if tries:
             assert args.max_tries == tries
     assert args.attempts == sizes["generation"].get("extend_attempts")
+    assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
     if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions, and extends once
         assert stage == "extend" and args.finish_fraction < 1 and args.attempts == 1

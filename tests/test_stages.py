@@ -259,3 +259,26 @@ def test_attempts_sets_how_many_extensions_each_initial_response_gets(tmp_path):
     with FakeEndpoint(delay=0) as fake:
         assert "--attempts=0 must be at least 1" in one_error_line(
             step(STEP2, tmp_path / "bad", "--attempts", "0", base_url=fake.base_url))
+
+
+def test_time_budget_ends_the_stage_once_something_was_accepted(tmp_path):
+    """--time_budget 0.05 (3 s) with answers taking 0.5 s: the stage ends early, keeping what it finished; with
+    answers that are never accepted it goes on to the end rather than write nothing."""
+    def slow_answer(payload):
+        time.sleep(0.5)
+        return "A complete answer."
+
+    prompts = [f"Write about place {i}." for i in range(20)]  # 40 items, 2 at a time: about 10 s in all
+    for mode, text in (("ok", slow_answer), ("empty", "")):
+        workdir = tmp_path / mode
+        write_instructions(workdir, prompts)
+        with FakeEndpoint(mode, text=text) as fake:
+            proc = step(STEP1, workdir, "--time_budget", "0.05", "--workers", "2", "--max_tries", "1",
+                        base_url=fake.base_url)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summary = json.loads((workdir / "results" / "iter_1" / "initial_responses.summary.json").read_text())
+        if mode == "ok":
+            assert 1 <= summary["accepted"] and summary["items"] < 40 and "time budget of 0.05 min" in proc.stdout
+        else:
+            assert summary["items"] == 40 and summary["accepted"] == 0
+        assert (workdir / "results" / "iter_1" / "initial_responses" / MARKER).is_file()

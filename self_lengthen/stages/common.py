@@ -39,6 +39,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--max_tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.add_argument("--max_tries", type=int, default=None, help="tries per item (default: the method's)")
     p.add_argument("--finish_fraction", type=float, default=1.0, help="end once this share of items is done")
+    p.add_argument("--time_budget", type=float, default=None,
+                   help="minutes after which the stage ends, once at least one item was accepted")
     p.add_argument("--base_model", default="default", help="'default' or the HF dir the server serves (tokenizer)")
     p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint (default $SELF_LENGTHEN_BASE_URL "
                                                     "or http://127.0.0.1:8000/v1)")
@@ -66,6 +68,8 @@ class StageContext:
             raise UsageError(f"--max_tokens={args.max_tokens} must be at least 1")
         if not 0 < args.finish_fraction <= 1:
             raise UsageError(f"--finish_fraction={args.finish_fraction} must be in (0, 1]")
+        if args.time_budget is not None and not args.time_budget > 0:
+            raise UsageError(f"--time_budget={args.time_budget} must be a positive number of minutes")
         flavour = Flavour(flavour_dir)
         from transformers import AutoTokenizer
 
@@ -118,7 +122,8 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
     started = time.monotonic()
     try:
         records = run_items(items, work, checkpoint, workers=ctx.args.workers,
-                            finish_fraction=ctx.args.finish_fraction, desc=f"iter {ctx.args.iter} {name}")
+                            finish_fraction=ctx.args.finish_fraction, desc=f"iter {ctx.args.iter} {name}",
+                            time_budget=ctx.args.time_budget * 60 if ctx.args.time_budget else None)
     finally:
         checkpoint.close()
     summary = summarize(records, started, sum(r.get("tokens", 0) for r in records if r["key"] not in before))

@@ -70,11 +70,13 @@ def require_complete(out_dir: Path, command: str) -> None:
 
 
 def run_items(items: dict[str, object], work: Callable[[str, object, threading.Event], dict], checkpoint: Checkpoint,
-              *, workers: int, finish_fraction: float = 1.0, desc: str = "") -> list[dict]:
+              *, workers: int, finish_fraction: float = 1.0, time_budget: float | None = None,
+              desc: str = "") -> list[dict]:
     """Run `work` over the items not yet in the checkpoint, `workers` at a time. Returns all finished records.
 
-    With finish_fraction < 1 the stage ends once that share of all items is finished: queued items are cancelled
-    and the in-flight ones are told to stop (they finish their current request; nothing is killed).
+    The stage ends early once `finish_fraction` of all items is finished, or once `time_budget` seconds have passed
+    with at least one item accepted: queued items are cancelled and the in-flight ones are told to stop (they finish
+    their current request; nothing is killed). Items not finished are redone by a rerun.
     """
     todo = {k: v for k, v in items.items() if k not in checkpoint.records}
     total = len(items)
@@ -87,9 +89,11 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         pending = {pool.submit(work, key, payload, stop): key for key, payload in todo.items()}
         finished = total - len(todo)
+        deadline = time.monotonic() + time_budget if time_budget else None
         try:
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                left = None if deadline is None else deadline - time.monotonic()
+                done, _ = wait(pending, timeout=left if left and left > 0 else None, return_when=FIRST_COMPLETED)
                 for future in done:
                     key = pending.pop(future)
                     record = future.result()  # a worker error (the endpoint is gone, say) ends the stage
@@ -101,6 +105,10 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
                     bar.update(1)
                     bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
                 if finished >= target and pending:
+                    break
+                if pending and deadline is not None and time.monotonic() >= deadline and counts["accepted"]:
+                    tqdm.write(f"{desc}: time budget of {time_budget / 60:g} min used; ending with {finished} of "
+                               f"{total} items finished")
                     break
         finally:
             # Early finish, an error or Ctrl-C: queued items are cancelled, in-flight ones stop after their
