@@ -76,7 +76,7 @@ def validate(args) -> None:
             raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
 
 
-def stop_child(proc: subprocess.Popen, grace: float = 5.0, timeout: float = 120.0) -> None:
+def stop_child(proc: subprocess.Popen, grace: float = 30.0, timeout: float = 120.0) -> None:
     """We are interrupted: let the child clean up (Ctrl-C and a group SIGTERM reach it too), SIGTERM it if it goes
     on running, and SIGKILL it only if that does not end it either."""
     try:
