@@ -119,6 +119,9 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     lora_rank = sizes.pop("lora_rank", 8)
     save_steps = sizes.pop("save_steps", None)
     config.update(sizes)
+    if int(config.get("per_device_train_batch_size", 1)) > 1:
+        # Batches of similar lengths: far less padding to compute on, same samples, steps and batch size.
+        config.setdefault("train_sampling_strategy", "group_by_length")
     if save_steps:  # checkpoints a crashed training resumes from (see torchrun); the last two are kept
         config.update(save_strategy="steps", save_steps=int(save_steps), save_total_limit=2)
     data_dir = iter_dir / "data"

@@ -36,6 +36,7 @@ def trained(tmp_path_factory, default_model):
     system = json.loads((data_dir / "_COMPLETE").read_text())["system"]
     template = pick_template(default_model, flavour, system)
     profile = load_profile("tiny")
+    profile["training"]["per_device_train_batch_size"] = 2  # as cpu-demo: batches grouped by length
     configs = {m: mk_config(iter_dir, 1, m, default_model, flavour, profile, template, gpus=0) for m in MODELS}
     config = yaml.safe_load(configs["gen_sft"].read_text())
     config.update(learning_rate=5e-3, max_steps=4)
@@ -60,6 +61,17 @@ def test_mk_data_writes_alpaca_files_with_the_template_system(trained):
     assert all(e["system"] == trained["system"] for e in gen + ext)
     for e, r in zip(ext, ROWS):
         assert r["prompt"] in e["instruction"] and e["output"] == r["extended_response"]
+
+
+def test_batches_of_several_sequences_are_grouped_by_length(trained, default_model, tmp_path):
+    """The fixture trained with it (so LLaMA-Factory accepts it); a batch of one has no padding to save."""
+    config = yaml.safe_load((trained["data_dir"] / "train_gen_sft.yaml").read_text())
+    assert config["per_device_train_batch_size"] == 2 and config["train_sampling_strategy"] == "group_by_length"
+    assert "'train_runtime'" in (trained["workdir"] / "logs" / "train.log").read_text()
+    (tmp_path / "data").mkdir()
+    single = mk_config(tmp_path, 1, "gen_sft", default_model, trained["flavour"], load_profile("gpu"),
+                       trained["template"], gpus=0)
+    assert "train_sampling_strategy" not in yaml.safe_load(single.read_text())
 
 
 def test_drop_lines_keeps_about_80_percent():
