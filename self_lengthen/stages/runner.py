@@ -76,7 +76,7 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
 
     The stage ends early once `finish_fraction` of all items is finished, or once `time_budget` seconds have passed
     with at least one item accepted: queued items are cancelled and the in-flight ones are told to stop (they finish
-    their current request; nothing is killed). Items not finished are redone by a rerun.
+    their current request; nothing is killed). What they were doing is not recorded.
     """
     todo = {k: v for k, v in items.items() if k not in checkpoint.records}
     total = len(items)
