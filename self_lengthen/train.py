@@ -118,6 +118,8 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     bf16 = sizes.pop("bf16", False) and gpus > 0
     lora_rank = sizes.pop("lora_rank", 8)
     save_steps = sizes.pop("save_steps", None)
+    if not sizes.pop("gradient_checkpointing", True):  # memory to spare: skip recomputing activations (same math)
+        config["disable_gradient_checkpointing"] = True
     config.update(sizes)
     if int(config.get("per_device_train_batch_size", 1)) > 1:
         # Batches of similar lengths: far less padding to compute on, same samples, steps and batch size.

@@ -63,15 +63,17 @@ def test_mk_data_writes_alpaca_files_with_the_template_system(trained):
         assert r["prompt"] in e["instruction"] and e["output"] == r["extended_response"]
 
 
-def test_batches_of_several_sequences_are_grouped_by_length(trained, default_model, tmp_path):
-    """The fixture trained with it (so LLaMA-Factory accepts it); a batch of one has no padding to save."""
+def test_small_profiles_group_by_length_and_skip_recomputation(trained, default_model, tmp_path):
+    """The fixture trained with both (so LLaMA-Factory accepts them). The gpu profile, batch 1 and long sequences,
+    keeps LLaMA-Factory's defaults: no padding to save, and activations recomputed to fit in memory."""
     config = yaml.safe_load((trained["data_dir"] / "train_gen_sft.yaml").read_text())
     assert config["per_device_train_batch_size"] == 2 and config["train_sampling_strategy"] == "group_by_length"
+    assert config["disable_gradient_checkpointing"] is True
     assert "'train_runtime'" in (trained["workdir"] / "logs" / "train.log").read_text()
     (tmp_path / "data").mkdir()
-    single = mk_config(tmp_path, 1, "gen_sft", default_model, trained["flavour"], load_profile("gpu"),
-                       trained["template"], gpus=0)
-    assert "train_sampling_strategy" not in yaml.safe_load(single.read_text())
+    gpu = yaml.safe_load(mk_config(tmp_path, 1, "gen_sft", default_model, trained["flavour"], load_profile("gpu"),
+                                   trained["template"], gpus=0).read_text())
+    assert "train_sampling_strategy" not in gpu and "disable_gradient_checkpointing" not in gpu
 
 
 def test_drop_lines_keeps_about_80_percent():
