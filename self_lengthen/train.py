@@ -122,7 +122,7 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
         config["disable_gradient_checkpointing"] = True
     config.update(sizes)
     if int(config.get("per_device_train_batch_size", 1)) > 1:
-        # Batches of similar lengths: far less padding to compute on, same samples, steps and batch size.
+        # Batches of similar lengths: less padding to compute on, same samples, steps and batch size.
         config.setdefault("train_sampling_strategy", "group_by_length")
     if save_steps:  # checkpoints a crashed training resumes from (see torchrun); the last two are kept
         config.update(save_strategy="steps", save_steps=int(save_steps), save_total_limit=2)

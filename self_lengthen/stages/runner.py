@@ -92,6 +92,7 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
         deadline = time.monotonic() + time_budget if time_budget else None
         try:
             while pending:
+                # Wake at the deadline; past it (nothing accepted yet), wait for the next item as usual.
                 left = None if deadline is None else deadline - time.monotonic()
                 done, _ = wait(pending, timeout=left if left and left > 0 else None, return_when=FIRST_COMPLETED)
                 for future in done:
