@@ -211,12 +211,21 @@ def test_kill_9_at_three_random_points_then_resume_loses_and_repeats_nothing(ser
     checkpoint = killed / "results" / "iter_1" / "initial_responses.checkpoint.jsonl"
     rng = random.Random(1234)
     kills = 0
+
+    def done() -> int:  # finished (complete) checkpoint lines
+        return checkpoint.read_bytes().count(b"\n") if checkpoint.exists() else 0
+
     for _ in range(3):
+        # Kill once 1 or 2 more items are checkpointed: a random point inside the stage, whatever the machine's speed.
+        target = done() + rng.randint(1, 2)
         running = step(STEP1, killed, *args, base_url=served.base_url, wait=False)
-        time.sleep(rng.uniform(4, 12))
-        if running.poll() is None:
-            os.kill(running.pid, signal.SIGKILL)
-            kills += 1
+        deadline = time.monotonic() + 300
+        while running.poll() is None and time.monotonic() < deadline:
+            if done() >= target:
+                os.kill(running.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.05)
         running.communicate(timeout=60)
     assert kills >= 1
     resumed = step(STEP1, killed, *args, base_url=served.base_url)
