@@ -55,10 +55,10 @@ def build(rows: int, seed: int):
                      "extended_response": "\n\n".join(paras)})
     save_dataset(data, ["prompt", "initial_response", "extended_response"], it / "extended_responses")
     flavour = Flavour(ROOT / "llama")
-    data_dir = mk_data(it, PromptBuilder(flavour, AutoTokenizer.from_pretrained(model)))
-    system = json.loads((data_dir / "_COMPLETE").read_text())["system"]
+    template, system = pick_template(model, flavour)
+    mk_data(it, PromptBuilder(flavour, AutoTokenizer.from_pretrained(model)), system)
     profile = load_profile("cpu-demo")
-    config = mk_config(it, 1, "gen_sft", model, flavour, profile, pick_template(model, flavour, system), gpus=0)
+    config = mk_config(it, 1, "gen_sft", model, flavour, profile, template, gpus=0)
     return work, config
 
 

@@ -13,7 +13,8 @@ from .dist import DistEnv, Sync
 from .errors import ArgParser, UsageError, cli_main
 from .flavour import pop_flavour_dir
 from .pipeline import stage_args
-from .train import adapter_done, load_profile
+from .serve.cluster import gpu_count
+from .train import adapter_done, load_profile, profile_name
 
 FIRST_BATCH = 10000
 
@@ -36,7 +37,10 @@ def main(flavour_dir: Path, argv=None):
     p.add_argument("--total_count", type=int, required=True,
                    help="instructions to request in all: ceil(total_count / instruct_count) batches")
     p.add_argument("--workdir", default=".")
-    p.add_argument("--profile", default="cpu-demo")
+    p.add_argument("--profile", default=None, help="gpu, cpu-demo or tiny (default, as run.sh: gpu with GPUs, else "
+                                                     "cpu-demo)")
+    p.add_argument("--prompt_templates", default=None, help="prompt-template dir (default: the flavour's)")
+    p.add_argument("--seeds", default=None, help="seed instructions (default: the flavour's seeds.jsonl)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     for name in ("max_iter", "instruct_count", "total_count"):
         if getattr(args, name) < 1:
@@ -45,6 +49,7 @@ def main(flavour_dir: Path, argv=None):
     final = workdir / "results" / f"iter_{args.max_iter}"
     if not all(adapter_done(final, m) for m in ("gen_sft", "ext_sft")):
         raise UsageError(f"no trained adapters in {final}/lora; run run.sh --max_iter={args.max_iter} first")
+    args.profile = profile_name(args.profile, gpu_count())
     profile = load_profile(args.profile)
     model = resolve_base_model(args.base_model)
     dist = DistEnv.from_env()
@@ -84,7 +89,8 @@ def collect_batches(flavour_dir: Path, args, workdir: Path, model: Path, profile
             for script, stage, extra in (
                     ("step0_self_instruct.py", "self_instruct", ["--count", str(args.instruct_count)]),
                     ("step1_gen_initial_responses.py", "generate", [])):
-                options = stage_args(profile, stage, batch, workdir, model, seed=0)
+                options = stage_args(profile, stage, batch, workdir, model, seed=0,
+                                     prompt_templates=args.prompt_templates, seeds=args.seeds)
                 subprocess.run([sys.executable, str(flavour_dir / script), *options, *extra], check=True)
         rows += rows_in(batch_out)
         print(f"collect: batch {batch - FIRST_BATCH + 1}/{batches} (iter_{batch}) done; {rows} initial responses "

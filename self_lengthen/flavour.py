@@ -1,8 +1,14 @@
 """A flavour directory (qwen/, llama/): its config, prompt templates and seed instructions, and the prompts built
 from them with the model's own chat template.
 
-Templates are plain text with `$name` fields (string.Template). Chat formatting always comes from the tokenizer's
-chat template; a raw-completion prompt is that chat-formatted request followed by an assistant prefix.
+Prompt templates come in two formats, told apart by their file names:
+  ours        self_instruct.txt, judge.txt, extend.txt: plain text with `$instruction`, `$response` fields
+              (string.Template); the self-instruct text is sent as a chat request followed by the few-shot labels;
+  original    self_instruct.md ({prompt1}, {prompt2}), judge_prompt.md ({prompt}), extend_response.md ({prompt},
+              {response}), filled with str.format as the method's own code does; self_instruct.md is a complete
+              raw-completion prompt and is sent as it is.
+Chat formatting always comes from the tokenizer's chat template; a raw-completion prompt is that chat-formatted
+request followed by an assistant prefix.
 """
 import re
 import string
@@ -14,17 +20,24 @@ import yaml
 from .errors import UsageError
 from .io import read_jsonl
 
-TEMPLATES = ("self_instruct", "judge", "extend")
+OUR_FILES = {"self_instruct": "self_instruct.txt", "judge": "judge.txt", "extend": "extend.txt"}
+ORIGINAL_FILES = {"self_instruct": "self_instruct.md", "judge": "judge_prompt.md", "extend": "extend_response.md"}
+ORIGINAL_FIELDS = {"self_instruct": ("prompt1", "prompt2"), "judge": ("prompt",), "extend": ("prompt", "response")}
+OUR_FIELDS = {"self_instruct": (), "judge": ("instruction",), "extend": ("instruction", "response")}
 
 
 @dataclass
 class FlavourConfig:
     language: str
     instruction_label: str
-    judge_yes: list[str]
-    judge_no: list[str]
+    judge_answer: str                     # the judge's whole answer (stripped, any case) that means "suitable"
+    judge_yes: list[str]                  # the lenient parse (an option): the first of these words or ...
+    judge_no: list[str]                   # ... of these decides
     meta_words: list[str] = field(default_factory=list)
-    grow_pool: bool = True
+    system_prompt: str | None = None      # sent in every chat request and every training row
+    grow_pool: bool = True                # accepted instructions join the few-shot pool ...
+    pool_reset_every: int | None = None   # ... which goes back to the seeds after this many accepted
+    ext_line_join: str = "\n"             # joins the kept lines of the Extender's training input
     min_instruction_words: int = 3
     max_instruction_words: int = 500
     lf_templates: list[str] = field(default_factory=lambda: ["smollm2", "chatml", "qwen", "llama3"])
@@ -34,10 +47,18 @@ class FlavourConfig:
             values = getattr(self, name)
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise TypeError(f"{name} must be a list of quoted strings (YAML reads a bare yes/no as true/false)")
+        for name in ("judge_answer", "ext_line_join"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"{name} must be a non-empty quoted string")
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            raise TypeError("system_prompt must be a quoted string or null")
+        if self.pool_reset_every is not None and (not isinstance(self.pool_reset_every, int)
+                                                  or self.pool_reset_every < 1):
+            raise TypeError("pool_reset_every must be a positive whole number or null")
 
 
 class Flavour:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, prompt_templates: Path | str | None = None):
         self.dir = Path(directory).resolve()
         cfg_path = self.dir / "config.yaml"
         if not cfg_path.is_file():
@@ -46,15 +67,40 @@ class Flavour:
             self.config = FlavourConfig(**(yaml.safe_load(cfg_path.read_text()) or {}))
         except (TypeError, yaml.YAMLError) as exc:
             raise UsageError(f"{cfg_path}: {exc}") from None
-        self.templates = {}
-        for name in TEMPLATES:
-            path = self.dir / "prompt_templates" / f"{name}.txt"
-            if not path.is_file():
-                raise UsageError(f"prompt template {path} is missing")
-            self.templates[name] = string.Template(path.read_text().strip())
+        self.template_dir = Path(prompt_templates).resolve() if prompt_templates else self.dir / "prompt_templates"
+        self.original_format, self.templates = load_templates(self.template_dir)
 
     def fill(self, name: str, **fields) -> str:
+        """Our field names (instruction, response) are mapped onto the original's (prompt, response)."""
+        if self.original_format:
+            if "instruction" in fields:
+                fields["prompt"] = fields.pop("instruction")
+            return self.templates[name].format(**fields)
         return self.templates[name].substitute(**fields)
+
+
+def load_templates(directory: Path) -> tuple[bool, dict]:
+    """(is the original's format, {name: template}); every file is checked for its fields once, here."""
+    if not directory.is_dir():
+        raise UsageError(f"--prompt_templates {directory}: no such directory")
+    original = (directory / ORIGINAL_FILES["self_instruct"]).is_file()
+    files, fields = (ORIGINAL_FILES, ORIGINAL_FIELDS) if original else (OUR_FILES, OUR_FIELDS)
+    templates = {}
+    for name, file_name in files.items():
+        path = directory / file_name
+        if not path.is_file():
+            raise UsageError(f"prompt template {path} is missing (a template dir holds {', '.join(OUR_FILES.values())}"
+                             f", or the original's {', '.join(ORIGINAL_FILES.values())})")
+        text = path.read_text(encoding="utf-8")
+        template = text if original else string.Template(text.strip())
+        probe = {f: "x" for f in fields[name]}
+        try:
+            template.format(**probe) if original else template.substitute(**probe)
+        except (KeyError, IndexError, ValueError) as exc:
+            expected = ", ".join(("{%s}" if original else "$%s") % f for f in fields[name]) or "no fields"
+            raise UsageError(f"prompt template {path}: bad or unknown field {exc} (expected {expected})") from None
+        templates[name] = template
+    return original, templates
 
 
 def load_seeds(source: Path) -> list[str]:
@@ -92,20 +138,27 @@ class PromptBuilder:
         # The model sometimes writes "Instructions 4:" for "Instruction 4:": allow an s, any case, either colon.
         self._next_item = re.compile(rf"\s*{label}s?\s*4\s*[:：]?", re.IGNORECASE)
 
+    def messages(self, user_text: str) -> list[dict]:
+        """A chat request: the flavour's system prompt (if any), then the user's text."""
+        system = self.flavour.config.system_prompt
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
+
     def chat(self, user_text: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                                  add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(self.messages(user_text), tokenize=False, add_generation_prompt=True)
 
     # step0
     def self_instruct(self, first: str, second: str) -> str:
+        if self.flavour.original_format:  # a complete raw-completion prompt, sent as it is
+            return self.flavour.fill("self_instruct", prompt1=first, prompt2=second)
         label = self.flavour.config.instruction_label
         return (self.chat(self.flavour.fill("self_instruct"))
                 + f"{label} 1: {first}\n{label} 2: {second}\n{label} 3:")
 
     def self_instruct_stops(self) -> list[str]:
+        """The next instruction's label: "Instruction 4", "Instructions 4", "指令4", ..."""
         label = self.flavour.config.instruction_label
         variants = {label, label + "s", label.lower(), label.lower() + "s"}
-        return sorted(f"{v} 4" for v in variants)
+        return sorted(f"{v}{space}4" for v in variants for space in (" ", ""))
 
     def parse_instruction(self, completion: str) -> str:
         return self._next_item.split(completion, maxsplit=1)[0].strip()
@@ -113,10 +166,13 @@ class PromptBuilder:
     def judge(self, instruction: str) -> str:
         return self.flavour.fill("judge", instruction=instruction)
 
-    def parse_verdict(self, answer: str) -> bool | None:
-        """Lenient: the first yes/no word decides; None if there is none."""
-        text = answer.strip().lower()
+    def parse_verdict(self, answer: str, lenient: bool = False) -> bool | None:
+        """The method's: suitable only if the whole stripped answer is the flavour's `judge_answer` (any case).
+        Lenient (an option for weak judges): the first yes/no word decides; None if there is none."""
         cfg = self.flavour.config
+        if not lenient:
+            return answer.strip().casefold() == cfg.judge_answer.casefold()
+        text = answer.strip().lower()
         words = [(w.lower(), True) for w in cfg.judge_yes] + [(w.lower(), False) for w in cfg.judge_no]
         hits = []
         for word, verdict in words:

@@ -1,14 +1,16 @@
 """Helpers that run in the training env (.venv-train), through LLaMA-Factory's own APIs.
 
   python -m self_lengthen.lf_tools pick-template --model DIR --candidates a,b,c [--system TEXT]
-      prints the first LLaMA-Factory template that tokenizes a probe conversation exactly like the model's chat
-      template (exit 3 if none does);
+      prints, as one JSON line, the first LLaMA-Factory template that tokenizes a probe conversation exactly like
+      the model's chat template renders it with that system prompt (or none), and the system text the training rows
+      must carry for that (null: the template's own default); exit 3 if no template does;
   python -m self_lengthen.lf_tools tokenize CONFIG.yaml
       tokenizes the config's dataset once into its `tokenized_path` (written under a temp name, then renamed).
 
 Only the standard library and llamafactory are imported here: this env has a different transformers.
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -24,25 +26,49 @@ def hf_ids(tokenizer, messages):
     return list(out["input_ids"])
 
 
-def template_matches(model_dir: str, name: str, system: str | None) -> bool:
+SENTINEL = "\x00SYSTEM\x00"
+
+
+def system_for(tokenizer, template, messages: list[dict], system: str | None):
+    """The system texts worth trying with `template`, in order: the one asked for (None: the template's default),
+    then what the chat template puts in the system slot. The latter differs where the chat template adds text of
+    its own around a system message (Llama-3.1 writes its date lines before it) or inserts a default one."""
+    yield system
+    prompt, answer = template.encode_oneturn(tokenizer, PROBE, SENTINEL)
+    lf_text = tokenizer.decode(prompt + answer, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if SENTINEL not in lf_text:
+        return
+    head, tail = lf_text.split(SENTINEL, 1)
+    hf_text = tokenizer.apply_chat_template(messages, tokenize=False)
+    if hf_text.startswith(head) and hf_text.endswith(tail) and len(hf_text) > len(head) + len(tail):
+        yield hf_text[len(head):len(hf_text) - len(tail)]
+
+
+def template_matches(model_dir: str, name: str, system: str | None) -> tuple[bool, str | None]:
+    """(whether LLaMA-Factory's `name` reproduces the chat template's tokens, the training rows' system text)."""
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    expected = hf_ids(tokenizer, ([{"role": "system", "content": system}] if system else []) + PROBE)
+    messages = ([{"role": "system", "content": system}] if system else []) + PROBE
+    expected = hf_ids(tokenizer, messages)
     try:
         template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=name))
     except ValueError:
-        return False
-    prompt, answer = template.encode_oneturn(tokenizer, PROBE, system or None)
-    return prompt + answer == expected
+        return False, None
+    for candidate in system_for(tokenizer, template, messages, system):
+        prompt, answer = template.encode_oneturn(tokenizer, PROBE, candidate or None)
+        if prompt + answer == expected:
+            return True, candidate or None
+    return False, None
 
 
 def pick_template(args) -> int:
     for name in [c.strip() for c in args.candidates.split(",") if c.strip()]:
-        if template_matches(args.model, name, args.system):
-            print(name)
+        matches, system = template_matches(args.model, name, args.system)
+        if matches:
+            print(json.dumps({"template": name, "system": system}))
             return 0
     print(f"error: none of the LLaMA-Factory templates {args.candidates} tokenizes like the chat template of "
           f"{args.model}; set lf_templates in the flavour's config.yaml to one that does", file=sys.stderr)

@@ -9,7 +9,6 @@ Each finished step leaves a marker, so a rerun after any crash continues at the 
 redoes finished training. A failing rank writes a failure marker; the others stop with its message.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -19,16 +18,18 @@ from pathlib import Path
 from .default_model import resolve_base_model
 from .dist import DistEnv, Sync
 from .errors import ArgParser, UsageError, cli_main
-from .flavour import Flavour, pop_flavour_dir
+from .flavour import Flavour, load_seeds, pop_flavour_dir
 from .serve.cluster import gpu_count
-from .train import (MODELS, adapter_done, load_profile, mk_config, mk_data, pick_template, publish_adapter, tokenize,
-                    torchrun)
+from .train import (MODELS, adapter_done, load_profile, mk_config, mk_data, pick_template, profile_name,
+                    publish_adapter, tokenize, torchrun)
 
 STEP_TIMEOUT_SERVER = 1800
 
 
-def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path, seed: int) -> list[str]:
-    """A stage's command-line options from the profile's generation sizes."""
+def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path, seed: int,
+               prompt_templates: str | None = None, seeds: str | None = None) -> list[str]:
+    """A stage's command-line options from the profile's generation sizes and options, and the user's prompt
+    templates and seeds (None: the flavour's)."""
     gen = profile["generation"]
     max_tokens = gen["max_tokens"]
     if isinstance(max_tokens, dict):  # per stage
@@ -48,6 +49,12 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
         out += ["--time_budget", str(budget)]
     if stage == "extend" and gen.get("extend_attempts"):
         out += ["--attempts", str(gen["extend_attempts"])]
+    if stage == "self_instruct" and gen.get("judge_parse"):
+        out += ["--judge_parse", str(gen["judge_parse"])]
+    if stage == "self_instruct" and seeds:
+        out += ["--seeds", str(Path(seeds).resolve())]
+    if prompt_templates:
+        out += ["--prompt_templates", str(Path(prompt_templates).resolve())]
     return out
 
 
@@ -59,6 +66,11 @@ def parse_args(argv):
     p.add_argument("--workdir", default=".", help="holds results/ (shared by all nodes)")
     p.add_argument("--profile", default=None, help="gpu, cpu-demo or tiny (default: gpu with GPUs, else cpu-demo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt_templates", default=None,
+                   help="prompt-template dir, ours or the original's format (default: the flavour's)")
+    p.add_argument("--seeds", default=None,
+                   help="seed instructions: JSONL with 'prompt' or a save_to_disk dir such as the original's "
+                        "prompts_train (default: the flavour's seeds.jsonl)")
     p.add_argument("--collect", action=argparse.BooleanOptionalAction, default=True,
                    help="run run_collect_data.sh at the end when the profile asks for a total_count")
     args, unknown = p.parse_known_args(argv)
@@ -102,9 +114,11 @@ class Pipeline:
         self.sync = Sync(self.results / ".sync", self.dist, timeout=3600.0)
         self.sync.clear_own_failure()
         try:
-            self.flavour = Flavour(flavour_dir)
+            self.flavour = Flavour(flavour_dir, prompt_templates=args.prompt_templates)
+            if args.seeds:
+                load_seeds(Path(args.seeds))  # fail now, not at step0
             self.gpus = gpu_count()
-            self.profile_name = args.profile or ("gpu" if self.gpus else "cpu-demo")
+            self.profile_name = profile_name(args.profile, self.gpus)
             self.profile = load_profile(self.profile_name)
             self.sync.timeout = float(os.environ.get("SELF_LENGTHEN_BARRIER_TIMEOUT")
                                       or self.profile.get("barrier_timeout", 3600))
@@ -142,7 +156,8 @@ class Pipeline:
         return cmd
 
     def stage_args(self, k: int, stage: str) -> list[str]:
-        return stage_args(self.profile, stage, k, self.workdir, self.model_dir, self.args.seed)
+        return stage_args(self.profile, stage, k, self.workdir, self.model_dir, self.args.seed,
+                          self.args.prompt_templates, self.args.seeds)
 
     # -- one iteration ---------------------------------------------------------------------------------------------
     def synthesize(self, k: int) -> None:
@@ -176,9 +191,8 @@ class Pipeline:
             from .flavour import PromptBuilder
 
             prompts = PromptBuilder(self.flavour, AutoTokenizer.from_pretrained(str(self.model_dir)))
-            data_dir = mk_data(d, prompts, seed=self.args.seed)
-            system = json.loads((data_dir / "_COMPLETE").read_text()).get("system")
-            template = pick_template(self.model_dir, self.flavour, system)
+            template, system = pick_template(self.model_dir, self.flavour)
+            data_dir = mk_data(d, prompts, system, seed=self.args.seed)
             for name in MODELS:
                 mk_config(d, k, name, self.model_dir, self.flavour, self.profile, template, self.gpus)
             self.say(f"iteration {k}: training data in {data_dir} (LLaMA-Factory template {template})")
@@ -222,9 +236,11 @@ class Pipeline:
         total = int((self.profile.get("collect") or {}).get("total_count") or 0)
         if not self.args.collect or total <= 0:
             return
+        extra = [f"--{name}={Path(value).resolve()}" for name in ("prompt_templates", "seeds")
+                 if (value := getattr(self.args, name))]
         self.run(["bash", self.script("run_collect_data.sh"), f"--base_model={self.model_dir}",
                   f"--max_iter={self.args.max_iter}", f"--instruct_count={self.args.instruct_count}",
-                  f"--total_count={total}", f"--workdir={self.workdir}", f"--profile={self.profile_name}"],
+                  f"--total_count={total}", f"--workdir={self.workdir}", f"--profile={self.profile_name}", *extra],
                  "collecting more data with the final adapters")
 
     def main(self) -> None:

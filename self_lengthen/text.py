@@ -1,6 +1,7 @@
 """Text measures and filters: word counting, response checks, length-biased sampling, block splitting.
 
-Filters follow the language of the text itself, not the flavour, so either flavour handles zh and en.
+The rules are the method's own. The response check follows the language of the text itself, not the flavour, so
+either flavour handles zh and en.
 """
 import random
 import re
@@ -12,11 +13,14 @@ T = TypeVar("T")
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
 CJK_CHAR = re.compile(f"[{_CJK}]")
 CJK_IDEOGRAPH = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-# A unit for n-gram repetition in CJK text: one CJK character, or a run of ASCII non-space characters.
-CJK_UNIT = re.compile(f"[{_CJK}]|[\x21-\x7e]+")
 
-SENTENCE_END = set(".!?。！？…")
-CLOSERS = set("\"'”’)）]】」』》*_`")
+# The method's response check, one rule per language (the text's own language picks it):
+#   zh: ends with one of ZH_ENDINGS; no 13-gram of units twice (a unit: one non-ASCII character, or a maximal run
+#       of ASCII characters, spaces and newlines included); no draft-word check.
+#   en: ends with one of EN_ENDINGS; no draft word as a case-sensitive substring of the first 2 and last 3 lines;
+#       no 10-gram of whitespace-split tokens twice.
+ZH_ENDINGS = frozenset("。！？”)]}>）】’…`")
+EN_ENDINGS = frozenset(".!?,;:-\"')]}>`")
 NGRAM_CJK, NGRAM_OTHER = 13, 10
 
 
@@ -33,14 +37,24 @@ def is_cjk(text: str) -> bool:
 
 
 def ends_a_sentence(text: str) -> bool:
+    """The text (right-stripped) ends with one of its language's closing characters."""
     stripped = text.rstrip()
-    while stripped and stripped[-1] in CLOSERS:
-        stripped = stripped[:-1].rstrip()
-    return bool(stripped) and stripped[-1] in SENTENCE_END
+    return bool(stripped) and stripped[-1] in (ZH_ENDINGS if is_cjk(stripped) else EN_ENDINGS)
+
+
+def cjk_units(text: str) -> list[str]:
+    """Every non-ASCII character is a unit; every maximal run of ASCII characters (whitespace too) is one unit."""
+    out: list[str] = []
+    for ch in text:
+        if ch.isascii() and out and out[-1][-1].isascii():
+            out[-1] += ch
+        else:
+            out.append(ch)
+    return out
 
 
 def units(text: str) -> list[str]:
-    return CJK_UNIT.findall(text) if is_cjk(text) else text.split()
+    return cjk_units(text) if is_cjk(text) else text.split()
 
 
 def has_repeated_ngram(text: str, n: int | None = None) -> bool:
@@ -57,44 +71,47 @@ def has_repeated_ngram(text: str, n: int | None = None) -> bool:
 
 
 def mentions_meta_words(text: str, words: Sequence[str]) -> bool:
-    """True if the first 2 or the last 3 non-empty lines mention a draft-talk word (revised, version, ...)."""
-    if not words:
-        return False
-    lines = [line for line in text.splitlines() if line.strip()]
-    edge = " ".join(lines[:2] + lines[-3:]).lower()
-    return any(re.search(rf"\b{re.escape(w.lower())}", edge) for w in words)
+    """True if a draft-talk word (revised, version, ...) is a case-sensitive substring of the first 2 or the last 3
+    lines (split on newlines, blank lines counted)."""
+    lines = text.split("\n")
+    edge = "\n".join(lines[:2] + lines[-3:])
+    return any(w in edge for w in words)
 
 
 def check_response(text: str, meta_words: Sequence[str] = ()) -> str | None:
-    """None if the response is acceptable, else the reject reason."""
-    if not text or not text.strip():
+    """None if the response is acceptable, else the reject reason. The text is right-stripped first."""
+    text = text.rstrip()
+    if not text:
         return "empty"
     if not ends_a_sentence(text):
         return "unfinished"
+    if not is_cjk(text) and mentions_meta_words(text, meta_words):
+        return "meta_words"
     if has_repeated_ngram(text):
         return "repetition"
-    if mentions_meta_words(text, meta_words):
-        return "meta_words"
     return None
 
 
-def keep_probability(position: int, n: int) -> float:
-    """Keep chance of the item at 1-based `position` in ascending length order of n: max(0, 1 - 2 r^3)."""
-    r = 1 - position / n
+def keep_probability(index: int, n: int) -> float:
+    """Keep chance of an item whose length first appears at 0-based `index` of the n sorted lengths:
+    max(0, 1 - 2 r^3) with r = 1 - index / n."""
+    r = 1 - index / n
     return max(0.0, 1 - 2 * r ** 3)
 
 
 def drop_short(items: Sequence[T], length: Callable[[T], int], rng: random.Random) -> list[T]:
-    """Length-biased sampling: the shortest are almost always dropped, the longest always kept."""
-    order = sorted(range(len(items)), key=lambda i: length(items[i]))
+    """Length-biased sampling (the method's): the shortest length is always dropped, longer ones kept more often.
+    Equal lengths share the position of the first of them."""
+    lengths = [length(it) for it in items]
+    first = {}
+    for i, value in enumerate(sorted(lengths)):
+        first.setdefault(value, i)
     n = len(items)
-    keep = {i for pos, i in enumerate(order, start=1) if rng.random() < keep_probability(pos, n)}
-    return [item for i, item in enumerate(items) if i in keep]
+    return [it for it, value in zip(items, lengths) if rng.random() > 2 * (1 - first[value] / n) ** 3]
 
 
-def split_blocks(text: str) -> tuple[list[str], str]:
-    """Blocks split on blank lines; with 2 blocks or fewer, on single newlines. Returns (blocks, separator)."""
-    blocks = [b.strip() for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
-    if len(blocks) <= 2:
-        return [line.strip() for line in text.strip().splitlines() if line.strip()], "\n"
-    return blocks, "\n\n"
+def split_blocks(text: str) -> list[str]:
+    """The Extender's blocks: the text split on blank lines ("\\n\\n"); with 2 blocks or fewer, on newlines.
+    Nothing is stripped or dropped: joined with the separator they were split on, they give the text back."""
+    blocks = text.split("\n\n")
+    return blocks if len(blocks) > 2 else text.split("\n")

@@ -26,6 +26,11 @@ TRAIN_PY = ROOT / ".venv-train" / "bin" / "python"
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
 
+def profile_name(requested: str | None, gpus: int) -> str:
+    """The profile asked for, else `gpu` on a node with GPUs and `cpu-demo` without."""
+    return requested or ("gpu" if gpus else "cpu-demo")
+
+
 def load_profile(name: str) -> dict:
     path = PROFILES / f"{name}.yaml"
     if not path.is_file():
@@ -34,31 +39,14 @@ def load_profile(name: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def default_system(tokenizer) -> str | None:
-    """The system prompt the chat template inserts when a conversation has none (SmolLM2's, Qwen's), else None."""
-    sentinel = "\x00SYSTEM\x00"
-    user = [{"role": "user", "content": "hi"}]
-    try:
-        with_sys = tokenizer.apply_chat_template([{"role": "system", "content": sentinel}, *user], tokenize=False)
-    except Exception:  # a template without system turns
-        return None
-    bare = tokenizer.apply_chat_template(user, tokenize=False)
-    if sentinel not in with_sys:
-        return None
-    head, tail = with_sys.split(sentinel, 1)
-    if bare.startswith(head) and bare.endswith(tail) and len(bare) > len(head) + len(tail):
-        return bare[len(head):len(bare) - len(tail)]
-    return None
+def drop_lines(text: str, rng: random.Random, join: str = "\n", keep: float = LINE_KEEP) -> str:
+    """The method's: keep each line (split on newlines) with probability `keep`, rejoin with `join`."""
+    return join.join(line for line in text.split("\n") if rng.random() < keep)
 
 
-def drop_lines(text: str, rng: random.Random, keep: float = LINE_KEEP) -> str:
-    """Keep each line with probability `keep` (at least one line survives)."""
-    lines = text.splitlines()
-    kept = [line for line in lines if rng.random() < keep]
-    return "\n".join(kept or lines[:1])
-
-
-def mk_data(iter_dir: Path, prompts: PromptBuilder, seed: int = 0) -> Path:
+def mk_data(iter_dir: Path, prompts: PromptBuilder, system: str | None, seed: int = 0) -> Path:
+    """gen_sft (instruction -> extended) and ext_sft (extend request over the initial response with ~20% of its lines
+    dropped -> extended). `system`: the system text every row carries (pick_template says which; None: none)."""
     data_dir = iter_dir / "data"
     if is_complete(data_dir):
         return data_dir
@@ -70,12 +58,12 @@ def mk_data(iter_dir: Path, prompts: PromptBuilder, seed: int = 0) -> Path:
     if not rows:
         raise UsageError(f"{source} has no rows: nothing to train on (raise --instruct_count, or check "
                          f"{iter_dir}/extended_responses.summary.json for why items were rejected)")
-    system = default_system(prompts.tokenizer)
     extra = {"system": system} if system else {}
     rng = random.Random(f"{seed}-{iter_dir.name}-ext")
+    join = prompts.flavour.config.ext_line_join
     datasets = {
         "gen_sft": [{"instruction": r["prompt"], "input": "", "output": r["extended_response"], **extra} for r in rows],
-        "ext_sft": [{"instruction": prompts.extend_request(r["prompt"], drop_lines(r["initial_response"], rng)),
+        "ext_sft": [{"instruction": prompts.extend_request(r["prompt"], drop_lines(r["initial_response"], rng, join)),
                      "input": "", "output": r["extended_response"], **extra} for r in rows],
     }
     tmp = iter_dir / ".data.tmp"
@@ -99,14 +87,18 @@ def train_python() -> Path:
     return TRAIN_PY
 
 
-def pick_template(model_dir: Path, flavour: Flavour, system: str | None) -> str:
+def pick_template(model_dir: Path, flavour: Flavour) -> tuple[str, str | None]:
+    """(the LLaMA-Factory template that tokenizes like the model's chat template, the system text for every training
+    row), for chat requests that carry the flavour's system prompt. Runs in the training env."""
+    system = flavour.config.system_prompt
     cmd = [str(train_python()), "-m", "self_lengthen.lf_tools", "pick-template", "--model", str(model_dir),
            "--candidates", ",".join(flavour.config.lf_templates)] + (["--system", system] if system else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         last = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         raise UsageError(last[-1][7:] if last else f"template check failed: {proc.stderr[-500:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    picked = json.loads(proc.stdout.strip().splitlines()[-1])
+    return picked["template"], picked["system"]
 
 
 def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavour: Flavour, profile: dict,

@@ -42,7 +42,8 @@ def test_prompt_files_hold_no_special_tokens(flavour):
 def test_self_instruct_prompt_is_chat_template_plus_assistant_prefix(flavour, tokenizer):
     builder = PromptBuilder(flavour, tokenizer)
     prompt = builder.self_instruct("First task.", "Second task.")
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": flavour.fill("self_instruct")}],
+    system = [{"role": "system", "content": flavour.config.system_prompt}] if flavour.config.system_prompt else []
+    chat = tokenizer.apply_chat_template(system + [{"role": "user", "content": flavour.fill("self_instruct")}],
                                          tokenize=False, add_generation_prompt=True)
     label = flavour.config.instruction_label
     assert prompt == chat + f"{label} 1: First task.\n{label} 2: Second task.\n{label} 3:"
@@ -67,12 +68,27 @@ def test_parse_instruction_stops_before_a_fourth(tokenizer, tail):
     ("Yes.", True), ("no", False), ("The answer is yes, clearly.", True), ("Hmm, no; yes", False), ("maybe", None),
     ("Nothing", None),
 ])
-def test_verdict_parsing_en(tokenizer, answer, verdict):
-    assert PromptBuilder(Flavour(ROOT / "llama"), tokenizer).parse_verdict(answer) is verdict
+def test_lenient_verdict_parsing_en(tokenizer, answer, verdict):
+    assert PromptBuilder(Flavour(ROOT / "llama"), tokenizer).parse_verdict(answer, lenient=True) is verdict
 
 
 @pytest.mark.parametrize("answer,verdict", [("是", True), ("否。", False), ("不适合写成长文", False), ("适合", True), ("嗯", None)])
-def test_verdict_parsing_zh(tokenizer, answer, verdict):
+def test_lenient_verdict_parsing_zh(tokenizer, answer, verdict):
+    assert PromptBuilder(Flavour(ROOT / "qwen"), tokenizer).parse_verdict(answer, lenient=True) is verdict
+
+
+@pytest.mark.parametrize("answer,verdict", [
+    ("yes", True), ("Yes", True), (" YES \n", True), ("Yes.", False), ("yes, it would", False), ("no", False),
+    ("The answer is yes", False), ("", False),
+])
+def test_strict_verdict_en_is_the_whole_answer_in_any_case(tokenizer, answer, verdict):
+    assert PromptBuilder(Flavour(ROOT / "llama"), tokenizer).parse_verdict(answer) is verdict
+
+
+@pytest.mark.parametrize("answer,verdict", [
+    ("是", True), ("  是\n", True), ("是。", False), ("适合", False), ("是的", False), ("否", False), ("yes", False),
+])
+def test_strict_verdict_zh_is_the_whole_answer(tokenizer, answer, verdict):
     assert PromptBuilder(Flavour(ROOT / "qwen"), tokenizer).parse_verdict(answer) is verdict
 
 
@@ -81,8 +97,10 @@ def test_verdict_parsing_never_fails(answer):
     from types import SimpleNamespace
 
     builder = PromptBuilder.__new__(PromptBuilder)
-    builder.flavour = SimpleNamespace(config=SimpleNamespace(judge_yes=["yes", "是"], judge_no=["no", "否"]))
-    assert builder.parse_verdict(answer) in (True, False, None)
+    builder.flavour = SimpleNamespace(config=SimpleNamespace(judge_yes=["yes", "是"], judge_no=["no", "否"],
+                                                             judge_answer="yes"))
+    assert builder.parse_verdict(answer, lenient=True) in (True, False, None)
+    assert builder.parse_verdict(answer) in (True, False)
 
 
 def test_seeds_from_a_saved_dataset_dir(tmp_path):

@@ -274,20 +274,23 @@ def test_a_rank_that_never_comes_is_named_at_the_timeout(tmp_path):
 @pytest.mark.parametrize("profile", ["gpu", "cpu-demo", "tiny"])
 def test_stage_options_follow_the_profile(tmp_path, profile):
     from self_lengthen.pipeline import stage_args
-    from self_lengthen.stages import extend
-    from self_lengthen.stages.common import base_parser
+    from self_lengthen.stages import extend, generate, self_instruct
     from self_lengthen.train import load_profile
 
     sizes = load_profile(profile)
-    for stage in ("self_instruct", "generate", "extend"):
-        parser = extend.parser() if stage == "extend" else base_parser(stage)
-        args = parser.parse_args(stage_args(sizes, stage, 1, tmp_path, tmp_path, seed=0))
-        expected = (sizes["generation"].get("finish_fraction") or {}).get(stage, 1.0)
-        assert args.finish_fraction == expected
+    modules = {"self_instruct": self_instruct, "generate": generate, "extend": extend}
+    for stage, module in modules.items():
+        extra = ["--count", "3"] if stage == "self_instruct" else []
+        args = module.parser().parse_args(stage_args(sizes, stage, 1, tmp_path, tmp_path, seed=0) + extra)
+        # the method ends step1 and step2 once more than 95% of their items are finished; step0 runs to the end
+        method = {"self_instruct": 1.0, "generate": 0.95, "extend": 0.95}[stage]
+        assert args.finish_fraction == (sizes["generation"].get("finish_fraction") or {}).get(stage, method)
         tries = (sizes["generation"].get("max_tries") or {}).get(stage)
         if tries:
             assert args.max_tries == tries
+        if stage == "self_instruct":
+            assert args.judge_parse == ("strict" if profile == "gpu" else "lenient")
     assert args.attempts == sizes["generation"].get("extend_attempts")
     assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
     if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions, and extends once
-        assert stage == "extend" and args.finish_fraction < 1 and args.attempts == 1
+        assert stage == "extend" and args.finish_fraction < 0.95 and args.attempts == 1

@@ -1,14 +1,17 @@
-"""Unit and property tests of the text measures and filters."""
+"""Unit and property tests of the text measures and filters: the method's rules, on cases written for this project."""
 import random
 import statistics
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from self_lengthen.text import (
-    check_response, count_words, drop_short, ends_a_sentence, has_repeated_ngram, is_cjk, keep_probability,
+    check_response, cjk_units, count_words, drop_short, ends_a_sentence, has_repeated_ngram, is_cjk, keep_probability,
     mentions_meta_words, split_blocks, units,
 )
+
+EN_META = ["revised", "revision", "response", "version", "paragraph"]  # the llama flavour's list
 
 
 def test_count_words_english_and_chinese():
@@ -32,16 +35,49 @@ def test_count_words_never_negative_and_bounded(text):
 def test_language_follows_the_text():
     assert is_cjk("这是一段中文文本，其中有一些 English words。")
     assert not is_cjk("This is English with one 字.")
-    assert units("长城 Great Wall 很长") == ["长", "城", "Great", "Wall", "很", "长"]
+    assert units("长城 Great Wall 很长") == ["长", "城", " Great Wall ", "很", "长"]
+    assert units("Plain English words") == ["Plain", "English", "words"]
 
 
-def test_sentence_end():
-    assert ends_a_sentence("It ended.")
-    assert ends_a_sentence("他走了。")
-    assert ends_a_sentence('She said "goodbye!"')
-    assert ends_a_sentence("**Done.**")
-    assert not ends_a_sentence("and then the")
-    assert not ends_a_sentence("Conclusion:")
+@pytest.mark.parametrize("text,units_", [
+    ("长城 Great Wall 很长", ["长", "城", " Great Wall ", "很", "长"]),  # spaces belong to the ASCII run
+    ("第1章\n\n开头", ["第", "1", "章", "\n\n", "开", "头"]),  # newlines too
+    ("（全角）标点，每个一个", ["（", "全", "角", "）", "标", "点", "，", "每", "个", "一", "个"]),
+    ("a. b!中", ["a. b!", "中"]),
+    ("", []),
+])
+def test_cjk_units(text, units_):
+    assert cjk_units(text) == units_
+
+
+@given(st.text(alphabet="ab 。中\n", max_size=60))
+def test_cjk_units_cover_the_text_and_never_join_two_ascii_runs(text):
+    out = cjk_units(text)
+    assert "".join(out) == text
+    assert all(u.isascii() or len(u) == 1 for u in out)
+    assert not any(a.isascii() and b.isascii() for a, b in zip(out, out[1:]))
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("It ended.", True), ("Really?", True), ("Stop!", True), ("a list,", True), ("so;", True), ("Conclusion:", True),
+    ("a dash -", True), ('She said "goodbye"', True), ("it's 'quoted'", True), ("(aside)", True), ("[1]", True),
+    ("{x}", True), ("<br>", True), ("`code`", True), ("It ended.  \n\n", True),
+    ("and then the", False), ("**Done.**", False), ("Done…", False), ("Done。", False), ("x_", False),
+])
+def test_english_endings(text, ok):
+    assert ends_a_sentence(text) is ok
+    assert (check_response(text) != "unfinished") is ok
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("他走了。", True), ("真的吗？", True), ("太好了！", True), ("他说：“好。”", True), ("（完）", True), ("【注】", True),
+    ("等等…", True), ("这是 `代码`", True), ("代码 (x)", True), ("他说‘好’", True), ("列表]", True), ("结束>", True),
+    ("他走了。\n\n  ", True),
+    ("他走了.", False), ("然后他", False), ("他问?", False), ("他喊!", False), ("第一，", False), ("结束:", False),
+])
+def test_chinese_endings(text, ok):
+    assert ends_a_sentence(text) is ok
+    assert (check_response(text) != "unfinished") is ok
 
 
 def test_repeated_ngram_thresholds():
@@ -53,70 +89,104 @@ def test_repeated_ngram_thresholds():
     assert not has_repeated_ngram(f"{thirteen[:12]}，{thirteen[:12]}")
 
 
-def test_meta_words_only_at_the_edges():
+def test_chinese_repetition_counts_an_ascii_run_as_one_unit():
+    # 11 ideographs + one ASCII run + 1 ideograph = 13 units, twice: a repetition ...
+    piece = "一二三四五六七八九十甲 ABC 乙"
+    assert len(cjk_units(piece)) == 13 and has_repeated_ngram(f"{piece}。{piece}")
+    # ... but the same run with other spacing is another unit, so no 13-gram repeats
+    assert not has_repeated_ngram(f"{piece}。{piece.replace(' ABC ', ' ABC  ')}")
+    # English tokens are split on whitespace: spacing does not matter there
+    ten = "one two three four five six seven eight nine ten"
+    assert has_repeated_ngram(f"{ten}\n\n{ten.replace(' ', '   ')}")
+
+
+def test_english_draft_words_are_case_sensitive_substrings_of_the_edge_lines():
     body = "\n".join(f"Line {i} of the essay." for i in range(10))
-    assert not mentions_meta_words(body, ["revised"])
-    assert mentions_meta_words("Here is the revised essay:\n" + body, ["revised"])
-    assert mentions_meta_words(body + "\nThis version adds detail.", ["version"])
-    middle = body.splitlines()
+    assert not mentions_meta_words(body, EN_META)
+    assert mentions_meta_words("Here is the revised essay:\n" + body, EN_META)
+    assert mentions_meta_words("A title\nIts subversion began early.\n" + body, EN_META)  # substring, not a word
+    assert mentions_meta_words(body + "\nThe responses were mixed.", EN_META)  # "response" inside "responses"
+    assert not mentions_meta_words("Revised essay:\n" + body, EN_META)  # case-sensitive: "Revised" is not "revised"
+    assert not mentions_meta_words("VERSION 2\n" + body, EN_META)
+    middle = body.split("\n")
     middle.insert(5, "The revised plan was adopted.")
-    assert not mentions_meta_words("\n".join(middle), ["revised"])
+    assert not mentions_meta_words("\n".join(middle), EN_META)
+    # blank lines count as lines: the third line is not an edge line here ...
+    assert not mentions_meta_words("Title\n\nThis version is new.\n" + body, EN_META)
+    # ... and trailing blank lines push real lines out of the last three
+    assert not mentions_meta_words(body + "\nA paragraph ends.\n\n\n", EN_META)
+    assert check_response(body + "\nA paragraph ends.\n\n\n", EN_META) == "meta_words"  # right-stripped first
+
+
+def test_chinese_text_has_no_draft_word_check():
+    text = "这是修改后的 revised version 文章。\n内容很好。"
+    assert check_response(text, EN_META) is None
+    assert check_response("Here is the revised text.\nIt is good.", EN_META) == "meta_words"
 
 
 def test_check_response_reasons():
-    assert check_response("") == "empty"
+    assert check_response("") == "empty" and check_response("  \n") == "empty"
     assert check_response("A sentence that stops") == "unfinished"
     assert check_response("a b c d e f g h i j k a b c d e f g h i j k.") == "repetition"
-    assert check_response("Here is the revised text.\nIt is good.", ["revised"]) == "meta_words"
-    assert check_response("A fine answer.\n\nWith two paragraphs.") is None
+    assert check_response("Here is the revised text.\nIt is good.", EN_META) == "meta_words"
+    assert check_response("A fine answer.\n\nWith two parts.", EN_META) is None
+    assert check_response("A fine answer.\n\nWith two paragraphs.", EN_META) == "meta_words"
+    assert check_response("一段很好的中文回答。\n\n第二段。") is None
 
 
 def test_keep_probability_edges():
     n = 100
-    assert keep_probability(1, n) == 0.0  # the shortest: 1 - 2 * 0.99^3 < 0
-    assert keep_probability(n, n) == 1.0  # the longest
-    probs = [keep_probability(i, n) for i in range(1, n + 1)]
+    assert keep_probability(0, n) == 0.0  # the shortest: r = 1
+    assert keep_probability(n - 1, n) == pytest.approx(1 - 2 * 0.01 ** 3)  # the longest
+    probs = [keep_probability(i, n) for i in range(n)]
     assert probs == sorted(probs)
+    assert keep_probability(20, 100) == 0.0 and keep_probability(21, 100) > 0  # 2 r^3 < 1 from r < 0.7937
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=5000), min_size=5, max_size=200), st.integers())
-def test_drop_short_always_keeps_the_longest_and_drops_the_shortest(lengths, seed):
+def test_drop_short_always_drops_the_shortest(lengths, seed):
     items = list(enumerate(lengths))
     kept = drop_short(items, lambda it: it[1], random.Random(seed))
-    longest = max(items, key=lambda it: (it[1], -it[0]))
-    order = sorted(items, key=lambda it: it[1])
-    assert order[-1] in kept  # position n: probability 1
-    assert order[0] not in kept  # position 1: probability 0
+    assert all(k[1] > min(lengths) for k in kept)  # every item of the shortest length: r = 1, never kept
     assert all(k in items for k in kept) and len(set(kept)) == len(kept)
-    assert longest[1] == max(k[1] for k in kept)
+    assert kept == [it for it in items if it in kept]  # order kept
 
 
-def test_drop_short_distribution_matches_the_formula():
+def test_drop_short_equal_lengths_share_the_first_position():
+    # all the same length: every item is at position 0, r = 1, so none is kept (as the method does)
+    assert drop_short(["abc"] * 50, len, random.Random(0)) == []
+    # two lengths, half each: the longer half sits at position n/2, r = 0.5, kept with probability 0.75
+    items = ["a"] * 4000 + ["bb"] * 4000
+    kept = drop_short(items, len, random.Random(1))
+    assert "a" not in kept and 0.72 < len(kept) / 4000 < 0.78
+
+
+def test_drop_short_keep_share_matches_the_formula():
     n, trials = 50, 400
     hits = [0] * n
-    items = list(range(n))  # already in ascending length order
+    items = list(range(n))  # already in ascending length order, all distinct
     rng = random.Random(0)
     for _ in range(trials):
         for i in drop_short(items, lambda x: x, rng):
             hits[i] += 1
-    for pos in (1, 10, 25, 40, 50):
-        expected = keep_probability(pos, n)
-        assert abs(hits[pos - 1] / trials - expected) < 0.08
-    # the kept half is much longer than the input on average
+    for index in (0, 10, 25, 40, 49):
+        assert abs(hits[index] / trials - keep_probability(index, n)) < 0.08
+    expected_share = sum(keep_probability(i, n) for i in range(n)) / n  # about 0.6
+    assert abs(sum(hits) / (n * trials) - expected_share) < 0.02
     kept_mean = statistics.mean(i for i in range(n) for _ in range(hits[i]))
-    assert kept_mean > statistics.mean(items) + 8
+    assert kept_mean > statistics.mean(items) + 8  # the kept ones are the longer ones
 
 
 def test_split_blocks():
-    blocks, sep = split_blocks("A.\n\nB.\n\nC.\n\nD.")
-    assert blocks == ["A.", "B.", "C.", "D."] and sep == "\n\n"
-    blocks, sep = split_blocks("Title\nline one\nline two\n\nlast")
-    assert sep == "\n" and blocks == ["Title", "line one", "line two", "last"]
+    assert split_blocks("A.\n\nB.\n\nC.\n\nD.") == ["A.", "B.", "C.", "D."]
+    # two blank-line blocks or fewer: single newlines, nothing stripped
+    assert split_blocks("Title\nline one\nline two\n\nlast") == ["Title", "line one", "line two", "", "last"]
+    assert split_blocks("one paragraph") == ["one paragraph"]
+    assert split_blocks(" A.\n\n\n B. \n\nC.") == [" A.", "\n B. ", "C."]
 
 
-@given(st.lists(st.text(alphabet="abc .", min_size=1, max_size=20).filter(lambda s: s.strip()), min_size=1, max_size=12))
-def test_split_blocks_keeps_all_text(paragraphs):
-    text = "\n\n".join(paragraphs)
-    blocks, sep = split_blocks(text)
-    assert "".join(blocks).replace(" ", "") == "".join(p.strip() for p in paragraphs).replace(" ", "")
+@given(st.text(alphabet="ab .\n", max_size=80))
+def test_split_blocks_joins_back_to_the_text(text):
+    blocks = split_blocks(text)
+    assert "\n\n".join(blocks) == text or "\n".join(blocks) == text

@@ -11,8 +11,8 @@ from conftest import ROOT, TRAIN_PY
 from self_lengthen.dist import DistEnv
 from self_lengthen.flavour import Flavour, PromptBuilder
 from self_lengthen.stages.runner import save_dataset
-from self_lengthen.train import (MODELS, default_system, drop_lines, load_profile, mk_config, mk_data, pick_template,
-                                 publish_adapter, tokenize, torchrun)
+from self_lengthen.train import (MODELS, drop_lines, load_profile, mk_config, mk_data, pick_template, publish_adapter,
+                                 tokenize, torchrun)
 
 pytestmark = pytest.mark.slow
 ROWS = [{"prompt": f"Write about the history of bridge number {i}.",
@@ -32,9 +32,8 @@ def trained(tmp_path_factory, default_model):
     from transformers import AutoTokenizer
 
     prompts = PromptBuilder(flavour, AutoTokenizer.from_pretrained(default_model))
-    data_dir = mk_data(iter_dir, prompts, seed=0)
-    system = json.loads((data_dir / "_COMPLETE").read_text())["system"]
-    template = pick_template(default_model, flavour, system)
+    template, system = pick_template(default_model, flavour)
+    data_dir = mk_data(iter_dir, prompts, system, seed=0)
     profile = load_profile("tiny")
     profile["training"]["per_device_train_batch_size"] = 2  # as cpu-demo: batches grouped by length
     configs = {m: mk_config(iter_dir, 1, m, default_model, flavour, profile, template, gpus=0) for m in MODELS}
@@ -45,7 +44,7 @@ def trained(tmp_path_factory, default_model):
     torchrun(configs["gen_sft"], DistEnv(), 0, workdir / "logs" / "train.log")
     adapter = publish_adapter(iter_dir, "gen_sft")
     return {"workdir": workdir, "iter_dir": iter_dir, "data_dir": data_dir, "system": system, "template": template,
-            "adapter": adapter, "profile": profile, "flavour": flavour}
+            "adapter": adapter, "profile": profile, "flavour": flavour, "prompts": prompts}
 
 
 def test_mk_data_writes_alpaca_files_with_the_template_system(trained):
@@ -56,8 +55,8 @@ def test_mk_data_writes_alpaca_files_with_the_template_system(trained):
     ext = json.loads((data_dir / "ext_sft.json").read_text())
     assert [g["instruction"] for g in gen] == [r["prompt"] for r in ROWS]
     assert all(g["output"] == r["extended_response"] for g, r in zip(gen, ROWS))
-    # SmolLM2's template adds its own system prompt, so the data carries it explicitly
-    assert trained["system"] == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    # the llama flavour's system prompt (the method's), which SmolLM2's ChatML template renders as it is
+    assert trained["system"] == "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
     assert all(e["system"] == trained["system"] for e in gen + ext)
     for e, r in zip(ext, ROWS):
         assert r["prompt"] in e["instruction"] and e["output"] == r["extended_response"]
@@ -76,13 +75,17 @@ def test_small_profiles_group_by_length_and_skip_recomputation(trained, default_
     assert "train_sampling_strategy" not in gpu and "disable_gradient_checkpointing" not in gpu
 
 
-def test_drop_lines_keeps_about_80_percent():
+def test_drop_lines_keeps_about_80_percent_and_joins_as_the_flavour_says():
     import random
 
     text = "\n".join(f"line {i}" for i in range(2000))
-    kept = drop_lines(text, random.Random(0)).splitlines()
+    kept = drop_lines(text, random.Random(0)).split("\n")
     assert 0.77 < len(kept) / 2000 < 0.83
     assert kept == [line for line in text.splitlines() if line in set(kept)]  # order kept
+    # the method: qwen rejoins the kept lines with a blank line, llama with a newline
+    assert Flavour(ROOT / "qwen").config.ext_line_join == "\n\n" and Flavour(ROOT / "llama").config.ext_line_join == "\n"
+    assert drop_lines(text, random.Random(0), "\n\n").split("\n\n") == kept
+    assert drop_lines("only line", random.Random(3), keep=0.0) == ""  # no line is forced to survive
 
 
 def test_training_template_tokenizes_like_the_chat_template(trained, default_model):
@@ -98,11 +101,10 @@ def test_training_template_tokenizes_like_the_chat_template(trained, default_mod
     tok = AutoTokenizer.from_pretrained(default_model)
     gen = json.loads((trained["data_dir"] / "gen_sft.json").read_text())
     hf_ids = []
-    for row in gen[:3]:
-        conversation = [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["output"]}]
+    for row in gen[:3]:  # the conversation as a chat request of the pipeline sends it, system prompt included
+        conversation = trained["prompts"].messages(row["instruction"]) + [{"role": "assistant", "content": row["output"]}]
         hf_ids.append(list(tok.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]))
-    assert sorted(lf_ids) == sorted(hf_ids)  # the default system prompt included, byte for byte
-    assert default_system(tok) == trained["system"]
+    assert sorted(lf_ids) == sorted(hf_ids)
 
 
 def test_trained_adapter_changes_greedy_output(trained, default_model):
@@ -130,7 +132,7 @@ def test_continuing_from_an_adapter_carries_its_weights_over(trained, default_mo
     save_dataset(ROWS, ["prompt", "initial_response", "extended_response"], iter2 / "extended_responses")
     from transformers import AutoTokenizer
 
-    mk_data(iter2, PromptBuilder(trained["flavour"], AutoTokenizer.from_pretrained(default_model)))
+    mk_data(iter2, PromptBuilder(trained["flavour"], AutoTokenizer.from_pretrained(default_model)), trained["system"])
     config_path = mk_config(iter2, 2, "gen_sft", default_model, trained["flavour"], trained["profile"],
                             trained["template"], gpus=0)
     config = yaml.safe_load(config_path.read_text())
@@ -178,7 +180,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
     save_dataset(ROWS, ["prompt", "initial_response", "extended_response"], iter_dir / "extended_responses")
     from transformers import AutoTokenizer
 
-    mk_data(iter_dir, PromptBuilder(trained["flavour"], AutoTokenizer.from_pretrained(default_model)))
+    mk_data(iter_dir, PromptBuilder(trained["flavour"], AutoTokenizer.from_pretrained(default_model)), trained["system"])
     profile = copy.deepcopy(trained["profile"])
     profile["training"].update(max_steps=8, save_steps=1)
     config = mk_config(iter_dir, 1, "ext_sft", default_model, trained["flavour"], profile, trained["template"], gpus=0)
@@ -245,3 +247,58 @@ def test_serving_worker_loads_the_trained_adapter_as_lora_and_merged(trained):
     assert len(list((workdir / "run" / "rank0" / "merged").glob("*/config.json"))) == 1  # one adapter content
     for mode, out in outputs.items():
         assert out["gen_sft"] != out["base"], mode
+
+
+# Written for this test: the behaviour of Llama-3.1's chat template. It always writes a system turn that opens with
+# its date lines, and puts the (trimmed) system message, if any, after them.
+LLAMA31_STYLE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] | trim %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system_message = '' %}{% endif %}"
+    "{% if date_string is not defined %}{% set date_string = '26 Jul 2024' %}{% endif %}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\n\n' }}{{ 'Cutting Knowledge Date: December 2023\n' }}"
+    "{{ 'Today Date: ' + date_string + '\n\n' }}{{ system_message }}{{ '<|eot_id|>' }}"
+    "{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim"
+    " + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+                r"\s+(?!\S)|\s+")
+
+
+def test_llama31_system_prompt_round_trips_through_llama_factory(tmp_path, default_model):
+    """The llama flavour sends the method's system prompt in every chat request; on a Llama-3.1 chat template the
+    template check now passes, and a training row tokenizes through LLaMA-Factory's llama3 template exactly as the
+    served chat prompt of the same conversation does."""
+    from transformers import AutoTokenizer
+
+    from tokenizers import Regex, pre_tokenizers
+
+    tok = AutoTokenizer.from_pretrained(default_model)
+    # Llama-3's pre-tokenizer rule (a run of newlines is one piece), so that "\n\n" splits as on a Llama-3.1 model
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+    tok.chat_template = LLAMA31_STYLE
+    model_dir = tmp_path / "llama31-tokenizer"
+    tok.save_pretrained(model_dir)
+    flavour = Flavour(ROOT / "llama")
+    template, system = pick_template(model_dir, flavour)
+    assert template == "llama3"
+    # the chat template writes its own date lines, then the system prompt sent: the training rows carry both
+    assert system == "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" + \
+        flavour.config.system_prompt.strip()
+    row = {"instruction": ROWS[1]["prompt"], "output": ROWS[1]["extended_response"]}
+    code = ("import json,sys; from transformers import AutoTokenizer; "
+            "from llamafactory.data import get_template_and_fix_tokenizer; from llamafactory.hparams import DataArguments;"
+            "tok=AutoTokenizer.from_pretrained(sys.argv[1]); t=get_template_and_fix_tokenizer(tok, DataArguments(template='llama3'));"
+            "r=json.loads(sys.argv[2]); p,a=t.encode_oneturn(tok,[{'role':'user','content':r['instruction']},"
+            "{'role':'assistant','content':r['output']}], sys.argv[3]); print(json.dumps(p+a))")
+    proc = subprocess.run([str(TRAIN_PY), "-c", code, str(model_dir), json.dumps(row), system],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lf_ids = json.loads(proc.stdout.strip().splitlines()[-1])
+    served = PromptBuilder(flavour, tok).messages(row["instruction"]) + [{"role": "assistant", "content": row["output"]}]
+    assert served[0] == {"role": "system", "content": flavour.config.system_prompt}
+    assert lf_ids == list(tok.apply_chat_template(served, tokenize=True, return_dict=True)["input_ids"])

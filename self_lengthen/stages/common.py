@@ -18,6 +18,8 @@ from ..io import write_json_atomic
 from .runner import Checkpoint, is_complete, run_items, save_dataset, summarize
 
 DEFAULT_MAX_TOKENS = 16384  # the method's; the API server caps it by the model's context
+# Every request of steps 0-2 stops at a horizontal rule or a triple newline, as the method's do.
+STOP_STRINGS = ("\n\n---", "\n---", "---", "\n\n\n")
 
 
 def stable_key(*parts: str) -> str:
@@ -31,20 +33,24 @@ def default_workers() -> int:
     return DistEnv.from_env().world_size * gpus * 32 if gpus else 32
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, finish_fraction: float = 1.0) -> argparse.ArgumentParser:
     p = ArgParser(description=description)
     p.add_argument("--iter", type=int, required=True, help="macro-iteration (1-based)")
     p.add_argument("--workdir", default=".", help="where results/ lives (default: here)")
     p.add_argument("--workers", type=int, default=None, help="requests in flight (default: 32 per GPU, 32 on CPU)")
     p.add_argument("--max_tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.add_argument("--max_tries", type=int, default=None, help="tries per item (default: the method's)")
-    p.add_argument("--finish_fraction", type=float, default=1.0, help="end once this share of items is done")
+    p.add_argument("--finish_fraction", type=float, default=finish_fraction,
+                   help=f"end once more than this share of items is finished (default: the method's {finish_fraction:g})")
     p.add_argument("--time_budget", type=float, default=None,
                    help="minutes after which the stage ends, once at least one item was accepted")
     p.add_argument("--base_model", default="default", help="'default' or the HF dir the server serves (tokenizer)")
     p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint (default $SELF_LENGTHEN_BASE_URL "
                                                     "or http://127.0.0.1:8000/v1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt_templates", default=None,
+                   help="a prompt-template dir: ours (self_instruct.txt, judge.txt, extend.txt) or the original's "
+                        "(self_instruct.md, judge_prompt.md, extend_response.md); default: the flavour's")
     p.add_argument("--request_timeout", type=float, default=1800.0)
     p.add_argument("--retries", type=int, default=4, help="retries of a failing request (with backoff)")
     return p
@@ -70,7 +76,7 @@ class StageContext:
             raise UsageError(f"--finish_fraction={args.finish_fraction} must be in (0, 1]")
         if args.time_budget is not None and not args.time_budget > 0:
             raise UsageError(f"--time_budget={args.time_budget} must be a positive number of minutes")
-        flavour = Flavour(flavour_dir)
+        flavour = Flavour(flavour_dir, prompt_templates=args.prompt_templates)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(args.base_model)))
@@ -96,7 +102,8 @@ class StageContext:
                              f"--iter={self.args.iter - 1} so it serves the adapters of the previous iteration")
 
     def sampling(self, **extra) -> dict:
-        return {"max_tokens": self.args.max_tokens, **extra}
+        """The method's request: its max_tokens and its stop strings (besides the model's own end-of-turn tokens)."""
+        return {"max_tokens": self.args.max_tokens, "stop": list(STOP_STRINGS), **extra}
 
 
 def finished(ctx: StageContext, name: str) -> Path | None:
@@ -109,9 +116,9 @@ def finished(ctx: StageContext, name: str) -> Path | None:
 
 
 def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, columns: list[str],
-              rows_of: Callable[[list[dict]], list[dict]], length_of: Callable[[dict], int] | None,
-              model: str = "base") -> Path:
-    """Resume-or-run one stage and write its dataset, summary and completion marker."""
+              rows_of: Callable[[list[dict]], list[dict]], length_column: str | None, model: str = "base") -> Path:
+    """Resume-or-run one stage and write its dataset, summary and completion marker. With `length_column`, the
+    accepted rows go through drop_short on that column's length in characters (the method's measure)."""
     out_dir = ctx.iter_dir / name
     if finished(ctx, name):
         return out_dir
@@ -129,11 +136,11 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
     summary = summarize(records, started, sum(r.get("tokens", 0) for r in records if r["key"] not in before))
     summary["model"] = model
     rows = rows_of([r for r in records if r["status"] == "accepted"])
-    if length_of is not None:
-        summary["mean_words_before_drop_short"] = _mean([length_of(r) for r in rows])
+    if length_column is not None:
+        summary["mean_words_before_drop_short"] = _mean([count_words(r[length_column]) for r in rows])
         rng = random.Random(f"{ctx.args.seed}-{name}-{ctx.args.iter}")
-        rows = drop_short(rows, length_of, rng)
-        summary["mean_words_after_drop_short"] = _mean([length_of(r) for r in rows])
+        rows = drop_short(rows, lambda row: len(row[length_column]), rng)
+        summary["mean_words_after_drop_short"] = _mean([count_words(r[length_column]) for r in rows])
     summary["rows"] = len(rows)
     save_dataset(rows, columns, out_dir)
     write_json_atomic(ctx.iter_dir / f"{name}.summary.json", summary)
@@ -144,10 +151,6 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
 
 def _mean(xs: list[int]) -> float:
     return round(sum(xs) / len(xs), 1) if xs else 0.0
-
-
-def words_of(column: str) -> Callable[[dict], int]:
-    return lambda row: count_words(row[column])
 
 
 def flavour_dir_of(script: str) -> Path:

@@ -1,41 +1,41 @@
 """step2 Extender: lengthen each initial response in up to 3 rounds of chat-then-completion.
 
-A round: split the current text into blocks; ask by chat for an enriched version of the first half of the blocks;
-keep the first 2/3 of that answer's blocks as a prefix; then continue, by raw completion, the chat-formatted
+A round (the method's, exactly): split the current text into blocks (on blank lines; with 2 or fewer, on newlines);
+ask by chat for an expanded version of the first half of the blocks, joined by blank lines; keep the first 2/3 of
+that answer's blank-line blocks as a prefix (possibly none); then continue, by raw completion, the chat-formatted
 extend request over the whole current text followed by that prefix. The round's output (prefix + continuation)
-replaces the current text only if it passes the response check and is longer. The result is kept only if it has
-more than 1.2x the initial words.
+replaces the current text only if it passes the response check and has more words. The result is kept only if it
+has more than 1.2x the initial words.
 """
+import random
 import threading
 from collections import Counter
 from pathlib import Path
 
 from ..errors import UsageError, cli_main
 from ..text import check_response, count_words, split_blocks
-from .common import StageContext, base_parser, finished, run_stage, stable_key, words_of
+from .common import StageContext, base_parser, finished, run_stage, stable_key
 from .runner import require_complete
 
 MAX_TRIES = 20
 ATTEMPTS_PER_RESPONSE = 2
 ROUNDS = 3
 MIN_GROWTH = 1.2
-PREFIX_SHARE = 2 / 3
+FINISH_FRACTION = 0.95  # the method ends step2 once more than 95% of its items are finished
 
 
 def extend_once(ctx: StageContext, model: str, instruction: str, text: str) -> tuple[str | None, str | None, int]:
     """One round. Returns (new text or None, reject reason or None, tokens generated)."""
     prompts, meta_words = ctx.prompts, ctx.flavour.config.meta_words
-    blocks, sep = split_blocks(text)
-    first_half = sep.join(blocks[: max(1, len(blocks) // 2)])
-    head = ctx.client.chat(model, [{"role": "user", "content": prompts.extend_request(instruction, first_half)}],
+    blocks = split_blocks(text)
+    first_half = "\n\n".join(blocks[: len(blocks) // 2])
+    head = ctx.client.chat(model, prompts.messages(prompts.extend_request(instruction, first_half)),
                            **ctx.sampling())
-    head_blocks, head_sep = split_blocks(head.text)
-    if not head_blocks:
-        return None, "empty", head.completion_tokens
-    prefix = head_sep.join(head_blocks[: max(1, int(len(head_blocks) * PREFIX_SHARE))]) + head_sep
+    head_blocks = head.text.split("\n\n")
+    prefix = "\n\n".join(head_blocks[: len(head_blocks) * 2 // 3])
     rest = ctx.client.complete(model, prompts.extend_completion(instruction, text, prefix), **ctx.sampling())
     tokens = head.completion_tokens + rest.completion_tokens
-    candidate = (prefix + rest.text).strip()
+    candidate = prefix + rest.text
     reason = check_response(candidate, meta_words)
     if reason is None and count_words(candidate) <= count_words(text):
         reason = "not_longer"
@@ -79,17 +79,17 @@ def run(ctx: StageContext) -> Path:
     model = ctx.model("ext_sft")
     ctx.check_model_served(model)
     attempts = ctx.args.attempts or ATTEMPTS_PER_RESPONSE
-    items = {f"{stable_key(r['prompt'], r['initial_response'])}-{a}": {"prompt": r["prompt"],
-                                                                        "initial_response": r["initial_response"]}
-             for r in data for a in range(attempts)}
+    rows = [{"prompt": r["prompt"], "initial_response": r["initial_response"]} for r in data]
+    random.Random(ctx.args.seed).shuffle(rows)  # started in this order: which items are the slowest 5% is random
+    items = {f"{stable_key(r['prompt'], r['initial_response'])}-{a}": r for r in rows for a in range(attempts)}
     columns = ["prompt", "initial_response", "extended_response"]
     return run_stage(ctx, "extended_responses", items, make_work(ctx, model), columns=columns,
                      rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs],
-                     length_of=words_of("extended_response"), model=model)
+                     length_column="extended_response", model=model)
 
 
 def parser():
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], finish_fraction=FINISH_FRACTION)
     p.add_argument("--attempts", type=int, default=None,
                    help=f"independent extensions of each initial response (default: the method's {ATTEMPTS_PER_RESPONSE})")
     return p

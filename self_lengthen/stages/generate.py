@@ -5,11 +5,12 @@ from pathlib import Path
 
 from ..errors import cli_main
 from ..text import check_response
-from .common import StageContext, base_parser, finished, run_stage, stable_key, words_of
+from .common import StageContext, base_parser, finished, run_stage, stable_key
 from .runner import require_complete
 
 MAX_TRIES = 20
 RESPONSES_PER_INSTRUCTION = 2
+FINISH_FRACTION = 0.95  # the method ends step1 once more than 95% of its items are finished
 
 
 def make_work(ctx: StageContext, model: str):
@@ -21,11 +22,12 @@ def make_work(ctx: StageContext, model: str):
         for attempt in range(tries):
             if stop.is_set():
                 return None
-            out = ctx.client.chat(model, [{"role": "user", "content": prompt}], **ctx.sampling())
+            out = ctx.client.chat(model, ctx.prompts.messages(prompt), **ctx.sampling())
             tokens += out.completion_tokens
-            reason = check_response(out.text, meta_words)
+            text = out.text.strip()
+            reason = check_response(text, meta_words)
             if reason is None:
-                return {"status": "accepted", "prompt": prompt, "initial_response": out.text.strip(),
+                return {"status": "accepted", "prompt": prompt, "initial_response": text,
                         "tries": attempt + 1, "reasons": reasons, "tokens": tokens}
             reasons[reason] += 1
         return {"status": "exhausted", "prompt": prompt, "tries": tries, "reasons": reasons, "tokens": tokens}
@@ -46,10 +48,14 @@ def run(ctx: StageContext) -> Path:
     items = {f"{stable_key(p)}-{j}": p for p in prompts for j in range(RESPONSES_PER_INSTRUCTION)}
     return run_stage(ctx, "initial_responses", items, make_work(ctx, model), columns=["prompt", "initial_response"],
                      rows_of=lambda recs: [{"prompt": r["prompt"], "initial_response": r["initial_response"]} for r in recs],
-                     length_of=words_of("initial_response"), model=model)
+                     length_column="initial_response", model=model)
+
+
+def parser():
+    return base_parser(__doc__.splitlines()[0], finish_fraction=FINISH_FRACTION)
 
 
 @cli_main
 def main(flavour_dir: Path, argv=None):
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = parser().parse_args(argv)
     run(StageContext.create(args, flavour_dir))

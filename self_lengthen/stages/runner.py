@@ -74,18 +74,22 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
               desc: str = "") -> list[dict]:
     """Run `work` over the items not yet in the checkpoint, `workers` at a time. Returns all finished records.
 
-    The stage ends early once `finish_fraction` of all items is finished, or once `time_budget` seconds have passed
+    The stage ends early once more than `finish_fraction` of all items is finished (the method's rule), or once
+    `time_budget` seconds have passed
     with at least one item accepted: queued items are cancelled and the in-flight ones are told to stop (they finish
     their current request; nothing is killed). What they were doing is not recorded.
     """
     todo = {k: v for k, v in items.items() if k not in checkpoint.records}
     total = len(items)
-    target = min(total, max(1, int(round(finish_fraction * total)))) if total else 0
+
+    def enough(finished: int) -> bool:
+        return finished >= total or finished / total > finish_fraction
+
     stop = threading.Event()
     counts = Counter(r["status"] for r in checkpoint.records.values() if r["key"] in items)
     bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="item", dynamic_ncols=True)
     bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
-    if todo and total - len(todo) < target:
+    if todo and not enough(total - len(todo)):
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         pending = {pool.submit(work, key, payload, stop): key for key, payload in todo.items()}
         finished = total - len(todo)
@@ -105,7 +109,7 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
                     finished += 1
                     bar.update(1)
                     bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
-                if finished >= target and pending:
+                if pending and enough(finished):
                     break
                 if pending and deadline is not None and time.monotonic() >= deadline and counts["accepted"]:
                     tqdm.write(f"{desc}: time budget of {time_budget / 60:g} min used; ending with {finished} of "

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import UsageError, cli_main
 from ..flavour import load_seeds
 from ..text import count_words
-from .common import StageContext, base_parser, finished, run_stage
+from .common import STOP_STRINGS, StageContext, base_parser, finished, run_stage
 from .runner import Checkpoint
 
 MAX_TRIES = 10
@@ -15,10 +15,13 @@ JUDGE_MAX_TOKENS = 24
 
 
 class InstructionPool:
-    """Few-shot examples (seeds, plus accepted instructions if the flavour grows the pool) and the accepted set."""
+    """Few-shot examples and the accepted set. With `grow`, accepted instructions join the examples, which go back
+    to the seeds after every `reset_every` accepted (the method's qwen flavour: 500); without, only seeds."""
 
-    def __init__(self, seeds: list[str], grow: bool):
-        self.examples, self.grow = list(seeds), grow
+    def __init__(self, seeds: list[str], grow: bool, reset_every: int | None = None):
+        self.seeds, self.grow, self.reset_every = list(seeds), grow, reset_every
+        self.examples = list(seeds)
+        self.grown = 0  # accepted since the last reset
         self.taken: set[str] = {s.strip().lower() for s in seeds}
         self.lock = threading.Lock()
 
@@ -40,21 +43,25 @@ class InstructionPool:
             self.taken.add(norm)
             if self.grow:
                 self.examples.append(text)
+                self.grown += 1
+                if self.reset_every and self.grown >= self.reset_every:
+                    self.examples, self.grown = list(self.seeds), 0
             return True
 
 
 def make_work(ctx: StageContext, pool: InstructionPool):
     cfg, prompts, client = ctx.flavour.config, ctx.prompts, ctx.client
     tries = ctx.args.max_tries or MAX_TRIES
+    lenient = ctx.args.judge_parse == "lenient"
+    stop = [*STOP_STRINGS, *prompts.self_instruct_stops()]
 
-    def work(key: str, _payload, stop: threading.Event) -> dict | None:
+    def work(key: str, _payload, stop_event: threading.Event) -> dict | None:
         reasons, tokens = Counter(), 0
         for attempt in range(tries):
-            if stop.is_set():
+            if stop_event.is_set():
                 return None
             rng = random.Random(f"{ctx.args.seed}-{ctx.args.iter}-{key}-{attempt}")
-            out = client.complete("base", prompts.self_instruct(*pool.sample(rng)),
-                                  stop=prompts.self_instruct_stops(), **ctx.sampling(max_tokens=min(512, ctx.args.max_tokens)))
+            out = client.complete("base", prompts.self_instruct(*pool.sample(rng)), **ctx.sampling(stop=stop))
             tokens += out.completion_tokens
             candidate = prompts.parse_instruction(out.text)
             words = count_words(candidate)
@@ -64,10 +71,11 @@ def make_work(ctx: StageContext, pool: InstructionPool):
             if pool.is_taken(candidate):
                 reasons["duplicate"] += 1
                 continue
-            verdict = client.chat("base", [{"role": "user", "content": prompts.judge(candidate)}],
-                                  max_tokens=JUDGE_MAX_TOKENS)  # sampled: a weak judge is not stuck on one answer
+            # Sampled: a weak judge is not stuck on one answer. The cap only cuts answers that are not a verdict.
+            verdict = client.chat("base", prompts.messages(prompts.judge(candidate)),
+                                  **ctx.sampling(max_tokens=min(JUDGE_MAX_TOKENS, ctx.args.max_tokens)))
             tokens += verdict.completion_tokens
-            suitable = prompts.parse_verdict(verdict.text)
+            suitable = prompts.parse_verdict(verdict.text, lenient=lenient)
             if suitable is None:
                 reasons["judge_unclear"] += 1
                 continue
@@ -88,8 +96,9 @@ def run(ctx: StageContext, count: int, seeds_path: Path) -> Path:
         return done
     seeds = load_seeds(seeds_path)
     ctx.check_model_served("base")
-    pool = InstructionPool(seeds, ctx.flavour.config.grow_pool)
-    # Instructions accepted before a restart stay taken (and join the pool).
+    cfg = ctx.flavour.config
+    pool = InstructionPool(seeds, cfg.grow_pool, cfg.pool_reset_every)
+    # Instructions accepted before a restart stay taken (and join the pool, in the order they were accepted).
     ckpt_path = ctx.iter_dir / "instructions.checkpoint.jsonl"
     if ckpt_path.exists():
         previous = Checkpoint(ckpt_path)
@@ -99,16 +108,23 @@ def run(ctx: StageContext, count: int, seeds_path: Path) -> Path:
         previous.close()
     items = {f"slot-{i:06d}": None for i in range(count)}
     return run_stage(ctx, "instructions", items, make_work(ctx, pool), columns=["prompt"],
-                     rows_of=lambda recs: [{"prompt": r["prompt"]} for r in recs], length_of=None)
+                     rows_of=lambda recs: [{"prompt": r["prompt"]} for r in recs], length_column=None)
 
 
-@cli_main
-def main(flavour_dir: Path, argv=None):
+def parser():
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--count", type=int, required=True, help="instructions to request (each up to 10 tries)")
     p.add_argument("--seeds", default=None, help="JSONL with 'prompt', or a save_to_disk dataset dir "
                                                  "(default: the flavour's seeds.jsonl)")
-    args = p.parse_args(argv)
+    p.add_argument("--judge_parse", choices=("strict", "lenient"), default="strict",
+                   help="strict (the method's): the whole answer must be the flavour's judge_answer; lenient: the "
+                        "first yes/no word decides (for weak judges)")
+    return p
+
+
+@cli_main
+def main(flavour_dir: Path, argv=None):
+    args = parser().parse_args(argv)
     if args.count < 1:
         raise UsageError(f"--count={args.count} must be at least 1")
     ctx = StageContext.create(args, flavour_dir)
