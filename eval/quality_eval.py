@@ -74,7 +74,8 @@ def main(argv=None):
     if args.tries < 1 or args.workers < 1:
         raise UsageError("--tries and --workers must be at least 1")
     rows = read_jsonl(args.file, required=("query", "response"))
-    client = Client(args.judge_base_url, os.environ.get("JUDGE_API_KEY"))
+    # A hosted judge gets only OpenAI's own sampling fields; our endpoint gets the engine's too.
+    client = Client(args.judge_base_url, os.environ.get("JUDGE_API_KEY"), engine_fields=args.judge_base_url is None)
     result = evaluate(rows, client, args.judge_model, args.workers, args.tries)
     if args.json:
         print(json.dumps(result))

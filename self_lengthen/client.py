@@ -24,6 +24,8 @@ def default_base_url() -> str:
 
 # Self-Lengthen's sampling for generation and extension.
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
+# Fields our API server (like vLLM's) takes but OpenAI-style hosted APIs reject.
+ENGINE_ONLY = ("top_k", "repetition_penalty", "min_tokens", "ignore_eos")
 
 
 class EndpointError(UsageError):
@@ -43,11 +45,13 @@ class Completion:
 
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 1800.0,
-                 retries: int = 4, backoff: float = 2.0, sampling: dict | None = None):
+                 retries: int = 4, backoff: float = 2.0, sampling: dict | None = None, engine_fields: bool = True):
+        """engine_fields=False: a hosted API (a judge, say) that rejects the engine's extra sampling fields."""
         self.base_url = (base_url or os.environ.get("SELF_LENGTHEN_BASE_URL") or default_base_url()).rstrip("/")
         self.api_key = api_key or os.environ.get("SELF_LENGTHEN_API_KEY") or None
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        self.engine_fields = engine_fields
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
@@ -90,7 +94,8 @@ class Client:
                             f"(run_server.sh) and is --base_url right?")
 
     def _params(self, model: str, overrides: dict) -> dict:
-        return {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}, "model": model}
+        params = {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}, "model": model}
+        return params if self.engine_fields else {k: v for k, v in params.items() if k not in ENGINE_ONLY}
 
     def chat(self, model: str, messages: list[dict], **sampling) -> Completion:
         return self._post("/chat/completions", {**self._params(model, sampling), "messages": messages})

@@ -8,12 +8,20 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+# The request fields of OpenAI's own chat and completion APIs (no top_k, no repetition_penalty).
+OPENAI_FIELDS = {"model", "messages", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream",
+                 "presence_penalty", "frequency_penalty", "logit_bias", "user", "logprobs", "echo", "suffix"}
+
+
 class FakeEndpoint:
-    """mode: ok | 500 | timeout | garbage | empty | 400. `text` is what ok answers; `requests` counts calls."""
+    """mode: ok | 500 | timeout | garbage | empty | 400 | strict (a hosted API: 400 for any field it does not know).
+    `text` is what ok answers (or a function of the request);
+    `requests` counts calls and `payloads` keeps their bodies, to check what a stage sends."""
 
     def __init__(self, mode: str = "ok", text: str = "A complete answer.", models=("base",), delay: float = 5.0):
         self.mode, self.text, self.models, self.delay = mode, text, list(models), delay
         self.requests = 0
+        self.payloads: list[dict] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,8 +43,12 @@ class FakeEndpoint:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"{}")
                 fake.requests += 1
+                fake.payloads.append(payload)
                 if fake.mode == "500":
                     return self._send(500, b'{"message": "engine exploded"}')
+                unknown = set(payload) - OPENAI_FIELDS
+                if fake.mode == "strict" and unknown:
+                    return self._send(400, json.dumps({"message": f"unknown fields {sorted(unknown)}"}).encode())
                 if fake.mode == "400":
                     return self._send(400, b'{"message": "Only base allowed now, your model x"}')
                 if fake.mode == "timeout":

@@ -201,6 +201,21 @@ def test_add_length_control_cli_rewrites_through_the_endpoint(tmp_path):
 
 # --- quality_eval with a fake judge ---------------------------------------------------------------------------------
 
+def test_quality_eval_sends_a_hosted_judge_only_openai_fields(tmp_path):
+    """A hosted judge (--judge_base_url) rejects top_k and repetition_penalty with a 400: they are not sent there."""
+    verdict = json.dumps({d: 7 for d in quality_eval.DIMENSIONS})
+    rows = tmp_path / "gen.jsonl"
+    rows.write_text(json.dumps({"query": "Write about tides.", "response": "Tides rise and fall."}))
+    with FakeEndpoint("strict", text=verdict) as fake:
+        proc = run_eval("quality_eval.py", rows, "--judge_base_url", fake.base_url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["judged"] == 1
+    assert fake.payloads and all("top_k" not in p and "repetition_penalty" not in p for p in fake.payloads)
+    from self_lengthen.client import Client  # our own endpoint still gets the engine's fields
+
+    assert {"top_k", "repetition_penalty"} <= set(Client("http://127.0.0.1:1/v1")._params("base", {}))
+
+
 def test_quality_eval_handles_and_counts_malformed_verdicts(tmp_path):
     good = '{"relevance": 8, "coherence": 7, "accuracy": 6, "consistency": 7, "clarity": 8, "creativity": 5, "engagement": 6}'
     replies = {

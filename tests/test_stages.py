@@ -291,3 +291,157 @@ def test_time_budget_ends_the_stage_once_something_was_accepted(tmp_path):
         else:
             assert summary["items"] == 40 and summary["accepted"] == 0
         assert (workdir / "results" / "iter_1" / "initial_responses" / MARKER).is_file()
+
+
+# --- the method's rules, as the stages apply them (the endpoint records what they send) ----------------------------
+
+LLAMA_SYSTEM = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+METHOD_STOPS = {"\n\n---", "\n---", "---", "\n\n\n"}
+
+
+def method_answers(payload):
+    """What a cooperative model would answer each request of steps 0-2 with."""
+    if "prompt" in payload:
+        if payload["prompt"].rstrip().endswith("3:"):  # step0's few-shot completion
+            return f" Write a long report on the harbour of town {random.randint(0, 10**9)}.\nInstruction 4: x"
+        return " The rest of the text, written out in full sentences until it ends."  # step2's continuation
+    user = payload["messages"][-1]["content"]
+    if user.startswith("Write a long report"):  # step1: lengths vary, or drop_short would keep none
+        return " ".join(f"Sentence {i} of a report that goes on." for i in range(random.randint(2, 30)))
+    if "Draft" in user:  # step2's chat half
+        return "H1 opens the text.\n\nH2 goes on.\n\nH3 would be cut."
+    return "yes"  # the judge
+
+
+def test_steps_0_to_2_send_the_methods_stops_and_system_prompt(tmp_path):
+    with FakeEndpoint(text=method_answers, delay=0) as fake:
+        for script, extra in ((STEP0, ("--count", "2")), (STEP1, ()), (STEP2, ("--max_tries", "1"))):
+            proc = step(script, tmp_path, "--workers", "2", *extra, base_url=fake.base_url)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+    payloads = fake.payloads
+    assert {"completions", "chat"} == {"chat" if "messages" in p else "completions" for p in payloads}
+    for p in payloads:
+        assert METHOD_STOPS <= set(p["stop"]), p
+        assert (p["temperature"], p["top_p"], p["top_k"], p["repetition_penalty"]) == (0.7, 0.8, 20, 1.1)
+        if "messages" in p:  # every chat request of the llama flavour carries the method's system prompt
+            assert p["messages"][0] == {"role": "system", "content": LLAMA_SYSTEM}
+    step0 = [p for p in payloads if "prompt" in p and p["prompt"].rstrip().endswith("3:")]
+    assert step0 and all({"Instruction 4", "Instructions 4"} <= set(p["stop"]) for p in step0)
+    # the judge's strict verdict: the whole answer "yes"; the instructions are cut before "Instruction 4"
+    data = load_rows(tmp_path / "results" / "iter_1" / "instructions")
+    assert len(data) == 2 and all(p.startswith("Write a long report") and "Instruction" not in p for p in data["prompt"])
+
+
+def test_step2_round_is_the_methods(tmp_path):
+    """First half of the blocks, joined by blank lines, to the chat; 2/3 of its answer's blank-line blocks as the
+    prefix, nothing added; the continuation appended as it comes; the result stored as it is."""
+    initial = "A one.\n\nB two.\n\nC three.\n\nD four."
+    save_dataset([{"prompt": "Write about letters.", "initial_response": initial}], ["prompt", "initial_response"],
+                 tmp_path / "results" / "iter_1" / "initial_responses")
+    with FakeEndpoint(text=method_answers, delay=0) as fake:
+        proc = step(STEP2, tmp_path, "--max_tries", "1", "--attempts", "1", "--workers", "1", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chat, completion = fake.payloads[0], fake.payloads[1]
+    asked = chat["messages"][-1]["content"]
+    assert "A one.\n\nB two." in asked and "C three." not in asked
+    assert "C three.\n\nD four." in completion["prompt"]
+    assert completion["prompt"].endswith("<|im_start|>assistant\nH1 opens the text.\n\nH2 goes on.")
+    # the record before drop_short (which never keeps a lone item: the shortest length is always dropped)
+    record = json.loads((tmp_path / "results" / "iter_1" / "extended_responses.checkpoint.jsonl").read_text())
+    expected = "H1 opens the text.\n\nH2 goes on." + method_answers({"prompt": ""})
+    assert record["extended_response"] == expected  # rounds 2 and 3 were not longer, so round 1's text stands
+    reasons = json.loads((tmp_path / "results" / "iter_1" / "extended_responses.summary.json").read_text())
+    assert reasons["reject_reasons"] == {"not_longer": 2}
+
+
+@pytest.mark.parametrize("prompts,finished", [(10, 20), (20, 39)])
+def test_step1_ends_once_more_than_95_percent_are_finished(tmp_path, prompts, finished):
+    """The method's end: more than 95% of the items finished. 20 items: 19 is exactly 95%, so all 20 run;
+    40 items: 39 is past 95%, and the last one is dropped."""
+    write_instructions(tmp_path, [f"Write about place {i}." for i in range(prompts)])
+    with FakeEndpoint(text="A complete answer.", delay=0) as fake:
+        proc = step(STEP1, tmp_path, "--workers", "1", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "results" / "iter_1" / "initial_responses.summary.json").read_text())
+    assert summary["items"] == finished
+
+
+def test_step2_starts_its_items_in_a_seeded_shuffled_order(tmp_path):
+    rows = [{"prompt": f"Write about place {i}.", "initial_response": f"Place {i} is quiet.\nIt has a river."}
+            for i in range(12)]
+    orders = []
+    for seed in ("0", "0", "1"):
+        workdir = tmp_path / f"seed-{seed}-{len(orders)}"
+        save_dataset(rows, ["prompt", "initial_response"], workdir / "results" / "iter_1" / "initial_responses")
+        with FakeEndpoint(text="A complete answer.", delay=0) as fake:
+            proc = step(STEP2, workdir, "--max_tries", "1", "--attempts", "1", "--workers", "1", "--seed", seed,
+                        base_url=fake.base_url)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        orders.append([p["messages"][-1]["content"] for p in fake.payloads if "messages" in p][::3])
+    assert orders[0] == orders[1] != orders[2]
+    firsts = [next(f"place {i}." in o for i in range(12)) for o in orders[0]]
+    assert [f"place {i}." in orders[0][i] for i in range(12)] != [True] * 12 and firsts
+
+
+def test_original_format_templates_and_seeds_dataset(tmp_path):
+    """--prompt_templates and --seeds in the original's format (files this test writes, with the original's
+    placeholders): self_instruct.md is sent as it is by raw completion; judge_prompt.md and extend_response.md by
+    chat; the seeds come from a prompts_train dataset dir."""
+    from datasets import Dataset
+
+    templates = tmp_path / "prompt_templates"
+    templates.mkdir()
+    (templates / "self_instruct.md").write_text("RAW TASK LIST\nInstruction 1: {prompt1}\nInstruction 2: {prompt2}\n"
+                                                "Instruction 3: ")
+    (templates / "judge_prompt.md").write_text("JUDGE harbour? {prompt}\nAnswer yes or no.")
+    (templates / "extend_response.md").write_text("EXTEND {prompt}\nDraft:\n{response}\nLonger, please.")
+    seeds = tmp_path / "prompts_train"
+    Dataset.from_dict({"prompt": ["SEED essay on rivers.", "SEED story about a lighthouse."]}).save_to_disk(str(seeds))
+    work = tmp_path / "work"
+    with FakeEndpoint(text=method_answers, delay=0) as fake:
+        for script, extra in ((STEP0, ("--count", "2", "--seeds", str(seeds))), (STEP1, ()),
+                              (STEP2, ("--max_tries", "1", "--attempts", "1"))):
+            proc = step(script, work, "--workers", "2", "--prompt_templates", str(templates), *extra,
+                        base_url=fake.base_url)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+    raw = [p["prompt"] for p in fake.payloads if "prompt" in p and p["prompt"].startswith("RAW TASK LIST")]
+    assert raw and all(p.endswith("Instruction 3: ") and p.count("SEED") == 2 for p in raw)  # no chat wrapping
+    chats = [p["messages"][-1]["content"] for p in fake.payloads if "messages" in p]
+    assert any(c.startswith("JUDGE harbour? Write a long report") for c in chats)
+    assert any(c.startswith("EXTEND Write a long report") and "\nDraft:\n" in c for c in chats)
+    completions = [p["prompt"] for p in fake.payloads if "prompt" in p and not p["prompt"].startswith("RAW")]
+    assert completions and all("EXTEND Write a long report" in c for c in completions)
+    assert (work / "results" / "iter_1" / "extended_responses" / MARKER).is_file()
+
+
+def test_bad_prompt_template_dir_gets_one_line(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "self_instruct.md").write_text("{prompt1} {prompt2}")
+    (tmp_path / "t" / "judge_prompt.md").write_text("{instruction}")  # not the original's placeholder
+    (tmp_path / "t" / "extend_response.md").write_text("{prompt} {response}")
+    with FakeEndpoint() as fake:
+        line = one_error_line(step(STEP0, tmp_path, "--count", "1", "--prompt_templates", str(tmp_path / "t"),
+                                   base_url=fake.base_url))
+        assert "judge_prompt.md" in line and "{prompt}" in line
+        line = one_error_line(step(STEP0, tmp_path, "--count", "1", "--prompt_templates", str(tmp_path / "none"),
+                                   base_url=fake.base_url))
+        assert "no such directory" in line
+
+
+def test_instruction_pool_grows_and_resets_as_each_flavour_says():
+    from self_lengthen.flavour import Flavour
+    from self_lengthen.stages.self_instruct import InstructionPool
+
+    seeds = ["Seed one.", "Seed two."]
+    qwen, llama = Flavour(ROOT / "qwen").config, Flavour(ROOT / "llama").config
+    assert (qwen.grow_pool, qwen.pool_reset_every) == (True, 500) and llama.grow_pool is False
+    growing = InstructionPool(seeds, grow=True, reset_every=3)
+    assert growing.claim("New a.") and growing.claim("New b.")
+    assert growing.examples == seeds + ["New a.", "New b."]
+    assert not growing.claim("new a.")  # the same instruction twice is a duplicate
+    assert growing.claim("New c.") and growing.examples == seeds  # the third accepted resets the pool to the seeds
+    assert growing.claim("New d.") and growing.examples == seeds + ["New d."]
+    fixed = InstructionPool(seeds, grow=False)
+    assert fixed.claim("New a.") and fixed.examples == seeds
+    rng = random.Random(0)
+    assert all(set(fixed.sample(rng)) == set(seeds) for _ in range(5))
