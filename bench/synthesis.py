@@ -100,17 +100,18 @@ def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=N
     Returns the tokens it generated and its wall seconds."""
     from self_lengthen.pipeline import stage_args
     from self_lengthen.stages import extend, generate
-    from self_lengthen.stages.common import StageContext, base_parser
+    from self_lengthen.stages.common import StageContext
     from self_lengthen.train import load_profile
 
     argv = stage_args(load_profile(profile), stage, 1, workdir, model_dir, seed=0)
     if client is None:
         argv += ["--base_url", f"http://127.0.0.1:{PORTS['api']}/v1"]
-    ctx = StageContext.create(base_parser(stage).parse_args(argv), FLAVOUR)
+    module = {"generate": generate, "extend": extend}[stage]
+    ctx = StageContext.create(module.parser().parse_args(argv), FLAVOUR)
     if client is not None:
         ctx.client = client
     start = time.monotonic()
-    {"generate": generate, "extend": extend}[stage].run(ctx)
+    module.run(ctx)
     seconds = time.monotonic() - start
     summary = json.loads((workdir / "results" / "iter_1" / f"{STAGES[stage]}.summary.json").read_text())
     return {"tokens": summary["tokens_generated"], "seconds": seconds}

@@ -290,6 +290,8 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
             assert args.max_tries == tries
         if stage == "self_instruct":
             assert args.judge_parse == ("strict" if profile == "gpu" else "lenient")
+        else:  # the method's sampler on gpu; off where the default model keeps only a few rows
+            assert args.drop_short is (profile == "gpu")
     assert args.attempts == sizes["generation"].get("extend_attempts")
     assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
     if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions, and extends once

@@ -445,3 +445,17 @@ def test_instruction_pool_grows_and_resets_as_each_flavour_says():
     assert fixed.claim("New a.") and fixed.examples == seeds
     rng = random.Random(0)
     assert all(set(fixed.sample(rng)) == set(seeds) for _ in range(5))
+
+
+def test_drop_short_applies_by_default_and_can_be_turned_off(tmp_path):
+    """Equal lengths all sit at the first position, which the method's sampler never keeps: with it every row goes,
+    without it (--no-drop_short, the small profiles) every accepted row is written."""
+    rows = {}
+    for flag in ((), ("--no-drop_short",)):
+        workdir = tmp_path / ("off" if flag else "on")
+        write_instructions(workdir, [f"Write about place {i}." for i in range(5)])
+        with FakeEndpoint(text="A complete answer.", delay=0) as fake:
+            proc = step(STEP1, workdir, "--workers", "2", *flag, base_url=fake.base_url)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows[bool(flag)] = len(load_rows(workdir / "results" / "iter_1" / "initial_responses"))
+    assert rows == {False: 0, True: 10}

@@ -48,6 +48,8 @@ def base_parser(description: str, finish_fraction: float = 1.0) -> argparse.Argu
     p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint (default $SELF_LENGTHEN_BASE_URL "
                                                     "or http://127.0.0.1:8000/v1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drop_short", action=argparse.BooleanOptionalAction, default=True,
+                   help="length-biased sampling of the accepted rows (the method's; step1 and step2)")
     p.add_argument("--prompt_templates", default=None,
                    help="a prompt-template dir: ours (self_instruct.txt, judge.txt, extend.txt) or the original's "
                         "(self_instruct.md, judge_prompt.md, extend_response.md); default: the flavour's")
@@ -136,7 +138,7 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
     summary = summarize(records, started, sum(r.get("tokens", 0) for r in records if r["key"] not in before))
     summary["model"] = model
     rows = rows_of([r for r in records if r["status"] == "accepted"])
-    if length_column is not None:
+    if length_column is not None and ctx.args.drop_short:
         summary["mean_words_before_drop_short"] = _mean([count_words(r[length_column]) for r in rows])
         rng = random.Random(f"{ctx.args.seed}-{name}-{ctx.args.iter}")
         rows = drop_short(rows, lambda row: len(row[length_column]), rng)
