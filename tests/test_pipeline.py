@@ -296,3 +296,38 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
     assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
     if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions, and extends once
         assert stage == "extend" and args.finish_fraction < 0.95 and args.attempts == 1
+
+
+def test_gpu_profile_trains_as_the_original(tmp_path):
+    """LoRA rank 8, alpha 16, all linear layers, batch 1, no accumulation, lr 1e-4, cosine, 10% warm-up, 4 epochs,
+    cutoff 16384, bf16, ZeRO-3 offload, continuing from the previous iteration's adapter."""
+    import yaml
+
+    from self_lengthen.flavour import Flavour
+    from self_lengthen.train import load_profile, mk_config
+
+    flavour = Flavour(ROOT / "qwen")
+    previous = tmp_path / "results" / "iter_1" / "lora" / "gen_sft"
+    previous.mkdir(parents=True)
+    (previous / "adapter_config.json").write_text("{}")
+    iter_dir = tmp_path / "results" / "iter_2"
+    (iter_dir / "data").mkdir(parents=True)
+    config = yaml.safe_load(mk_config(iter_dir, 2, "gen_sft", tmp_path / "model", flavour, load_profile("gpu"),
+                                      "qwen", gpus=8).read_text())
+    expected = {"lora_rank": 8, "lora_alpha": 16, "lora_target": "all", "per_device_train_batch_size": 1,
+                "gradient_accumulation_steps": 1, "learning_rate": 1e-4, "lr_scheduler_type": "cosine",
+                "warmup_steps": 0.1, "num_train_epochs": 4, "cutoff_len": 16384, "bf16": True,
+                "adapter_name_or_path": str(previous)}
+    assert {k: config.get(k) for k in expected} == expected
+    assert config["deepspeed"].endswith("ds_z3_offload.json") and "disable_gradient_checkpointing" not in config
+    offload = json.loads(open(config["deepspeed"]).read())["zero_optimization"]
+    assert offload["stage"] == 3 and offload["offload_optimizer"]["device"] == "cpu"
+
+
+def test_run_and_collect_choose_the_same_default_profile():
+    from self_lengthen.train import profile_name
+
+    assert profile_name(None, gpus=4) == "gpu" and profile_name(None, gpus=0) == "cpu-demo"
+    assert profile_name("tiny", gpus=4) == "tiny"
+    for module in ("pipeline", "collect"):  # both ask profile_name, with the node's GPU count
+        assert "profile_name(args.profile" in (ROOT / "self_lengthen" / f"{module}.py").read_text()
