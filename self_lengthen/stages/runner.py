@@ -75,9 +75,9 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
     """Run `work` over the items not yet in the checkpoint, `workers` at a time. Returns all finished records.
 
     The stage ends early once more than `finish_fraction` of all items is finished (the method's rule), or once
-    `time_budget` seconds have passed
-    with at least one item accepted: queued items are cancelled and the in-flight ones are told to stop (they finish
-    their current request; nothing is killed). What they were doing is not recorded.
+    `time_budget` seconds have passed with at least one item accepted: queued items are cancelled and the in-flight
+    ones are told to stop (they finish their current request; nothing is killed). What they were doing is not
+    recorded.
     """
     todo = {k: v for k, v in items.items() if k not in checkpoint.records}
     total = len(items)
