@@ -165,7 +165,10 @@ def test_finished_stage_is_a_no_op(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("script", [STEP0, QWEN_STEP0], ids=["llama", "qwen"])
 def test_self_instruct_on_the_real_model(served, tmp_path, script):
-    proc = step(script, tmp_path, "--count", "3", "--max_tries", "4", "--workers", "3", base_url=served.base_url)
+    # The method's max_tokens (16384, as the profiles' gpu) would let a completion that never writes "Instruction 4"
+    # run to the model's context; the profiles cap step0 (cpu-demo 400, tiny 600), and so does this test.
+    proc = step(script, tmp_path, "--count", "3", "--max_tries", "4", "--workers", "3", "--max_tokens", "200",
+                base_url=served.base_url)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "iter_1" / "instructions"
     assert (out / MARKER).is_file()
@@ -194,6 +197,42 @@ def test_generate_then_extend_on_the_real_model(served, tmp_path):
 
     for row in extended:
         assert count_words(row["extended_response"]) > 1.2 * count_words(row["initial_response"])
+
+
+@pytest.mark.slow
+def test_steps_0_to_2_with_the_originals_template_format_on_the_real_model(served, tmp_path):
+    """The original's format on the served model: a raw self_instruct.md written with the model's own chat tokens
+    (as the original's are), judge_prompt.md and extend_response.md, and a prompts_train seeds dataset."""
+    from datasets import Dataset
+
+    templates = tmp_path / "original_templates"
+    templates.mkdir()
+    (templates / "self_instruct.md").write_text(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nList writing tasks that each call for a long essay or story.<|im_end|>\n"
+        "<|im_start|>assistant\nInstruction 1: {prompt1}\nInstruction 2: {prompt2}\nInstruction 3: ")
+    (templates / "judge_prompt.md").write_text("Does this writing task call for a long text? Answer yes or no.\n\n"
+                                               "Task: {prompt}")
+    (templates / "extend_response.md").write_text("Task: {prompt}\n\nDraft:\n{response}\n\n"
+                                                  "Rewrite the draft at greater length, with more detail.")
+    seeds = tmp_path / "prompts_train"
+    Dataset.from_dict({"prompt": ["Write an essay about the history of bridges.",
+                                  "Write a story about a lighthouse keeper and a storm.",
+                                  "Write a report on how cities can save water."]}).save_to_disk(str(seeds))
+    common = ("--workers", "6", "--prompt_templates", str(templates), "--no-drop_short")
+    runs = ((STEP0, ("--count", "3", "--max_tries", "10", "--max_tokens", "80", "--judge_parse", "lenient",
+                     "--seeds", str(seeds))),
+            (STEP1, ("--max_tokens", "160", "--max_tries", "3")),
+            (STEP2, ("--max_tokens", "200", "--max_tries", "1", "--attempts", "1")))
+    for script, extra in runs:
+        proc = step(script, tmp_path, *common, *extra, base_url=served.base_url)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    results = tmp_path / "results" / "iter_1"
+    instructions = load_rows(results / "instructions")["prompt"]
+    assert instructions and not set(instructions) & {"Write an essay about the history of bridges."}
+    assert (results / "extended_responses" / MARKER).is_file()
+    summary = json.loads((results / "extended_responses.summary.json").read_text())
+    assert summary["items"] >= 1 and summary["tokens_generated"] > 0
 
 
 def _keys(checkpoint: Path) -> list[str]:
@@ -283,7 +322,7 @@ def test_time_budget_ends_the_stage_once_something_was_accepted(tmp_path):
         write_instructions(workdir, prompts)
         with FakeEndpoint(mode, text=text) as fake:
             proc = step(STEP1, workdir, "--time_budget", "0.05", "--workers", "2", "--max_tries", "1",
-                        base_url=fake.base_url)
+                        "--finish_fraction", "1", base_url=fake.base_url)  # not the method's 95%: every item
         assert proc.returncode == 0, proc.stderr[-2000:]
         summary = json.loads((workdir / "results" / "iter_1" / "initial_responses.summary.json").read_text())
         if mode == "ok":
