@@ -302,3 +302,10 @@ def test_llama31_system_prompt_round_trips_through_llama_factory(tmp_path, defau
     served = PromptBuilder(flavour, tok).messages(row["instruction"]) + [{"role": "assistant", "content": row["output"]}]
     assert served[0] == {"role": "system", "content": flavour.config.system_prompt}
     assert lf_ids == list(tok.apply_chat_template(served, tokenize=True, return_dict=True)["input_ids"])
+
+
+def test_a_flavour_without_system_prompt_trains_with_the_templates_own_default(default_model):
+    """qwen sends no system prompt; SmolLM2's chat template then writes its own, so the rows must carry it."""
+    template, system = pick_template(default_model, Flavour(ROOT / "qwen"))
+    assert template in Flavour(ROOT / "qwen").config.lf_templates
+    assert system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
