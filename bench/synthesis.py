@@ -5,8 +5,14 @@
     vLLM in this process without any server (an AsyncLLM engine that the stages call directly). Goal >= 0.90.
 (b) rss: the client's peak RSS (the real step1 process) at 2000 items over 200 items, against a fast fake
     endpoint. Goal <= 1.2.
+(c) step2: the real Extender stage through the whole stack on a fixed set of initial responses
+    (bench/data/step2_initial_responses.jsonl), against the engine's saturated throughput in the same run (vLLM
+    offline, 32 of step2's chat requests generating --saturate_tokens each). E1: step2's tokens/s, counting every
+    token the engine sent back, over the saturated tokens/s (goal >= 0.8). E2: the share of those tokens that the
+    stage recorded (goal >= 0.95). `step2-fixture` makes the fixed set (step1 on the llama seeds, cpu-demo sizes).
 
-Usage: .venv/bin/python bench/synthesis.py [throughput|rss|all] [--instructions 8] [--profile cpu-demo]
+Usage: .venv/bin/python bench/synthesis.py [throughput|rss|step2|step2-fixture|all] [--instructions 8]
+       [--profile cpu-demo] [--workers N] [--attempts N]
 The stack uses ports 18900-18902 and is stopped before the in-process engine starts, so each side has the machine
 to itself.
 """
@@ -26,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from self_lengthen.stages.runner import save_dataset  # noqa: E402
 
@@ -95,15 +102,15 @@ class InProcessEngine:
 STAGES = {"generate": "initial_responses", "extend": "extended_responses"}
 
 
-def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=None) -> dict:
-    """One stage (step1 `generate` or step2 `extend`) of iteration 1 in `workdir`, with the profile's sizes.
-    Returns the tokens it generated and its wall seconds."""
+def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=None, extra=()) -> dict:
+    """One stage (step1 `generate` or step2 `extend`) of iteration 1 in `workdir`, with the profile's sizes (and
+    `extra` options after them). Returns the tokens it generated, its wall seconds and its summary."""
     from self_lengthen.pipeline import stage_args
     from self_lengthen.stages import extend, generate
     from self_lengthen.stages.common import StageContext
     from self_lengthen.train import load_profile
 
-    argv = stage_args(load_profile(profile), stage, 1, workdir, model_dir, seed=0)
+    argv = stage_args(load_profile(profile), stage, 1, workdir, model_dir, seed=0) + list(extra)
     if client is None:
         argv += ["--base_url", f"http://127.0.0.1:{PORTS['api']}/v1"]
     module = {"generate": generate, "extend": extend}[stage]
@@ -114,7 +121,7 @@ def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=N
     module.run(ctx)
     seconds = time.monotonic() - start
     summary = json.loads((workdir / "results" / "iter_1" / f"{STAGES[stage]}.summary.json").read_text())
-    return {"tokens": summary["tokens_generated"], "seconds": seconds}
+    return {"tokens": summary["tokens_generated"], "seconds": seconds, "summary": summary}
 
 
 def new_workdir(side: str, prompts: list[str], initial_from: Path | None = None) -> Path:
@@ -146,22 +153,15 @@ def throughput(args) -> str:
     from self_lengthen.default_model import ensure_default_model
     from self_lengthen.flavour import load_seeds
 
-    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
-
-    for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
-        os.environ.setdefault(key, value)
     model = ensure_default_model()
     prompts = load_seeds(FLAVOUR / "seeds.jsonl")[: args.instructions]
 
     stack_dir = new_workdir("stack", prompts)
-    serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
-    subprocess.run([*serve, "start", f"--workdir={stack_dir}", f"--base_model={model}", "--iter=0",
-                    f"--api_port={PORTS['api']}", f"--controller_port={PORTS['controller']}",
-                    f"--worker_port={PORTS['worker']}"], check=True)
+    stop = start_stack(stack_dir, model)
     try:
         stack = [run_stage(stage, stack_dir, model, args.profile) for stage in STAGES]
     finally:
-        subprocess.run([*serve, "stop", f"--workdir={stack_dir}"], check=False, timeout=300)
+        subprocess.run(stop, check=False, timeout=300)
     print(describe("stack", *stack), flush=True)
 
     engine = InProcessEngine(model)
@@ -175,6 +175,91 @@ def throughput(args) -> str:
     s, d = total(*stack), total(*direct)
     return (f"(a) step1+step2 on {len(prompts)} instructions ({args.profile} sizes), step2 on the same items: "
             f"stack {s['tok_s']:.1f} tok/s, in-process vLLM {d['tok_s']:.1f} tok/s, ratio {s['tok_s'] / d['tok_s']:.2f}")
+
+
+# --- (c) step2 at the engine's speed ----------------------------------------------------------------------------
+
+FIXTURE = ROOT / "bench" / "data" / "step2_initial_responses.jsonl"
+
+
+def start_stack(workdir: Path, model: Path) -> list[str]:
+    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+
+    for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
+        os.environ.setdefault(key, value)
+    serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
+    subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", "--iter=0",
+                    f"--api_port={PORTS['api']}", f"--controller_port={PORTS['controller']}",
+                    f"--worker_port={PORTS['worker']}"], check=True)
+    return [*serve, "stop", f"--workdir={workdir}"]
+
+
+def step2_fixture(args) -> str:
+    """step1 through the stack on the first --instructions llama seeds, at the profile's sizes: the fixed
+    initial responses that (c) extends."""
+    from self_lengthen.default_model import ensure_default_model
+    from self_lengthen.flavour import load_seeds
+    from datasets import load_from_disk
+
+    model = ensure_default_model()
+    workdir = new_workdir("fixture", load_seeds(FLAVOUR / "seeds.jsonl")[: args.instructions])
+    stop = start_stack(workdir, model)
+    try:
+        run_stage("generate", workdir, model, args.profile)
+    finally:
+        subprocess.run(stop, check=False, timeout=300)
+    rows = load_from_disk(str(workdir / "results" / "iter_1" / STAGES["generate"]))
+    FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = FIXTURE.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({"prompt": r["prompt"], "initial_response": r["initial_response"]},
+                                      ensure_ascii=False) + "\n" for r in rows))
+    tmp.rename(FIXTURE)
+    return f"step2 fixture: {len(rows)} initial responses from {args.instructions} instructions -> {FIXTURE}"
+
+
+def step2(args) -> str:
+    from self_lengthen.default_model import ensure_default_model
+    from self_lengthen.flavour import Flavour, PromptBuilder
+    from self_lengthen.text import split_blocks
+    from transformers import AutoTokenizer
+
+    from serving import offline
+
+    if not FIXTURE.is_file():
+        raise SystemExit(f"{FIXTURE} is missing: run `bench/synthesis.py step2-fixture` first")
+    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+    model = ensure_default_model()
+    workdir = new_workdir("step2", [])
+    save_dataset(rows, ["prompt", "initial_response"], workdir / "results" / "iter_1" / STAGES["generate"])
+    extra = []
+    if args.workers:
+        extra += ["--workers", str(args.workers)]
+    if args.attempts:
+        extra += ["--attempts", str(args.attempts)]
+    stop = start_stack(workdir, model)
+    try:
+        stage = run_stage("extend", workdir, model, args.profile, extra=extra)
+    finally:
+        subprocess.run(stop, check=False, timeout=300)
+    summary = stage["summary"]
+    received = summary["tokens_received_this_run"]
+    stage_rate = received / stage["seconds"]
+    print(f"step2: {summary['items']} items finished ({summary['accepted']} accepted), {received} tokens in "
+          f"{stage['seconds']:.0f} s = {stage_rate:.1f} tok/s; recorded {summary['tokens_this_run']} "
+          f"({summary['tokens_recorded_share']:.3f}); reasons {summary['reject_reasons']}", flush=True)
+
+    # The engine saturated: 32 of step2's own chat requests (the first half of an initial response, to expand).
+    prompts = PromptBuilder(Flavour(FLAVOUR), AutoTokenizer.from_pretrained(str(model)))
+    messages = []
+    for i in range(32):
+        row = rows[i % len(rows)]
+        blocks = split_blocks(row["initial_response"])
+        messages.append(prompts.messages(prompts.extend_request(row["prompt"], "\n\n".join(blocks[: len(blocks) // 2]))))
+    saturated = offline(model, messages, args.saturate_tokens)
+    return (f"(c) step2 on {len(rows)} fixed initial responses ({args.profile} sizes{', ' + ' '.join(extra) if extra else ''}): "
+            f"{received} tokens in {stage['seconds']:.0f} s = {stage_rate:.1f} tok/s; saturated engine (offline, 32 x "
+            f"{args.saturate_tokens} tokens) {saturated:.1f} tok/s; E1 {stage_rate / saturated:.2f}; E2 "
+            f"{summary['tokens_recorded_share']:.3f}; {summary['accepted']} of {summary['items']} items accepted")
 
 
 # --- (b) client memory ------------------------------------------------------------------------------------------
@@ -207,11 +292,14 @@ def rss(args) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("which", nargs="?", choices=["throughput", "rss", "all"], default="all")
+    p.add_argument("which", nargs="?", choices=["throughput", "rss", "step2", "step2-fixture", "all"], default="all")
     p.add_argument("--instructions", type=int, default=8)
     p.add_argument("--profile", default="cpu-demo", help="whose generation sizes (max_tokens, tries, workers)")
     p.add_argument("--small", type=int, default=200)
     p.add_argument("--large", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=None, help="(c): requests in flight (default: the profile's)")
+    p.add_argument("--attempts", type=int, default=None, help="(c): extensions per initial response")
+    p.add_argument("--saturate_tokens", type=int, default=512, help="(c): tokens per saturating request")
     args = p.parse_args()
     results = []
     if args.which in ("rss", "all"):
@@ -219,6 +307,10 @@ def main():
         print(results[-1], flush=True)
     if args.which in ("throughput", "all"):
         results.append(throughput(args))
+    if args.which == "step2-fixture":
+        results.append(step2_fixture(args))
+    if args.which in ("step2", "all"):
+        results.append(step2(args))
     print("\n".join(results), flush=True)
     os._exit(0)  # the engine is shut down; its threads' teardown at interpreter exit can still hang
 

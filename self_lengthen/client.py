@@ -53,6 +53,8 @@ class Client:
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
         self.engine_fields = engine_fields
         self._local = threading.local()
+        self._count_lock = threading.Lock()
+        self.tokens_received = 0  # completion tokens of every answer this client got
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
@@ -87,6 +89,8 @@ class Client:
                 if not isinstance(text, str):
                     raise TypeError(text)
                 tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
+                with self._count_lock:
+                    self.tokens_received += tokens
                 return Completion(text, choice.get("finish_reason"), tokens)
             except (ValueError, KeyError, IndexError, TypeError):
                 last = f"unexpected answer {r.text[:120]!r}"

@@ -15,7 +15,7 @@ from ..errors import ArgParser, UsageError
 from ..flavour import Flavour, PromptBuilder
 from ..text import count_words, drop_short
 from ..io import write_json_atomic
-from .runner import Checkpoint, is_complete, run_items, save_dataset, summarize
+from .runner import Checkpoint, Journal, is_complete, run_items, save_dataset, summarize
 
 DEFAULT_MAX_TOKENS = 16384  # the method's; the API server caps it by the model's context
 # Every request of steps 0-2 stops at a horizontal rule or a triple newline, as the method's do.
@@ -117,10 +117,16 @@ def finished(ctx: StageContext, name: str) -> Path | None:
     return None
 
 
+def journal_path(ctx: StageContext, name: str) -> Path:
+    return ctx.iter_dir / f"{name}.journal.jsonl"
+
+
 def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, columns: list[str],
-              rows_of: Callable[[list[dict]], list[dict]], length_column: str | None, model: str = "base") -> Path:
+              rows_of: Callable[[list[dict]], list[dict]], length_column: str | None, model: str = "base",
+              journal: Journal | None = None) -> Path:
     """Resume-or-run one stage and write its dataset, summary and completion marker. With `length_column`, the
-    accepted rows go through drop_short on that column's length in characters (the method's measure)."""
+    accepted rows go through drop_short on that column's length in characters (the method's measure). A stage
+    whose `work` records every request in `journal` gets its token counts from there."""
     out_dir = ctx.iter_dir / name
     if finished(ctx, name):
         return out_dir
@@ -128,6 +134,7 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
         raise UsageError(f"{name}: nothing to do (the previous stage produced no rows)")
     checkpoint = Checkpoint(ctx.iter_dir / f"{name}.checkpoint.jsonl")
     before = set(checkpoint.records)
+    received_before = ctx.client.tokens_received
     started = time.monotonic()
     try:
         records = run_items(items, work, checkpoint, workers=ctx.args.workers,
@@ -135,7 +142,16 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
                             time_budget=ctx.args.time_budget * 60 if ctx.args.time_budget else None)
     finally:
         checkpoint.close()
-    summary = summarize(records, started, sum(r.get("tokens", 0) for r in records if r["key"] not in before))
+    if journal is None:
+        summary = summarize(records, started, sum(r.get("tokens", 0) for r in records if r["key"] not in before))
+    else:
+        summary = summarize(records, started, journal.tokens_this_run)
+        received = ctx.client.tokens_received - received_before
+        # The share of what the engine sent back that is in a record (a finished round, or a request of a chain
+        # that a rerun continues): the rest was lost with requests that never came back.
+        summary["tokens_received_this_run"] = received
+        summary["tokens_recorded_share"] = round(journal.tokens_this_run / received, 4) if received else 1.0
+        summary["chains_unfinished"] = sum(1 for k in journal.records if k in items and k not in checkpoint.records)
     summary["model"] = model
     rows = rows_of([r for r in records if r["status"] == "accepted"])
     if length_column is not None and ctx.args.drop_short:

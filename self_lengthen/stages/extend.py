@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..errors import UsageError, cli_main
 from ..text import check_response, count_words, split_blocks
-from .common import StageContext, base_parser, finished, run_stage, stable_key
-from .runner import require_complete
+from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
+from .runner import Journal, require_complete
 
 MAX_TRIES = 20
 ATTEMPTS_PER_RESPONSE = 2
@@ -24,46 +24,72 @@ MIN_GROWTH = 1.2
 FINISH_FRACTION = 0.95  # the method ends step2 once more than 95% of its items are finished
 
 
-def extend_once(ctx: StageContext, model: str, instruction: str, text: str) -> tuple[str | None, str | None, int]:
-    """One round. Returns (new text or None, reject reason or None, tokens generated)."""
-    prompts, meta_words = ctx.prompts, ctx.flavour.config.meta_words
+def start_round(ctx: StageContext, model: str, instruction: str, text: str) -> tuple[str, int]:
+    """A round's chat request: the first half of the blocks, expanded. Returns (the prefix kept, tokens)."""
+    prompts = ctx.prompts
     blocks = split_blocks(text)
     first_half = "\n\n".join(blocks[: len(blocks) // 2])
     head = ctx.client.chat(model, prompts.messages(prompts.extend_request(instruction, first_half)),
                            **ctx.sampling())
     head_blocks = head.text.split("\n\n")
-    prefix = "\n\n".join(head_blocks[: len(head_blocks) * 2 // 3])
-    rest = ctx.client.complete(model, prompts.extend_completion(instruction, text, prefix), **ctx.sampling())
-    tokens = head.completion_tokens + rest.completion_tokens
+    return "\n\n".join(head_blocks[: len(head_blocks) * 2 // 3]), head.completion_tokens
+
+
+def finish_round(ctx: StageContext, model: str, instruction: str, text: str,
+                 prefix: str) -> tuple[str | None, str | None, int]:
+    """A round's completion request: the whole text continued after the prefix. Returns (new text or None,
+    reject reason or None, tokens)."""
+    rest = ctx.client.complete(model, ctx.prompts.extend_completion(instruction, text, prefix), **ctx.sampling())
     candidate = prefix + rest.text
-    reason = check_response(candidate, meta_words)
+    reason = check_response(candidate, ctx.flavour.config.meta_words)
     if reason is None and count_words(candidate) <= count_words(text):
         reason = "not_longer"
-    return (candidate if reason is None else None), reason, tokens
+    return (candidate if reason is None else None), reason, rest.completion_tokens
 
 
-def make_work(ctx: StageContext, model: str):
+def fresh_state(row: dict) -> dict:
+    """A chain's state: which try and round, the current text, the kept prefix of a round whose chat request is
+    done (None between rounds), reasons of rejected rounds and tries, tokens so far."""
+    return {"try": 0, "round": 0, "text": row["initial_response"], "prefix": None, "reasons": {}, "tokens": 0}
+
+
+def make_work(ctx: StageContext, model: str, journal: Journal):
+    """Each item is a chain of requests: tries of ROUNDS rounds of two requests. Its state is journaled after
+    every request, so a stop (time budget, finish_fraction, Ctrl-C, kill -9) loses at most the request in flight
+    and a rerun continues from there."""
     tries = ctx.args.max_tries or MAX_TRIES
 
     def work(key: str, row: dict, stop: threading.Event) -> dict | None:
-        reasons, tokens = Counter(), 0
+        state = dict(journal.records.get(key) or fresh_state(row))
+        state.pop("key", None)
+        reasons = Counter(state["reasons"])
         initial_words = count_words(row["initial_response"])
-        for attempt in range(tries):
-            current = row["initial_response"]
-            for _ in range(ROUNDS):
+
+        def save(tokens: int) -> None:
+            state["reasons"], state["tokens"] = dict(reasons), state["tokens"] + tokens
+            journal.record(key, state, tokens)
+
+        while state["try"] < tries:
+            while state["round"] < ROUNDS:
                 if stop.is_set():
                     return None
-                extended, reason, used = extend_once(ctx, model, row["prompt"], current)
-                tokens += used
-                if extended is None:
-                    reasons[reason] += 1
+                if state["prefix"] is None:
+                    state["prefix"], used = start_round(ctx, model, row["prompt"], state["text"])
                 else:
-                    current = extended
-            if count_words(current) > MIN_GROWTH * initial_words:
-                return {"status": "accepted", **row, "extended_response": current, "tries": attempt + 1,
-                        "reasons": reasons, "tokens": tokens}
+                    extended, reason, used = finish_round(ctx, model, row["prompt"], state["text"], state["prefix"])
+                    if extended is None:
+                        reasons[reason] += 1
+                    else:
+                        state["text"] = extended
+                    state["round"], state["prefix"] = state["round"] + 1, None
+                save(used)
+            if count_words(state["text"]) > MIN_GROWTH * initial_words:
+                return {"status": "accepted", **row, "extended_response": state["text"], "tries": state["try"] + 1,
+                        "reasons": reasons, "tokens": state["tokens"]}
             reasons["too_little_growth"] += 1
-        return {"status": "exhausted", **row, "tries": tries, "reasons": reasons, "tokens": tokens}
+            state.update({"try": state["try"] + 1, "round": 0, "text": row["initial_response"], "prefix": None})
+            save(0)
+        return {"status": "exhausted", **row, "tries": tries, "reasons": reasons, "tokens": state["tokens"]}
 
     return work
 
@@ -83,9 +109,13 @@ def run(ctx: StageContext) -> Path:
     random.Random(ctx.args.seed).shuffle(rows)  # started in this order: which items are the slowest 5% is random
     items = {f"{stable_key(r['prompt'], r['initial_response'])}-{a}": r for r in rows for a in range(attempts)}
     columns = ["prompt", "initial_response", "extended_response"]
-    return run_stage(ctx, "extended_responses", items, make_work(ctx, model), columns=columns,
-                     rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs],
-                     length_column="extended_response", model=model)
+    journal = Journal(journal_path(ctx, "extended_responses"))
+    try:
+        return run_stage(ctx, "extended_responses", items, make_work(ctx, model, journal), columns=columns,
+                         rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs],
+                         length_column="extended_response", model=model, journal=journal)
+    finally:
+        journal.close()
 
 
 def parser():

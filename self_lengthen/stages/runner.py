@@ -53,6 +53,21 @@ class Checkpoint:
         self._file.close()
 
 
+class Journal(Checkpoint):
+    """The last recorded state of each unfinished item (a chain of requests), appended after every request, so that
+    stopping loses at most the requests in flight and a rerun continues each chain where it was. Counts the tokens
+    of the requests it recorded in this run."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.tokens_this_run = 0
+
+    def record(self, key: str, state: dict, tokens: int) -> None:
+        self.append({"key": key, **state})
+        with self._lock:
+            self.tokens_this_run += tokens
+
+
 @dataclass
 class StageResult:
     records: list[dict]
@@ -76,8 +91,9 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
 
     The stage ends early once more than `finish_fraction` of all items is finished (the method's rule), or once
     `time_budget` seconds have passed with at least one item accepted: queued items are cancelled and the in-flight
-    ones are told to stop (they finish their current request; nothing is killed). What they were doing is not
-    recorded.
+    ones are told to stop (they finish their current request; nothing is killed). An item stopped before it
+    finished returns None and is not checkpointed; a stage whose items are chains of requests keeps their progress
+    in a `Journal`.
     """
     todo = {k: v for k, v in items.items() if k not in checkpoint.records}
     total = len(items)

@@ -1,0 +1,121 @@
+"""step2 keeps every finished request: a chain (tries x rounds x two requests) is journaled after each request, so
+kill -9, a time budget or finish_fraction loses at most the requests in flight and a rerun continues each chain.
+
+A fake endpoint stands in for the model here only to make the answers deterministic (so an interrupted run can be
+compared with an uninterrupted one) and fast enough to kill at many points; the stage code is the real one.
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from fake_endpoint import FakeEndpoint
+from self_lengthen.stages.runner import MARKER, save_dataset
+from test_stages import STEP2, load_rows, step
+
+ROWS = [{"prompt": f"Write a long story about harbour {i}.",
+         "initial_response": f"Harbour {i} wakes early.\n\nBoats leave at dawn.\n\nGulls follow them out."}
+        for i in range(8)]
+ARGS = ("--max_tries", "2", "--no-drop_short", "--finish_fraction", "1")  # 8 rows x 2 attempts = 16 chains
+
+
+def chain_answers(delay: float):
+    """The chat half: three blocks (two kept). The continuation: as many words as its prompt, ended, unless the
+    prompt's hash says to leave it unfinished (a rejected round). Deterministic in the request."""
+    def answer(payload):
+        time.sleep(delay)
+        if "messages" in payload:
+            return "Head one opens the text.\n\nHead two goes on.\n\nHead three is cut."
+        prompt = payload["prompt"]
+        words = " ".join(f"w{i}" for i in range(len(prompt.split())))  # no repeated n-gram
+        if int(hashlib.sha1(prompt.encode()).hexdigest(), 16) % 2:
+            return f" {words} and then it stops mid"
+        return f" {words} and it ends."
+    return answer
+
+
+def prepare(workdir: Path) -> Path:
+    save_dataset(ROWS, ["prompt", "initial_response"], workdir / "results" / "iter_1" / "initial_responses")
+    return workdir / "results" / "iter_1"
+
+
+def outcome(iter_dir: Path):
+    rows = load_rows(iter_dir / "extended_responses")
+    checkpoint = [json.loads(line) for line in (iter_dir / "extended_responses.checkpoint.jsonl").read_text().splitlines()]
+    return (sorted(zip(rows["prompt"], rows["extended_response"])),
+            sorted((r["key"], r["status"], r["tries"]) for r in checkpoint))
+
+
+def assert_no_request_redone(journal: Path):
+    """Each chain's journaled progress (try, round, half a round done) only ever moves forward."""
+    seen: dict[str, tuple] = {}
+    for line in journal.read_text().splitlines():
+        state = json.loads(line)
+        progress = (state["try"], state["round"], state["prefix"] is not None)
+        assert progress > seen.get(state["key"], (-1,)), f"{state['key']} went back to {progress}"
+        seen[state["key"]] = progress
+
+
+def run_clean(tmp_path: Path, delay: float):
+    iter_dir = prepare(tmp_path / "clean")
+    with FakeEndpoint(text=chain_answers(delay)) as fake:
+        proc = step(STEP2, tmp_path / "clean", *ARGS, "--workers", "4", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return outcome(iter_dir), fake.requests
+
+
+def test_kill_9_at_random_points_continues_every_chain_where_it_was(tmp_path):
+    expected, clean_requests = run_clean(tmp_path, delay=0.02)
+    workdir = tmp_path / "killed"
+    iter_dir = prepare(workdir)
+    journal = iter_dir / "extended_responses.journal.jsonl"
+    rng = random.Random(13)
+    kills = 0
+    with FakeEndpoint(text=chain_answers(0.02)) as fake:
+        for _ in range(8):
+            lines = journal.read_bytes().count(b"\n") if journal.exists() else 0
+            target = lines + rng.randint(2, 12)
+            running = step(STEP2, workdir, *ARGS, "--workers", "4", base_url=fake.base_url, wait=False)
+            deadline = time.monotonic() + 120
+            while running.poll() is None and time.monotonic() < deadline:
+                if journal.exists() and journal.read_bytes().count(b"\n") >= target:
+                    os.kill(running.pid, signal.SIGKILL)
+                    kills += 1
+                    break
+                time.sleep(0.01)
+            running.communicate(timeout=60)
+        final = step(STEP2, workdir, *ARGS, "--workers", "4", base_url=fake.base_url)
+        assert final.returncode == 0, final.stderr[-2000:]
+    assert kills >= 6
+    assert outcome(iter_dir) == expected  # the same rows and the same records, each once
+    assert_no_request_redone(journal)
+    # what was redone is at most the requests in flight at each kill (4 workers)
+    assert clean_requests <= fake.requests <= clean_requests + 4 * kills
+
+
+def test_time_budget_records_every_finished_request_and_a_rerun_continues(tmp_path):
+    expected, clean_requests = run_clean(tmp_path, delay=0.1)
+    workdir = tmp_path / "budget"
+    iter_dir = prepare(workdir)
+    with FakeEndpoint(text=chain_answers(0.1)) as fake:
+        proc = step(STEP2, workdir, *ARGS, "--workers", "4", "--time_budget", "0.03", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "time budget" in proc.stdout
+    summary = json.loads((iter_dir / "extended_responses.summary.json").read_text())
+    assert summary["items"] < 16 and summary["chains_unfinished"] >= 1
+    # the requests in flight when the budget ended were finished and journaled: every token is in a record
+    assert summary["tokens_recorded_share"] == 1.0 and summary["tokens_received_this_run"] > 0
+    first = fake.requests
+    # The stage is complete with what it finished; asked for the rest, the rerun continues the journaled chains.
+    shutil.rmtree(iter_dir / "extended_responses")
+    with FakeEndpoint(text=chain_answers(0.0)) as fake:
+        proc = step(STEP2, workdir, *ARGS, "--workers", "4", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (iter_dir / "extended_responses" / MARKER).is_file()
+    assert first + fake.requests == clean_requests  # not one request redone
+    assert outcome(iter_dir) == expected
+    assert_no_request_redone(iter_dir / "extended_responses.journal.jsonl")
