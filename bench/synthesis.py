@@ -102,7 +102,7 @@ class InProcessEngine:
 STAGES = {"generate": "initial_responses", "extend": "extended_responses"}
 
 
-def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=None, extra=()) -> dict:
+def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=None, extra=(), iteration=1) -> dict:
     """One stage (step1 `generate` or step2 `extend`) of iteration 1 in `workdir`, with the profile's sizes (and
     `extra` options after them). Returns the tokens it generated, its wall seconds and its summary."""
     from self_lengthen.pipeline import stage_args
@@ -110,7 +110,7 @@ def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=N
     from self_lengthen.stages.common import StageContext
     from self_lengthen.train import load_profile
 
-    argv = stage_args(load_profile(profile), stage, 1, workdir, model_dir, seed=0) + list(extra)
+    argv = stage_args(load_profile(profile), stage, iteration, workdir, model_dir, seed=0) + list(extra)
     if client is None:
         argv += ["--base_url", f"http://127.0.0.1:{PORTS['api']}/v1"]
     module = {"generate": generate, "extend": extend}[stage]
@@ -120,7 +120,7 @@ def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=N
     start = time.monotonic()
     module.run(ctx)
     seconds = time.monotonic() - start
-    summary = json.loads((workdir / "results" / "iter_1" / f"{STAGES[stage]}.summary.json").read_text())
+    summary = json.loads((workdir / "results" / f"iter_{iteration}" / f"{STAGES[stage]}.summary.json").read_text())
     return {"tokens": summary["tokens_generated"], "seconds": seconds, "summary": summary}
 
 
@@ -182,16 +182,29 @@ def throughput(args) -> str:
 FIXTURE = ROOT / "bench" / "data" / "step2_initial_responses.jsonl"
 
 
-def start_stack(workdir: Path, model: Path) -> list[str]:
+def start_stack(workdir: Path, model: Path, iteration: int = 0) -> list[str]:
     from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
 
     for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
         os.environ.setdefault(key, value)
     serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
-    subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", "--iter=0",
+    subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", f"--iter={iteration}",
                     f"--api_port={PORTS['api']}", f"--controller_port={PORTS['controller']}",
                     f"--worker_port={PORTS['worker']}"], check=True)
     return [*serve, "stop", f"--workdir={workdir}"]
+
+
+def zero_adapters(workdir: Path, model: Path) -> None:
+    """gen_sft and ext_sft of iteration 1 as LoRAs whose B matrices are zero: served merged, they are three engines
+    with the base model's weights, so step2 through `ext_sft` does the base model's work beside two idle engines."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for name in ("gen_sft", "ext_sft"):
+        base = AutoModelForCausalLM.from_pretrained(str(model), torch_dtype=torch.bfloat16)
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        get_peft_model(base, config).save_pretrained(str(workdir / "results" / "iter_1" / "lora" / name))
 
 
 def step2_fixture(args) -> str:
@@ -230,15 +243,18 @@ def step2(args) -> str:
     rows = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
     model = ensure_default_model()
     workdir = new_workdir("step2", [])
-    save_dataset(rows, ["prompt", "initial_response"], workdir / "results" / "iter_1" / STAGES["generate"])
+    iteration = 1 if args.engines == 1 else 2  # 3 engines: iteration 2 through iteration 1's (zero) adapters
+    if iteration == 2:
+        zero_adapters(workdir, model)
+    save_dataset(rows, ["prompt", "initial_response"], workdir / "results" / f"iter_{iteration}" / STAGES["generate"])
     extra = []
     if args.workers:
         extra += ["--workers", str(args.workers)]
     if args.attempts:
         extra += ["--attempts", str(args.attempts)]
-    stop = start_stack(workdir, model)
+    stop = start_stack(workdir, model, iteration - 1)
     try:
-        stage = run_stage("extend", workdir, model, args.profile, extra=extra)
+        stage = run_stage("extend", workdir, model, args.profile, extra=extra, iteration=iteration)
     finally:
         subprocess.run(stop, check=False, timeout=300)
     summary = stage["summary"]
@@ -256,7 +272,8 @@ def step2(args) -> str:
         blocks = split_blocks(row["initial_response"])
         messages.append(prompts.messages(prompts.extend_request(row["prompt"], "\n\n".join(blocks[: len(blocks) // 2]))))
     saturated = offline(model, messages, args.saturate_tokens)
-    return (f"(c) step2 on {len(rows)} fixed initial responses ({args.profile} sizes{', ' + ' '.join(extra) if extra else ''}): "
+    return (f"(c) step2 on {len(rows)} fixed initial responses ({args.profile} sizes{', ' + ' '.join(extra) if extra else ''}, "
+            f"{args.engines} engine{'s' if args.engines > 1 else ''} loaded): "
             f"{received} tokens in {stage['seconds']:.0f} s = {stage_rate:.1f} tok/s; saturated engine (offline, 32 x "
             f"{args.saturate_tokens} tokens) {saturated:.1f} tok/s; E1 {stage_rate / saturated:.2f}; E2 "
             f"{summary['tokens_recorded_share']:.3f}; {summary['accepted']} of {summary['items']} items accepted")
@@ -300,6 +317,8 @@ def main():
     p.add_argument("--workers", type=int, default=None, help="(c): requests in flight (default: the profile's)")
     p.add_argument("--attempts", type=int, default=None, help="(c): extensions per initial response")
     p.add_argument("--saturate_tokens", type=int, default=512, help="(c): tokens per saturating request")
+    p.add_argument("--engines", type=int, choices=[1, 3], default=1,
+                   help="(c): 3 loads the base and two merged zero adapters, as iteration 2 on CPU does")
     args = p.parse_args()
     results = []
     if args.which in ("rss", "all"):

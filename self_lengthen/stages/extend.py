@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from ..client import Completion
 from ..errors import UsageError, cli_main
 from ..text import check_response, count_words, split_blocks
 from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
@@ -24,27 +25,27 @@ MIN_GROWTH = 1.2
 FINISH_FRACTION = 0.95  # the method ends step2 once more than 95% of its items are finished
 
 
-def start_round(ctx: StageContext, model: str, instruction: str, text: str) -> tuple[str, int]:
-    """A round's chat request: the first half of the blocks, expanded. Returns (the prefix kept, tokens)."""
+def start_round(ctx: StageContext, model: str, instruction: str, text: str) -> tuple[str, Completion]:
+    """A round's chat request: the first half of the blocks, expanded. Returns (the prefix kept, the answer)."""
     prompts = ctx.prompts
     blocks = split_blocks(text)
     first_half = "\n\n".join(blocks[: len(blocks) // 2])
     head = ctx.client.chat(model, prompts.messages(prompts.extend_request(instruction, first_half)),
                            **ctx.sampling())
     head_blocks = head.text.split("\n\n")
-    return "\n\n".join(head_blocks[: len(head_blocks) * 2 // 3]), head.completion_tokens
+    return "\n\n".join(head_blocks[: len(head_blocks) * 2 // 3]), head
 
 
 def finish_round(ctx: StageContext, model: str, instruction: str, text: str,
-                 prefix: str) -> tuple[str | None, str | None, int]:
+                 prefix: str) -> tuple[str | None, str | None, Completion]:
     """A round's completion request: the whole text continued after the prefix. Returns (new text or None,
-    reject reason or None, tokens)."""
+    reject reason or None, the answer)."""
     rest = ctx.client.complete(model, ctx.prompts.extend_completion(instruction, text, prefix), **ctx.sampling())
     candidate = prefix + rest.text
     reason = check_response(candidate, ctx.flavour.config.meta_words)
     if reason is None and count_words(candidate) <= count_words(text):
         reason = "not_longer"
-    return (candidate if reason is None else None), reason, rest.completion_tokens
+    return (candidate if reason is None else None), reason, rest
 
 
 def fresh_state(row: dict) -> dict:
@@ -65,30 +66,33 @@ def make_work(ctx: StageContext, model: str, journal: Journal):
         reasons = Counter(state["reasons"])
         initial_words = count_words(row["initial_response"])
 
-        def save(tokens: int) -> None:
+        def save(answer: Completion | None, rejected: str | None = None) -> None:
+            tokens = answer.completion_tokens if answer else 0
             state["reasons"], state["tokens"] = dict(reasons), state["tokens"] + tokens
-            journal.record(key, state, tokens)
+            journal.record(key, state, tokens, capped=bool(answer and answer.finish_reason == "length"),
+                           rejected=rejected)
 
         while state["try"] < tries:
             while state["round"] < ROUNDS:
                 if stop.is_set():
                     return None
+                reason = None
                 if state["prefix"] is None:
-                    state["prefix"], used = start_round(ctx, model, row["prompt"], state["text"])
+                    state["prefix"], answer = start_round(ctx, model, row["prompt"], state["text"])
                 else:
-                    extended, reason, used = finish_round(ctx, model, row["prompt"], state["text"], state["prefix"])
+                    extended, reason, answer = finish_round(ctx, model, row["prompt"], state["text"], state["prefix"])
                     if extended is None:
                         reasons[reason] += 1
                     else:
                         state["text"] = extended
                     state["round"], state["prefix"] = state["round"] + 1, None
-                save(used)
+                save(answer, rejected=reason)
             if count_words(state["text"]) > MIN_GROWTH * initial_words:
                 return {"status": "accepted", **row, "extended_response": state["text"], "tries": state["try"] + 1,
                         "reasons": reasons, "tokens": state["tokens"]}
             reasons["too_little_growth"] += 1
             state.update({"try": state["try"] + 1, "round": 0, "text": row["initial_response"], "prefix": None})
-            save(0)
+            save(None)
         return {"status": "exhausted", **row, "tries": tries, "reasons": reasons, "tokens": state["tokens"]}
 
     return work

@@ -61,11 +61,16 @@ class Journal(Checkpoint):
     def __init__(self, path: Path):
         super().__init__(path)
         self.tokens_this_run = 0
+        self.capped_tokens_this_run = 0  # of requests cut at max_tokens
+        self.rejected_tokens_this_run = Counter()  # of requests whose output was rejected, by reason
 
-    def record(self, key: str, state: dict, tokens: int) -> None:
+    def record(self, key: str, state: dict, tokens: int, capped: bool = False, rejected: str | None = None) -> None:
         self.append({"key": key, **state})
         with self._lock:
             self.tokens_this_run += tokens
+            self.capped_tokens_this_run += tokens if capped else 0
+            if rejected:
+                self.rejected_tokens_this_run[rejected] += tokens
 
 
 @dataclass
