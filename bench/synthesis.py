@@ -117,11 +117,22 @@ def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=N
     ctx = StageContext.create(module.parser().parse_args(argv), FLAVOUR)
     if client is not None:
         ctx.client = client
+    samples, done = [], threading.Event()
+
+    def sample():  # requests in flight, once a second
+        while not done.wait(1.0):
+            samples.append(getattr(ctx.client, "in_flight", 0))
+
+    threading.Thread(target=sample, daemon=True).start()
     start = time.monotonic()
-    module.run(ctx)
+    try:
+        module.run(ctx)
+    finally:
+        done.set()
     seconds = time.monotonic() - start
     summary = json.loads((workdir / "results" / f"iter_{iteration}" / f"{STAGES[stage]}.summary.json").read_text())
-    return {"tokens": summary["tokens_generated"], "seconds": seconds, "summary": summary}
+    return {"tokens": summary["tokens_generated"], "seconds": seconds, "summary": summary,
+            "mean_in_flight": sum(samples) / len(samples) if samples else 0.0}
 
 
 def new_workdir(side: str, prompts: list[str], initial_from: Path | None = None) -> Path:
@@ -262,7 +273,9 @@ def step2(args) -> str:
     stage_rate = received / stage["seconds"]
     print(f"step2: {summary['items']} items finished ({summary['accepted']} accepted), {received} tokens in "
           f"{stage['seconds']:.0f} s = {stage_rate:.1f} tok/s; recorded {summary['tokens_this_run']} "
-          f"({summary['tokens_recorded_share']:.3f}); reasons {summary['reject_reasons']}", flush=True)
+          f"({summary['tokens_recorded_share']:.3f}); mean requests in flight {stage['mean_in_flight']:.1f}; "
+          f"tokens in capped requests {summary['tokens_capped_this_run']}, in rejected ones "
+          f"{summary['tokens_rejected_this_run']}; reasons {summary['reject_reasons']}", flush=True)
 
     # The engine saturated: 32 of step2's own chat requests (the first half of an initial response, to expand).
     prompts = PromptBuilder(Flavour(FLAVOUR), AutoTokenizer.from_pretrained(str(model)))

@@ -55,6 +55,7 @@ class Client:
         self._local = threading.local()
         self._count_lock = threading.Lock()
         self.tokens_received = 0  # completion tokens of every answer this client got
+        self.in_flight = 0  # requests sent and not yet answered
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
@@ -70,7 +71,13 @@ class Client:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                r = self._session().post(url, json=payload, timeout=self.timeout)
+                with self._count_lock:
+                    self.in_flight += 1
+                try:
+                    r = self._session().post(url, json=payload, timeout=self.timeout)
+                finally:
+                    with self._count_lock:
+                        self.in_flight -= 1
             except requests.Timeout:
                 last = f"timed out after {self.timeout:.0f}s"
                 continue

@@ -294,8 +294,9 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
             assert args.drop_short is (profile == "gpu")
     assert args.attempts == sizes["generation"].get("extend_attempts")
     assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
-    if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions, and extends once
-        assert stage == "extend" and args.finish_fraction < 0.95 and args.attempts == 1
+    if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions; 2 attempts (the method's)
+        assert stage == "extend" and args.finish_fraction < 0.95 and args.attempts is None
+        assert args.max_tries == 1 and args.workers == 32
 
 
 def test_gpu_profile_trains_as_the_original(tmp_path):

@@ -292,7 +292,7 @@ def test_finish_fraction_ends_the_stage_early_without_killing(tmp_path):
 
 
 def test_attempts_sets_how_many_extensions_each_initial_response_gets(tmp_path):
-    """--attempts 1 (the cpu-demo profile's) gives one step2 item per initial response; the method's default is 2."""
+    """--attempts 1 gives one step2 item per initial response; the method's default is 2."""
     rows = [{"prompt": f"Write about place {i}.", "initial_response": f"Place {i} is quiet.\nIt has a river."}
             for i in range(3)]
     for attempts, expected in ((None, 6), ("1", 3)):

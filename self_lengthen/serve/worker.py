@@ -79,6 +79,13 @@ def sampling_params(params: dict, eos_ids: list[int]):
     )
 
 
+def merged_kv_space(total_gib: int, engines: int) -> int:
+    """Each merged engine's KV cache (GiB). A stage uses one engine at a time, so each gets a share of the budget
+    but no less than 2 GiB (within the budget). The default model's cache holds about 46k tokens per GiB (30 layers x
+    3 KV heads x 64 x 2 x 2 bytes a token): at 1 GiB, 32 step2 requests of about 2k tokens would not fit at once."""
+    return max(total_gib // engines, min(total_gib, 2), 1)
+
+
 def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
     """`base` with `adapter` merged into its weights, saved once under `merge_dir` (keyed by the base path and the
     adapter's content)."""
@@ -311,8 +318,8 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
         models.update({name: merged_model(Path(args.model_path), path, Path(args.merge_dir))
                        for name, path in adapters.items()})
         kv_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-        if kv_space:  # one budget, shared (each engine's core process reads it when it starts)
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(float(kv_space)) // len(models)))
+        if kv_space:  # each engine's core process reads it when it starts
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(merged_kv_space(int(float(kv_space)), len(models)))
         for name, path in models.items():
             log.info("starting the engine for %s (%s)", name, path)
             engines[name] = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(path), **common))
