@@ -171,3 +171,12 @@ def test_a_merged_copy_equals_the_adapter_applied_and_is_made_once(tmp_path, def
     # The adapter moves the logits far; the merged copy lands where the adapter does, up to bf16 rounding.
     assert (got - expected).abs().max() < 0.1 * (plain - expected).abs().max()
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_merged_engines_share_the_kv_budget_but_get_at_least_2_gib():
+    from self_lengthen.serve.worker import merged_kv_space
+
+    assert merged_kv_space(4, 1) == 4  # one engine: the whole budget
+    assert merged_kv_space(4, 3) == 2  # iteration 2 on CPU: 4 // 3 would leave 1 GiB, too small for 32 requests
+    assert merged_kv_space(12, 3) == 4
+    assert merged_kv_space(1, 3) == 1  # never more than the budget

@@ -9,6 +9,7 @@ has more than 1.2x the initial words.
 """
 import random
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def make_work(ctx: StageContext, model: str, journal: Journal):
         def save(answer: Completion | None, rejected: str | None = None) -> None:
             tokens = answer.completion_tokens if answer else 0
             state["reasons"], state["tokens"] = dict(reasons), state["tokens"] + tokens
+            state["time"] = round(time.time(), 1)  # when this request ended (for a stage's timeline)
             journal.record(key, state, tokens, capped=bool(answer and answer.finish_reason == "length"),
                            rejected=rejected)
 
