@@ -29,7 +29,7 @@ test-fast: setup-serve
 # The main job on the embedded SmolLM2: 2 macro-iterations on a few instructions, then the base model and the
 # final Generator answer the shipped LonGen-style sample and are scored.
 DEMO_ITER ?= 2
-DEMO_ARGS ?= --instruct_count=10 --max_iter=$(DEMO_ITER)
+DEMO_ARGS ?= --instruct_count=8 --max_iter=$(DEMO_ITER)
 demo: setup
 	cd llama && bash run.sh --base_model=default --profile=cpu-demo $(DEMO_ARGS)
 	cd llama && bash run_server.sh --base_model=default --iter=$(DEMO_ITER) && \

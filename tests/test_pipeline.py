@@ -296,7 +296,7 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
     assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
     if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions; 2 attempts (the method's)
         assert stage == "extend" and args.finish_fraction < 0.95 and args.attempts is None
-        assert args.max_tries == 1 and args.workers == 48
+        assert args.max_tries == 1 and args.workers == 32
 
 
 def test_gpu_profile_trains_as_the_original(tmp_path):
