@@ -12,15 +12,16 @@ from dataclasses import dataclass
 
 import requests
 
+from .env import env_int, env_port
 from .errors import UsageError
 
 
 
 def default_base_url() -> str:
     """The API server run_server.sh starts: on the master, at $SELF_LENGTHEN_API_PORT (8000)."""
-    multi_node = int(os.environ.get("WORLD_SIZE") or 1) > 1
+    multi_node = env_int("WORLD_SIZE", 1, minimum=1) > 1
     host = os.environ.get("MASTER_ADDR") if multi_node and os.environ.get("MASTER_ADDR") else "127.0.0.1"
-    return f"http://{host}:{os.environ.get('SELF_LENGTHEN_API_PORT') or 8000}/v1"
+    return f"http://{host}:{env_port('SELF_LENGTHEN_API_PORT', 8000)}/v1"
 
 # Self-Lengthen's sampling for generation and extension.
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}

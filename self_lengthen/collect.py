@@ -3,13 +3,13 @@
 numbers them) and each is resumable like any stage; a rerun continues with the first unfinished batch.
 Every rank serves; rank 0 drives the stages against all workers; the others serve until rank 0 is done.
 """
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from .default_model import resolve_base_model
-from .dist import DistEnv, Sync
+from .dist import DistEnv, Sync, barrier_timeout
+from .env import check_environment
 from .errors import ArgParser, UsageError, cli_main
 from .flavour import pop_flavour_dir
 from .pipeline import stage_args
@@ -30,6 +30,7 @@ def rows_in(dataset_dir: Path) -> int:
 
 @cli_main
 def main(flavour_dir: Path, argv=None):
+    check_environment()
     p = ArgParser(prog="run_collect_data.sh", description=__doc__.splitlines()[0])
     p.add_argument("--base_model", default="default")
     p.add_argument("--max_iter", type=int, required=True, help="the iteration whose adapters generate")
@@ -53,8 +54,7 @@ def main(flavour_dir: Path, argv=None):
     profile = load_profile(args.profile)
     model = resolve_base_model(args.base_model)
     dist = DistEnv.from_env()
-    timeout = os.environ.get("SELF_LENGTHEN_BARRIER_TIMEOUT") or profile.get("barrier_timeout", 3600)
-    sync = Sync(workdir / "results" / ".sync", dist, timeout=float(timeout))
+    sync = Sync(workdir / "results" / ".sync", dist, timeout=barrier_timeout(profile, args.profile))
     sync.clear_own_failure()
     # Every rank serves; rank 0 generates; the others keep serving until rank 0 says it is done (or failed).
     done_step = f"collect_iter{args.max_iter}/total_{args.total_count}"

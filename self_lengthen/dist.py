@@ -8,17 +8,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .env import env_int, env_port, env_seconds
 from .errors import UsageError
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a whole number; set it to an integer") from None
+def barrier_timeout(profile: dict, profile_name: str) -> float:
+    """Seconds a rank waits at a barrier: $SELF_LENGTHEN_BARRIER_TIMEOUT, else the profile's `barrier_timeout`."""
+    value = profile.get("barrier_timeout", 3600)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise UsageError(f"profile {profile_name}: barrier_timeout={value!r} must be a positive number of seconds")
+    return env_seconds("SELF_LENGTHEN_BARRIER_TIMEOUT", value)
 
 
 @dataclass(frozen=True)
@@ -38,13 +37,13 @@ class DistEnv:
 
     @classmethod
     def from_env(cls) -> "DistEnv":
-        world = _env_int("WORLD_SIZE", 1)
-        rank = _env_int("RANK", 0)
+        world = env_int("WORLD_SIZE", 1)
+        rank = env_int("RANK", 0)
         if world < 1:
             raise UsageError(f"WORLD_SIZE={world} must be at least 1")
         if not 0 <= rank < world:
             raise UsageError(f"RANK={rank} must be in [0, WORLD_SIZE={world}); number the nodes 0..{world - 1}")
-        return cls(world, rank, os.environ.get("MASTER_ADDR") or "127.0.0.1", _env_int("MASTER_PORT", 29500))
+        return cls(world, rank, os.environ.get("MASTER_ADDR") or "127.0.0.1", env_port("MASTER_PORT", 29500))
 
 
 class Sync:
@@ -60,7 +59,7 @@ class Sync:
 
     def __init__(self, root, dist: DistEnv, timeout: float, poll: float = 1.0, stale_after: float | None = None):
         self.root, self.dist, self.timeout, self.poll = Path(root), dist, timeout, poll
-        self.stale_after = stale_after or float(os.environ.get("SELF_LENGTHEN_HEARTBEAT_TIMEOUT") or 300)
+        self.stale_after = stale_after or env_seconds("SELF_LENGTHEN_HEARTBEAT_TIMEOUT", 300)
         self.root.mkdir(parents=True, exist_ok=True)
         self._seen: dict[int, tuple[str | None, float, bool]] = {}  # rank -> (content, last change, seen alive)
 

@@ -9,14 +9,14 @@ Each finished step leaves a marker, so a rerun after any crash continues at the 
 redoes finished training. A failing rank writes a failure marker; the others stop with its message.
 """
 import argparse
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .default_model import resolve_base_model
-from .dist import DistEnv, Sync
+from .dist import DistEnv, Sync, barrier_timeout
+from .env import check_environment
 from .errors import ArgParser, UsageError, cli_main
 from .flavour import Flavour, load_seeds, pop_flavour_dir
 from .serve.cluster import gpu_count
@@ -122,8 +122,7 @@ class Pipeline:
             self.gpus = gpu_count()
             self.profile_name = profile_name(args.profile, self.gpus)
             self.profile = load_profile(self.profile_name)
-            self.sync.timeout = float(os.environ.get("SELF_LENGTHEN_BARRIER_TIMEOUT")
-                                      or self.profile.get("barrier_timeout", 3600))
+            self.sync.timeout = barrier_timeout(self.profile, self.profile_name)
             self.model_dir = resolve_base_model(args.base_model)
         except BaseException as exc:
             self.sync.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -265,6 +264,7 @@ class Pipeline:
 def main(flavour_dir: Path, argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     validate(args)
+    check_environment()
     Pipeline(args, Path(flavour_dir)).main()
 
 

@@ -85,7 +85,8 @@ def served(tmp_path_factory, default_model):
     make_random_adapter(default_model, lora / "ext_sft", seed=2)
     # Ports of its own, so that tests running the whole pipeline (default ports) can run beside it.
     ports = ["--api_port=18000", "--controller_port=18001", "--worker_port=18002"]
-    proc = start_stack(workdir, 1, "--timeout=800", *ports, env=env_with(VLLM_CPU_KVCACHE_SPACE=2))
+    # 1 GiB of KV cache per merged engine (3 of them): memory for the stacks other tests start beside this one.
+    proc = start_stack(workdir, 1, "--timeout=800", *ports, env=env_with(VLLM_CPU_KVCACHE_SPACE=1))
     if proc.returncode != 0:
         stop_stack(workdir)
         pytest.fail(f"run_server.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -36,6 +36,24 @@ def test_bad_options_get_one_clear_line(tmp_path, args, needle):
     assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("variable,value,needle", [
+    ("SELF_LENGTHEN_BARRIER_TIMEOUT", "abc", "SELF_LENGTHEN_BARRIER_TIMEOUT='abc' is not a number"),
+    ("SELF_LENGTHEN_BARRIER_TIMEOUT", "0", "SELF_LENGTHEN_BARRIER_TIMEOUT=0 must be a positive"),
+    ("SELF_LENGTHEN_HEARTBEAT_TIMEOUT", "-5", "SELF_LENGTHEN_HEARTBEAT_TIMEOUT=-5 must be a positive"),
+    ("WORLD_SIZE", "two", "WORLD_SIZE='two' is not a whole number"),
+    ("MASTER_PORT", "70000", "MASTER_PORT=70000 is out of range: it must be from 1 to 65535"),
+    ("SELF_LENGTHEN_API_PORT", "0", "SELF_LENGTHEN_API_PORT=0 is out of range"),
+    ("VLLM_CPU_KVCACHE_SPACE", "lots", "VLLM_CPU_KVCACHE_SPACE='lots' is not a whole number"),
+    ("FASTCHAT_WORKER_API_TIMEOUT", "-1", "FASTCHAT_WORKER_API_TIMEOUT=-1 must be a positive"),
+])
+def test_bad_environment_gets_one_clear_line_and_starts_nothing(tmp_path, variable, value, needle):
+    proc = run_sh(tmp_path, *TINY, "--max_iter=1", env=env_with(**{variable: value}), timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
+    assert not list(tmp_path.glob("logs/*.log")), "a server was started"  # each server writes a log from its start
+
+
 def test_rank_beyond_world_size(tmp_path):
     proc = run_sh(tmp_path, *TINY, "--max_iter=1", env=env_with(WORLD_SIZE=2, RANK=2), timeout=120)
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
@@ -110,7 +128,8 @@ def collected(one_iteration):
     cmd = ["bash", str(COLLECT), "--base_model=default", "--max_iter=1", "--instruct_count=1", "--total_count=2",
            "--profile=tiny", f"--workdir={workdir}"]
     first = workdir / "results" / "iter_10000" / "initial_responses" / "_COMPLETE"
-    running = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    running = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env=env_with(VLLM_CPU_KVCACHE_SPACE=1))  # 1 GiB per merged engine: memory for the rest
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline and not first.exists():
         assert running.poll() is None, running.stdout.read()[-3000:]
@@ -119,7 +138,7 @@ def collected(one_iteration):
     running.wait(timeout=60)
     assert first.exists()
     mtime = first.stat().st_mtime_ns
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env_with(VLLM_CPU_KVCACHE_SPACE=1))
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return {"workdir": workdir, "first_mtime": mtime, "rerun": rerun}
 

@@ -234,7 +234,7 @@ def test_serving_worker_loads_the_trained_adapter_as_lora_and_merged(trained):
     outputs = {}
     for mode in ("lora", "merged"):
         proc = start_stack(workdir, 1, "--timeout=800", f"--adapter_mode={mode}", *ports,
-                           env=env_with(VLLM_CPU_KVCACHE_SPACE=2))
+                           env=env_with(VLLM_CPU_KVCACHE_SPACE=1))
         try:
             assert proc.returncode == 0, proc.stderr[-3000:]
             client = Client("http://127.0.0.1:18300/v1", retries=1)

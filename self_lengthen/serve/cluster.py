@@ -20,6 +20,7 @@ import requests
 
 from ..default_model import resolve_base_model
 from ..dist import DistEnv
+from ..env import check_environment, env_gib, env_port, env_seconds
 from ..errors import ArgParser, UsageError, cli_main
 from ..paths import vllm_cache_root
 from .api_server import API_KEY_ENV
@@ -108,6 +109,9 @@ class Launch:
         if dist.multi_node and not self.api_key:
             raise UsageError(f"multi-node serving binds a network address and needs an API key: set {API_KEY_ENV} "
                              f"or pass --api_key_file=FILE (the same on every node)")
+        # Checked before anything starts: a server would fail on them with a traceback in its log.
+        env_gib("VLLM_CPU_KVCACHE_SPACE", 4)
+        env_seconds("FASTCHAT_WORKER_API_TIMEOUT", 3600)
         self.procs: dict[str, subprocess.Popen] = {}
 
     def env(self, **extra) -> dict:
@@ -276,7 +280,6 @@ def parse(argv):
     s.add_argument("--workdir", default=".")
     s.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness")
     s.add_argument("--host", default=None, help="bind address (default: 127.0.0.1 on one node)")
-    env_port = lambda name, default: int(os.environ.get(name) or default)  # noqa: E731
     s.add_argument("--api_port", type=int, default=env_port("SELF_LENGTHEN_API_PORT", 8000))
     s.add_argument("--controller_port", type=int, default=env_port("SELF_LENGTHEN_CONTROLLER_PORT", 21001))
     s.add_argument("--worker_port", type=int, default=env_port("SELF_LENGTHEN_WORKER_PORT", 21002),
@@ -295,6 +298,7 @@ def parse(argv):
 
 @cli_main
 def main(argv=None):
+    check_environment()
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.cmd == "status":
         print("\n".join(status(Path(args.workdir).resolve())))
