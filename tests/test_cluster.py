@@ -112,3 +112,29 @@ def test_two_ranks_share_one_controller_and_both_serve(tmp_path, default_model):
         assert not group_alive(rec["pgid"]), rec["name"]
     for port in (18700, 18701, 18702, 18712):
         assert port_in_use("127.0.0.1", port) is None
+
+
+@pytest.mark.slow
+def test_host_on_one_node_puts_every_server_at_that_address(tmp_path, default_model):
+    """--host=127.0.0.2 (loopback, not the default): the servers find each other there and the stack is ready."""
+    ports = ["--api_port=18650", "--controller_port=18651", "--worker_port=18652"]
+    t0 = time.monotonic()
+    proc = start_stack(tmp_path, 0, "--timeout=300", "--host=127.0.0.2", *ports,
+                       env=env_with(VLLM_CPU_KVCACHE_SPACE=1), timeout=400)
+    try:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert time.monotonic() - t0 < 300
+        r = requests.post("http://127.0.0.2:18650/v1/completions", timeout=120,
+                          json={"model": "base", "prompt": "Hello", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["choices"]
+        assert port_in_use("127.0.0.1", 18650) is None  # nothing on the default address
+    finally:
+        stop_stack(tmp_path)
+
+
+def test_a_network_host_on_one_node_needs_a_key(tmp_path, default_model):
+    env = {k: v for k, v in os.environ.items() if k != "SELF_LENGTHEN_API_KEY"}
+    proc = start_stack(tmp_path, 0, "--timeout=60", "--host=10.1.2.3", env=env, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--host=10.1.2.3 is a network address" in proc.stderr and "SELF_LENGTHEN_API_KEY" in proc.stderr
+    assert records(tmp_path) == []

@@ -56,6 +56,17 @@ def engine_env_defaults(gpus: int) -> dict[str, str]:
     return env
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only localhost is known to be loopback
+        return False
+
+
 def approx_params(model_dir: Path) -> float:
     """Parameter count estimated from the weight files (bytes / 2 for 16-bit weights)."""
     size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or sum(
@@ -100,7 +111,8 @@ class Launch:
         self.workdir = Path(args.workdir).resolve()
         self.run_dir, self.log_dir = run_dir(self.workdir, dist.rank), self.workdir / "logs"
         self.host = args.host or own_address(dist)
-        master = "127.0.0.1" if not dist.multi_node else dist.master_addr
+        # On one node every server is at the address they all bind (--host, else loopback).
+        master = self.host if not dist.multi_node else dist.master_addr
         self.controller_url = f"http://{master}:{args.controller_port}"
         self.api_url = f"http://{master}:{args.api_port}"
         self.api_key = os.environ.get(API_KEY_ENV) or None
@@ -109,6 +121,9 @@ class Launch:
         if dist.multi_node and not self.api_key:
             raise UsageError(f"multi-node serving binds a network address and needs an API key: set {API_KEY_ENV} "
                              f"or pass --api_key_file=FILE (the same on every node)")
+        if not dist.multi_node and not is_loopback(self.host) and not self.api_key:
+            raise UsageError(f"--host={self.host} is a network address: set {API_KEY_ENV} or pass --api_key_file=FILE "
+                             f"so that the API server requires a key")
         # Checked before anything starts: a server would fail on them with a traceback in its log.
         env_gib("VLLM_CPU_KVCACHE_SPACE", 4)
         env_seconds("FASTCHAT_WORKER_API_TIMEOUT", 3600)
