@@ -20,7 +20,7 @@ import requests
 
 from ..default_model import resolve_base_model
 from ..dist import DistEnv
-from ..env import check_environment, env_gib, env_port, env_seconds
+from ..env import check_environment, env_port
 from ..errors import ArgParser, UsageError, cli_main
 from ..paths import vllm_cache_root
 from .api_server import API_KEY_ENV
@@ -124,9 +124,6 @@ class Launch:
         if not dist.multi_node and not is_loopback(self.host) and not self.api_key:
             raise UsageError(f"--host={self.host} is a network address: set {API_KEY_ENV} or pass --api_key_file=FILE "
                              f"so that the API server requires a key")
-        # Checked before anything starts: a server would fail on them with a traceback in its log.
-        env_gib("VLLM_CPU_KVCACHE_SPACE", 4)
-        env_seconds("FASTCHAT_WORKER_API_TIMEOUT", 3600)
         self.procs: dict[str, subprocess.Popen] = {}
 
     def env(self, **extra) -> dict:
@@ -313,7 +310,7 @@ def parse(argv):
 
 @cli_main
 def main(argv=None):
-    check_environment()
+    check_environment()  # before anything starts: a server would fail on a bad value with a traceback in its log
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.cmd == "status":
         print("\n".join(status(Path(args.workdir).resolve())))
