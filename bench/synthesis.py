@@ -108,7 +108,7 @@ def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=N
     from self_lengthen.pipeline import stage_args
     from self_lengthen.stages import extend, generate
     from self_lengthen.stages.common import StageContext
-    from self_lengthen.train import load_profile
+    from self_lengthen.profile import load_profile
 
     argv = stage_args(load_profile(profile), stage, iteration, workdir, model_dir, seed=0) + list(extra)
     if client is None:

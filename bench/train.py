@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 from self_lengthen.default_model import ensure_default_model  # noqa: E402
 from self_lengthen.dist import DistEnv  # noqa: E402
 from self_lengthen.flavour import Flavour, PromptBuilder  # noqa: E402
+from self_lengthen.profile import load_profile  # noqa: E402
 from self_lengthen.stages.runner import save_dataset  # noqa: E402
-from self_lengthen.train import (load_profile, mk_config, mk_data, pick_template, run_logged, tokenize, torchrun,  # noqa: E402
+from self_lengthen.train import (mk_config, mk_data, pick_template, run_logged, tokenize, torchrun,  # noqa: E402
                                  train_env, train_python)
 
 # What mk_config adds to a LLaMA-Factory YAML beyond the profile's sizes: tokenize once; batches grouped by length;

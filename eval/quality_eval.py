@@ -75,7 +75,9 @@ def main(argv=None):
         raise UsageError("--tries and --workers must be at least 1")
     rows = read_jsonl(args.file, required=("query", "response"))
     # A hosted judge gets only OpenAI's own sampling fields; our endpoint gets the engine's too.
-    client = Client(args.judge_base_url, os.environ.get("JUDGE_API_KEY"), engine_fields=args.judge_base_url is None)
+    # A judge elsewhere gets $JUDGE_API_KEY (never the cluster's key); the local endpoint gets the cluster's.
+    judge_key = os.environ.get("JUDGE_API_KEY", "") if args.judge_base_url else None
+    client = Client(args.judge_base_url, judge_key, engine_fields=args.judge_base_url is None)
     result = evaluate(rows, client, args.judge_model, args.workers, args.tries)
     if args.json:
         print(json.dumps(result))

@@ -3,7 +3,7 @@
 Connection errors, timeouts, 5xx answers and bodies that are not the expected JSON are retried with exponential
 backoff; after the last try an `EndpointError` says what failed. A 4xx (an unknown model, say) is not retried: it
 raises `RequestRejected` at once with the server's message. The base URL and API key come from the arguments or
-$SELF_LENGTHEN_BASE_URL (else the master's API server) and $SELF_LENGTHEN_API_KEY.
+$SELF_LENGTHEN_BASE_URL (else the master's API server) and the cluster key ($SELF_LENGTHEN_API_KEY[_FILE]).
 """
 import os
 import threading
@@ -14,6 +14,7 @@ import requests
 
 from .env import env_int, env_port
 from .errors import UsageError
+from .serve.auth import read_key
 
 
 
@@ -47,9 +48,10 @@ class Completion:
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 1800.0,
                  retries: int = 4, backoff: float = 2.0, sampling: dict | None = None, engine_fields: bool = True):
-        """engine_fields=False: a hosted API (a judge, say) that rejects the engine's extra sampling fields."""
+        """engine_fields=False: a hosted API (a judge, say) that rejects the engine's extra sampling fields.
+        api_key=None: the cluster key (see serve/auth.py); "" sends none."""
         self.base_url = (base_url or os.environ.get("SELF_LENGTHEN_BASE_URL") or default_base_url()).rstrip("/")
-        self.api_key = api_key or os.environ.get("SELF_LENGTHEN_API_KEY") or None
+        self.api_key = (api_key if api_key is not None else read_key()) or None
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
         self.engine_fields = engine_fields

@@ -14,7 +14,8 @@ from .errors import ArgParser, UsageError, cli_main
 from .flavour import pop_flavour_dir
 from .pipeline import stage_args
 from .serve.cluster import gpu_count
-from .train import adapter_done, load_profile, profile_name
+from .profile import load_profile, profile_name
+from .train import adapter_done
 
 FIRST_BATCH = 10000
 
@@ -38,8 +39,8 @@ def main(flavour_dir: Path, argv=None):
     p.add_argument("--total_count", type=int, required=True,
                    help="instructions to request in all: ceil(total_count / instruct_count) batches")
     p.add_argument("--workdir", default=".")
-    p.add_argument("--profile", default=None, help="gpu, cpu-demo or tiny (default, as run.sh: gpu with GPUs, else "
-                                                     "cpu-demo)")
+    p.add_argument("--profile", default=None, help="gpu, cpu-demo, tiny or a YAML file (default, as run.sh: gpu "
+                                                     "with GPUs, else cpu-demo)")
     p.add_argument("--prompt_templates", default=None, help="prompt-template dir (default: the flavour's)")
     p.add_argument("--seeds", default=None, help="seed instructions (default: the flavour's seeds.jsonl)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -1,6 +1,8 @@
 """Numbers read from the environment, checked where they are read: a bad value is one line that names the variable
 and says what it takes (a UsageError), never a traceback and never a silently accepted negative."""
+import ipaddress
 import os
+import re
 
 from .errors import UsageError
 
@@ -47,6 +49,14 @@ def env_gib(name: str, default: int) -> int:
     return env_int(name, default, minimum=1)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
 def check_environment() -> None:
     """Every number the project reads from the environment, checked at once before a run starts anything."""
     env_int("WORLD_SIZE", 1, minimum=1)
@@ -58,3 +68,13 @@ def check_environment() -> None:
                           ("FASTCHAT_WORKER_API_TIMEOUT", 3600)):
         env_seconds(name, default)
     env_gib("VLLM_CPU_KVCACHE_SPACE", 4)
+    base_url = _raw("SELF_LENGTHEN_BASE_URL")
+    if base_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", base_url):
+        raise UsageError(f"SELF_LENGTHEN_BASE_URL={base_url!r} is not an http(s) URL; set it like http://HOST:8000/v1")
+    node_addr = _raw("NODE_ADDR")
+    if node_addr and not (_is_ip(node_addr) or re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", node_addr)):
+        raise UsageError(f"NODE_ADDR={node_addr!r} is not an IP address or host name; set it to this node's address "
+                         f"on the network the nodes share")
+    from .serve.auth import read_key
+
+    read_key()  # a key file that is missing or empty

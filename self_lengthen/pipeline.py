@@ -20,8 +20,8 @@ from .env import check_environment
 from .errors import ArgParser, UsageError, cli_main
 from .flavour import Flavour, load_seeds, pop_flavour_dir
 from .serve.cluster import gpu_count
-from .train import (MODELS, adapter_done, load_profile, mk_config, mk_data, pick_template, profile_name,
-                    publish_adapter, tokenize, torchrun)
+from .profile import load_profile, profile_name
+from .train import MODELS, adapter_done, mk_config, mk_data, pick_template, publish_adapter, tokenize, torchrun
 
 STEP_TIMEOUT_SERVER = 1800
 
@@ -66,7 +66,8 @@ def parse_args(argv):
     p.add_argument("--instruct_count", type=int, default=None, help="instructions requested per iteration")
     p.add_argument("--max_iter", type=int, default=None, help="macro-iterations to run")
     p.add_argument("--workdir", default=".", help="holds results/ (shared by all nodes)")
-    p.add_argument("--profile", default=None, help="gpu, cpu-demo or tiny (default: gpu with GPUs, else cpu-demo)")
+    p.add_argument("--profile", default=None, help="gpu, cpu-demo, tiny or a YAML file of the same shape (default: gpu with GPUs, else "
+                        "cpu-demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt_templates", default=None,
                    help="prompt-template dir, ours or the original's format (default: the flavour's)")

@@ -23,20 +23,6 @@ MODELS = ("gen_sft", "ext_sft")
 LINE_KEEP = 0.8
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PY = ROOT / ".venv-train" / "bin" / "python"
-PROFILES = Path(__file__).resolve().parent / "profiles"
-
-
-def profile_name(requested: str | None, gpus: int) -> str:
-    """The profile asked for, else `gpu` on a node with GPUs and `cpu-demo` without."""
-    return requested or ("gpu" if gpus else "cpu-demo")
-
-
-def load_profile(name: str) -> dict:
-    path = PROFILES / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-        raise UsageError(f"--profile={name}: unknown profile (known: {known})")
-    return yaml.safe_load(path.read_text())
 
 
 def drop_lines(text: str, rng: random.Random, join: str = "\n", keep: float = LINE_KEEP) -> str:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -71,7 +72,7 @@ def test_worker_killed_during_startup_is_reported_and_cleaned_up(tmp_path, defau
 @pytest.mark.slow
 def test_two_ranks_share_one_controller_and_both_serve(tmp_path, default_model):
     """Two nodes simulated on loopback: rank 0 runs controller + API server + a worker, rank 1 a worker."""
-    key = "test-key-not-secret"
+    key = "test-key-" + os.urandom(6).hex()
     common = dict(WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", SELF_LENGTHEN_API_KEY=key, VLLM_CPU_KVCACHE_SPACE=1)
     ports = ["--api_port=18700", "--controller_port=18701"]
     envs = {rank: env_with(RANK=rank, **common) for rank in (0, 1)}
@@ -82,21 +83,36 @@ def test_two_ranks_share_one_controller_and_both_serve(tmp_path, default_model):
     try:
         for rank, proc in results.items():
             assert proc.returncode == 0, f"rank {rank}: {proc.stderr}"
-        workers = requests.post("http://127.0.0.1:18701/list_workers", timeout=10).json()
+        auth = {"Authorization": f"Bearer {key}"}
+        # every port refuses a call without the key: the controller, each worker, the API server
+        assert requests.post("http://127.0.0.1:18701/list_workers", timeout=10).status_code == 401
+        assert requests.post("http://127.0.0.1:18701/register_worker", timeout=10,
+                             json={"worker_name": "http://127.0.0.1:9", "check_heart_beat": False}).status_code == 401
+        workers = requests.post("http://127.0.0.1:18701/list_workers", headers=auth, timeout=10).json()
         assert sorted(workers) == ["http://127.0.0.1:18702", "http://127.0.0.1:18712"]
-        # each worker serves requests itself ...
+        generate = {"model": "base", "prompt": "Hello", "max_new_tokens": 4, "temperature": 0}
         for addr in workers:
-            out = requests.post(addr + "/worker_generate", json={"model": "base", "prompt": "Hello", "max_new_tokens": 4,
-                                                                 "temperature": 0}, timeout=120).json()
+            for path in ("/worker_generate", "/worker_generate_stream", "/worker_get_status", "/count_token"):
+                assert requests.post(addr + path, json=generate, timeout=30).status_code == 401, addr + path
+            # ... and with the key each worker serves requests itself
+            out = requests.post(addr + "/worker_generate", json=generate, headers=auth, timeout=120).json()
             assert out["error_code"] == 0 and out["text"]
-        # ... and through the API server, which now needs the key
         url = "http://127.0.0.1:18700/v1/completions"
         body = {"model": "base", "prompt": "Hello", "max_tokens": 4}
         assert requests.post(url, json=body, timeout=60).status_code == 401
-        auth = {"Authorization": f"Bearer {key}"}
+        assert requests.post("http://127.0.0.1:18700/api/v1/token_check", timeout=60,
+                             json={"prompts": [{"model": "base", "prompt": "Hi", "max_tokens": 1}]}).status_code == 401
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: requests.post(url, json=body, headers=auth, timeout=120).status_code, range(8)))
         assert codes == [200] * 8
+        # the key is in no log file and on no process's command line
+        for log in (tmp_path / "logs").iterdir():
+            assert key not in log.read_text(errors="replace"), log
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                assert key.encode() not in cmdline.read_bytes(), cmdline
+            except OSError:
+                pass  # a process that ended meanwhile
         # a worker killed with -9 is reported by status, and stop_server.sh still cleans up
         rank1 = records(tmp_path, 1)
         os.kill(rank1[0]["pid"], signal.SIGKILL)
@@ -120,21 +136,32 @@ def test_two_ranks_share_one_controller_and_both_serve(tmp_path, default_model):
 
 
 @pytest.mark.slow
-def test_host_on_one_node_puts_every_server_at_that_address(tmp_path, default_model):
-    """--host=127.0.0.2 (loopback, not the default): the servers find each other there and the stack is ready."""
+def test_host_on_one_node_puts_every_server_at_that_address_and_a_key_guards_every_port(tmp_path, default_model):
+    """--host=127.0.0.2 (loopback, not the default) with a key from a file: the servers find each other there, the
+    stack is ready, and the controller, the worker and the API server each refuse a call without the key."""
     ports = ["--api_port=18650", "--controller_port=18651", "--worker_port=18652"]
+    key = "host-key-" + os.urandom(6).hex()
+    (tmp_path / "key").write_text(key + "\n")
+    env = {k: v for k, v in env_with(VLLM_CPU_KVCACHE_SPACE=1).items() if k != "SELF_LENGTHEN_API_KEY"}
     t0 = time.monotonic()
-    proc = start_stack(tmp_path, 0, "--timeout=300", "--host=127.0.0.2", *ports,
-                       env=env_with(VLLM_CPU_KVCACHE_SPACE=1), timeout=400)
+    proc = start_stack(tmp_path, 0, "--timeout=300", "--host=127.0.0.2", f"--api_key_file={tmp_path / 'key'}", *ports,
+                       env=env, timeout=400)
     try:
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert time.monotonic() - t0 < 300
-        r = requests.post("http://127.0.0.2:18650/v1/completions", timeout=120,
-                          json={"model": "base", "prompt": "Hello", "max_tokens": 2})
-        assert r.status_code == 200 and r.json()["choices"]
+        auth = {"Authorization": f"Bearer {key}"}
+        calls = [("http://127.0.0.2:18650/v1/completions", {"model": "base", "prompt": "Hello", "max_tokens": 2}),
+                 ("http://127.0.0.2:18651/list_workers", None),
+                 ("http://127.0.0.2:18652/worker_generate", {"model": "base", "prompt": "Hello", "max_new_tokens": 2})]
+        for url, body in calls:
+            assert requests.post(url, json=body, timeout=60).status_code == 401, url
+            r = requests.post(url, json=body, headers=auth, timeout=120)
+            assert r.status_code == 200, url
         assert port_in_use("127.0.0.1", 18650) is None  # nothing on the default address
     finally:
         stop_stack(tmp_path)
+    for log in (tmp_path / "logs").iterdir():
+        assert key not in log.read_text(errors="replace"), log
 
 
 def test_a_network_host_on_one_node_needs_a_key(tmp_path, default_model):

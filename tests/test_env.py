@@ -54,3 +54,22 @@ def test_check_environment_covers_every_variable_the_project_reads(monkeypatch):
             check_environment()
         monkeypatch.delenv(name)
     check_environment()
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("SELF_LENGTHEN_BASE_URL", "localhost:8000", "SELF_LENGTHEN_BASE_URL='localhost:8000' is not an http(s) URL"),
+    ("NODE_ADDR", "10.0.0.1; rm", "NODE_ADDR='10.0.0.1; rm' is not an IP address or host name"),
+    ("SELF_LENGTHEN_API_KEY_FILE", "/nonexistent/key", "cannot read the API key file /nonexistent/key"),
+])
+def test_check_environment_names_a_bad_address_url_or_key_file(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        check_environment()
+
+
+def test_good_addresses_pass(monkeypatch):
+    monkeypatch.setenv("SELF_LENGTHEN_BASE_URL", "https://judge.example.com/v1")
+    monkeypatch.setenv("NODE_ADDR", "node-3.cluster")
+    check_environment()
+    monkeypatch.setenv("NODE_ADDR", "fe80::1")
+    check_environment()

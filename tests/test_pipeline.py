@@ -36,6 +36,16 @@ def test_bad_options_get_one_clear_line(tmp_path, args, needle):
     assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
 
 
+def test_a_bad_profile_field_gets_one_clear_line_and_starts_nothing(tmp_path):
+    profile = (ROOT / "self_lengthen" / "profiles" / "tiny.yaml").read_text().replace("workers: 8", "workers: -8")
+    (tmp_path / "mine.yaml").write_text(profile)
+    proc = run_sh(tmp_path, "--base_model=default", f"--profile={tmp_path / 'mine.yaml'}", timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: profile {tmp_path / 'mine.yaml'}: generation.workers=-8 is not null or a positive whole number"]
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("variable,value,needle", [
     ("SELF_LENGTHEN_BARRIER_TIMEOUT", "abc", "SELF_LENGTHEN_BARRIER_TIMEOUT='abc' is not a number"),
     ("SELF_LENGTHEN_BARRIER_TIMEOUT", "0", "SELF_LENGTHEN_BARRIER_TIMEOUT=0 must be a positive"),
@@ -294,7 +304,7 @@ def test_a_rank_that_never_comes_is_named_at_the_timeout(tmp_path):
 def test_stage_options_follow_the_profile(tmp_path, profile):
     from self_lengthen.pipeline import stage_args
     from self_lengthen.stages import extend, generate, self_instruct
-    from self_lengthen.train import load_profile
+    from self_lengthen.profile import load_profile
 
     sizes = load_profile(profile)
     modules = {"self_instruct": self_instruct, "generate": generate, "extend": extend}
@@ -324,7 +334,8 @@ def test_gpu_profile_trains_as_the_original(tmp_path):
     import yaml
 
     from self_lengthen.flavour import Flavour
-    from self_lengthen.train import load_profile, mk_config
+    from self_lengthen.profile import load_profile
+    from self_lengthen.train import mk_config
 
     flavour = Flavour(ROOT / "qwen")
     previous = tmp_path / "results" / "iter_1" / "lora" / "gen_sft"
@@ -345,7 +356,7 @@ def test_gpu_profile_trains_as_the_original(tmp_path):
 
 
 def test_run_and_collect_choose_the_same_default_profile():
-    from self_lengthen.train import profile_name
+    from self_lengthen.profile import profile_name
 
     assert profile_name(None, gpus=4) == "gpu" and profile_name(None, gpus=0) == "cpu-demo"
     assert profile_name("tiny", gpus=4) == "tiny"

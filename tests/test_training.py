@@ -10,8 +10,9 @@ import yaml
 from conftest import ROOT, TRAIN_PY
 from self_lengthen.dist import DistEnv
 from self_lengthen.flavour import Flavour, PromptBuilder
+from self_lengthen.profile import load_profile
 from self_lengthen.stages.runner import save_dataset
-from self_lengthen.train import (MODELS, drop_lines, load_profile, mk_config, mk_data, pick_template, publish_adapter,
+from self_lengthen.train import (MODELS, drop_lines, mk_config, mk_data, pick_template, publish_adapter,
                                  tokenize, torchrun)
 
 pytestmark = pytest.mark.slow

@@ -1,12 +1,14 @@
 """FastChat's OpenAI-compatible API server, extended minimally rather than rewritten.
 
-Four changes, all applied by `extend()`:
+Five changes, all applied by `extend()`:
 - chat prompts are rendered from the model's own chat template, which the worker ships (byte-identical to
   `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`);
 - sampling fields FastChat's request models drop (repetition_penalty, min_tokens, ignore_eos, seed) are read from
   the raw request body and forwarded to the worker, on /v1/chat/completions and /v1/completions;
 - a client that disconnects cancels its request, so the worker aborts it in the engine;
-- streaming works under pydantic 2 (FastChat calls `.json(ensure_ascii=...)`, which pydantic 2 rejects).
+- streaming works under pydantic 2 (FastChat calls `.json(ensure_ascii=...)`, which pydantic 2 rejects);
+- with a cluster key, every route needs it (FastChat leaves /api/v1/* open) and every call to the controller and the
+  workers carries it (see auth.py).
 
 Run: python -m self_lengthen.serve.api_server --host 127.0.0.1 --port 8000 [--api-key-file F]
 The API key, when required, comes from $SELF_LENGTHEN_API_KEY or a file, never from the command line.
@@ -17,7 +19,6 @@ import contextlib
 import contextvars
 import json
 import os
-from pathlib import Path
 
 import httpx
 import pydantic
@@ -26,10 +27,11 @@ import uvicorn
 from fastchat.constants import ErrorCode
 
 from ..chat_template import render_chat
+from ..errors import UsageError
+from .auth import API_KEY_ENV, auth_headers, protect, read_key
 
 EXTRA_FIELDS = ("repetition_penalty", "min_tokens", "ignore_eos", "seed")
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
-API_KEY_ENV = "SELF_LENGTHEN_API_KEY"
 WORKER_TIMEOUT = float(os.environ.get("FASTCHAT_WORKER_API_TIMEOUT", 3 * 3600))
 _extra_fields: contextvars.ContextVar[dict] = contextvars.ContextVar("extra_sampling_fields", default={})
 
@@ -97,8 +99,27 @@ def _message_text(content) -> str:
     return content
 
 
-def extend(fc) -> None:
+def extend(fc, key: str | None = None) -> None:
     """Patch FastChat's openai_api_server module `fc` in place."""
+    fc.headers.update(auth_headers(key))  # FastChat's streaming call to a worker sends these
+
+    def client():
+        # httpx closes the connection as soon as a call is cancelled (aiohttp, FastChat's choice, may not), and the
+        # worker aborts the engine request when it sees that.
+        return httpx.AsyncClient(timeout=httpx.Timeout(WORKER_TIMEOUT, connect=30.0), headers=fc.headers)
+
+    async def fetch_remote(url, pload=None, name=None):
+        """FastChat's call to the controller or a worker (same results, errors included), with our headers."""
+        async with client() as c:
+            r = await c.post(url, json=pload)
+        if r.status_code != 200:
+            return json.dumps({"text": f"HTTP {r.status_code}", "error_code": ErrorCode.INTERNAL_ERROR})
+        if name is None:
+            return r.content
+        out = r.json()
+        return out[name] if name else out
+
+    fc.fetch_remote = fetch_remote
     original_get_gen_params = fc.get_gen_params
 
     async def get_gen_params(model_name, worker_addr, messages, **kwargs):
@@ -114,10 +135,8 @@ def extend(fc) -> None:
     fc.get_gen_params = get_gen_params
 
     async def generate_completion(payload, worker_addr):
-        # httpx closes the worker connection as soon as this is cancelled (aiohttp, FastChat's choice, may not),
-        # and the worker aborts the engine request when it sees that.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(WORKER_TIMEOUT, connect=30.0)) as client:
-            r = await client.post(worker_addr + "/worker_generate", json=payload)
+        async with client() as c:
+            r = await c.post(worker_addr + "/worker_generate", json=payload)
         if r.status_code != 200:
             return {"text": f"worker error {r.status_code}: {r.text[:200]}", "error_code": ErrorCode.INTERNAL_ERROR}
         return r.json()
@@ -136,15 +155,7 @@ def extend(fc) -> None:
                 obj.json = json_compat
 
     fc.app.add_middleware(GenerationRequests)
-
-
-def read_api_key(key_file: str | None) -> str | None:
-    if key_file:
-        key = Path(key_file).read_text().strip()
-        if not key:
-            raise SystemExit(f"api_server: {key_file} is empty; put the API key in it")
-        return key
-    return os.environ.get(API_KEY_ENV) or None
+    protect(fc.app, key)  # added last, so it is the outermost: a request without the key is refused first
 
 
 def main(argv=None):
@@ -156,9 +167,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     from fastchat.serve import openai_api_server as fc
 
-    extend(fc)
+    try:
+        key = read_key(args.api_key_file)
+    except UsageError as exc:
+        raise SystemExit(f"api_server: {exc}") from None
+    extend(fc, key)
     fc.app_settings.controller_address = args.controller_address
-    key = read_api_key(args.api_key_file)
     fc.app_settings.api_keys = [key] if key else None
     uvicorn.run(fc.app, host=args.host, port=args.port, log_level="warning")
 

@@ -23,7 +23,7 @@ from ..dist import DistEnv
 from ..env import check_environment, env_port
 from ..errors import ArgParser, UsageError, cli_main
 from ..paths import vllm_cache_root
-from .api_server import API_KEY_ENV
+from .auth import API_KEY_ENV, auth_headers, read_key
 from .ports import port_in_use, wait_port_free
 from .procs import leader_alive, log_tail, pid_records, spawn, stop_groups
 
@@ -99,8 +99,7 @@ def own_address(dist: DistEnv) -> str:
 
 
 def post(url: str, payload=None, timeout: float = 10.0, key: str | None = None):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    r = requests.post(url, json=payload, timeout=timeout, headers=headers)
+    r = requests.post(url, json=payload, timeout=timeout, headers=auth_headers(key))
     r.raise_for_status()
     return r.json()
 
@@ -115,9 +114,7 @@ class Launch:
         master = self.host if not dist.multi_node else dist.master_addr
         self.controller_url = f"http://{master}:{args.controller_port}"
         self.api_url = f"http://{master}:{args.api_port}"
-        self.api_key = os.environ.get(API_KEY_ENV) or None
-        if args.api_key_file:
-            self.api_key = Path(args.api_key_file).read_text().strip() or None
+        self.api_key = read_key(args.api_key_file)  # every port of ours requires it when set (see auth.py)
         if dist.multi_node and not self.api_key:
             raise UsageError(f"multi-node serving binds a network address and needs an API key: set {API_KEY_ENV} "
                              f"or pass --api_key_file=FILE (the same on every node)")
@@ -132,6 +129,9 @@ class Launch:
             env.setdefault(key, value)
         env.setdefault("FASTCHAT_WORKER_API_TIMEOUT", "3600")
         env["LOGDIR"] = str(self.log_dir)  # FastChat's own log files
+        env.pop(API_KEY_ENV, None)
+        if self.api_key:
+            env[API_KEY_ENV] = self.api_key  # the environment, not the command line, where `ps` would show it
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
@@ -162,9 +162,10 @@ class Launch:
             self.start("controller", ["self_lengthen.serve.controller", "--host", self.host,
                                       "--port", str(args.controller_port)], [args.controller_port])
             self.start("api_server", ["self_lengthen.serve.api_server", "--host", self.host, "--port",
-                                      str(args.api_port), "--controller-address", self.controller_url]
-                       + (["--api-key-file", args.api_key_file] if args.api_key_file else []), [args.api_port])
-            self.wait_for(lambda: post(self.controller_url + "/list_workers", timeout=3) is not None, "controller")
+                                      str(args.api_port), "--controller-address", self.controller_url],
+                       [args.api_port])
+            self.wait_for(lambda: post(self.controller_url + "/list_workers", timeout=3, key=self.api_key) is not None,
+                          "controller")
         my_workers = []
         for i, w in enumerate(plan):
             port = args.worker_port + i
@@ -183,7 +184,7 @@ class Launch:
             my_workers.append(addr)
 
         def registered():
-            workers = post(self.controller_url + "/list_workers", timeout=5)
+            workers = post(self.controller_url + "/list_workers", timeout=5, key=self.api_key)
             mine = all(set(workers.get(a, [])) >= set(names) for a in my_workers)
             everyone = len(workers) >= dist.world_size * len(plan) if dist.is_master else True
             return mine and everyone
@@ -204,7 +205,7 @@ class Launch:
 
     def probe_worker(self, addr: str, name: str) -> bool:
         out = post(addr + "/worker_generate", {"model": name, "prompt": "Hello", "max_new_tokens": 1,
-                                               "temperature": 0}, timeout=120)
+                                               "temperature": 0}, timeout=120, key=self.api_key)
         if out.get("error_code"):
             raise RuntimeError(f"probe of {name} on {addr} failed: {out.get('text')}")
         return True
@@ -223,6 +224,9 @@ class Launch:
                     return
             except requests.HTTPError as exc:
                 last_error = f"{exc.response.status_code} {exc.response.text[:300]}"
+                if exc.response.status_code == 401:
+                    raise UsageError(f"{what}: our key was refused (401); every node needs the same "
+                                     f"{API_KEY_ENV} or --api_key_file") from None
                 if quick and exc.response.status_code < 500:
                     raise UsageError(f"{what} was refused: {last_error}") from None
             except (requests.RequestException, ValueError, RuntimeError) as exc:
@@ -300,7 +304,8 @@ def parse(argv):
     s.add_argument("--adapter_mode", choices=["auto", "lora", "merged"], default="auto",
                    help="serve the adapters as LoRA requests or merged into copies of the base model "
                         "(auto: merged on CPU, where vLLM runs LoRA without torch.compile; lora on GPU)")
-    s.add_argument("--api_key_file", default=None)
+    s.add_argument("--api_key_file", default=None,
+                   help=f"file holding the cluster key (else ${API_KEY_ENV}); with a key, every port requires it")
     sub.add_parser("status").add_argument("--workdir", default=".")
     t = sub.add_parser("stop")
     t.add_argument("--workdir", default=".")

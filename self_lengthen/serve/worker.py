@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from fastchat.conversation import Conversation, SeparatorStyle
 from fastchat.serve.base_model_worker import BaseModelWorker
 
 from ..chat_template import needs_special_tokens, template_spec
+from .auth import auth_headers, protect, read_key
 from .ports import port_in_use
 
 log = logging.getLogger("self_lengthen.worker")
@@ -118,7 +120,7 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
 
 class VLLMWorker(BaseModelWorker):
     def __init__(self, engines: dict, tokenizer, *, controller_addr, worker_addr, model_path, base_name, adapters,
-                 limit_worker_concurrency, context_len):
+                 limit_worker_concurrency, context_len, key: str | None = None):
         """`engines` maps each served name to its engine. Names whose engine is the base name's are adapters served
         as LoRARequests (lora mode); a name with an engine of its own is a merged copy."""
         from vllm.lora.request import LoRARequest
@@ -137,6 +139,30 @@ class VLLMWorker(BaseModelWorker):
         self.eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.stats = {"requests": 0, "aborted": 0}
         self._background: set[asyncio.Task] = set()
+        self.headers = auth_headers(key)
+
+    # FastChat's registration and heart-beat, sending the cluster key.
+    def register_to_controller(self):
+        status = {"worker_name": self.worker_addr, "check_heart_beat": True, "worker_status": self.get_status(),
+                  "multimodal": self.multimodal}
+        r = requests.post(self.controller_addr + "/register_worker", json=status, headers=self.headers, timeout=30)
+        if r.status_code != 200:
+            raise requests.HTTPError(f"the controller answered HTTP {r.status_code} to our registration")
+
+    def send_heart_beat(self):
+        while True:
+            beat = {"worker_name": self.worker_addr, "queue_length": self.get_queue_length()}
+            try:
+                r = requests.post(self.controller_addr + "/receive_heart_beat", json=beat, headers=self.headers,
+                                  timeout=5)
+                r.raise_for_status()
+                known = r.json()["exist"]
+                break
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                log.error("heart-beat to %s failed: %s", self.controller_addr, exc)
+                time.sleep(5)
+        if not known:  # the controller restarted or dropped us
+            self.register_to_controller()
 
     def make_conv_template(self, conv_template=None, model_path=None) -> Conversation:
         # Only a carrier for stop tokens; chat prompts are rendered from the chat template (see get_conv_template).
@@ -333,13 +359,14 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
         engines.update({name: engine for name in [args.base_name, *adapters]})
     if adapters:
         log.info("serving adapters as %s", "merged copies" if mode == "merged" else "LoRA requests")
+    key = read_key()
     worker = VLLMWorker(
         engines, AutoTokenizer.from_pretrained(args.model_path), controller_addr=args.controller_address,
         worker_addr=args.worker_address or f"http://{args.host}:{args.port}", model_path=args.model_path,
         base_name=args.base_name, adapters=adapters, limit_worker_concurrency=args.limit_worker_concurrency,
-        context_len=engines[args.base_name].model_config.max_model_len,
+        context_len=engines[args.base_name].model_config.max_model_len, key=key,
     )
-    server = uvicorn.Server(uvicorn.Config(build_app(worker), host=args.host, port=args.port,
+    server = uvicorn.Server(uvicorn.Config(protect(build_app(worker), key), host=args.host, port=args.port,
                                            log_level="warning", timeout_graceful_shutdown=10))
 
     async def register_once_listening():

@@ -1,0 +1,66 @@
+"""Profiles are checked whole when loaded: each bad field is one line naming it and what it takes."""
+import pytest
+import yaml
+
+from self_lengthen.errors import UsageError
+from self_lengthen.profile import PROFILES, load_profile, problems, SCHEMA
+
+
+@pytest.mark.parametrize("name", ["gpu", "cpu-demo", "tiny"])
+def test_the_shipped_profiles_pass(name):
+    assert problems(load_profile(name), SCHEMA) == []
+
+
+def with_change(tmp_path, change: dict) -> str:
+    """cpu-demo with `change` applied (a dotted path -> value; the value None deletes the field), as a file."""
+    profile = yaml.safe_load((PROFILES / "cpu-demo.yaml").read_text())
+    for dotted, value in change.items():
+        *parents, leaf = dotted.split(".")
+        node = profile
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return str(path)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"generation.workerz": 4}, "unknown field generation.workerz (known in generation: max_tokens, workers"),
+    ({"trainng": {}}, "unknown field trainng (known: generation, training, collect, barrier_timeout)"),
+    ({"training.lora_rnak": 8}, "unknown field training.lora_rnak"),
+    ({"generation.max_tries.extnd": 2}, "unknown field generation.max_tries.extnd"),
+    ({"generation.workers": 0}, "generation.workers=0 is not null or a positive whole number"),
+    ({"generation.workers": "many"}, "generation.workers='many' is not null or a positive whole number"),
+    ({"generation.max_tokens": -1}, "generation.max_tokens=-1 is not a positive whole number, or a mapping"),
+    ({"generation.max_tokens": {"generate": 100}}, "generation.max_tokens={'generate': 100} is not"),
+    ({"generation.max_tries.extend": -2}, "generation.max_tries.extend=-2 is not a positive whole number"),
+    ({"generation.finish_fraction.extend": 1.5}, "generation.finish_fraction.extend=1.5 is not a number above 0"),
+    ({"generation.time_budget.extend": "10m"}, "generation.time_budget.extend='10m' is not a positive number"),
+    ({"generation.drop_short.generate": "no"}, "generation.drop_short.generate='no' is not true or false"),
+    ({"generation.judge_parse": "loose"}, "generation.judge_parse='loose' is not strict or lenient"),
+    ({"training.num_train_epochs": 0}, "training.num_train_epochs=0 is not a positive number"),
+    ({"training.bf16": 1}, "training.bf16=1 is not true or false"),
+    ({"training.cutoff_len": 10.5}, "training.cutoff_len=10.5 is not a positive whole number"),
+    ({"collect.total_count": -5}, "collect.total_count=-5 is not a whole number, 0 or more"),
+    ({"barrier_timeout": 0}, "barrier_timeout=0 is not a positive number of seconds"),
+    ({"generation.max_tokens": None}, "generation.max_tokens is missing"),
+    ({"training": None}, "training is missing"),
+    ({"generation": [1, 2]}, "generation must be a mapping of max_tokens"),
+])
+def test_a_bad_field_is_one_line_naming_it(tmp_path, change, message):
+    with pytest.raises(UsageError) as err:
+        load_profile(with_change(tmp_path, change))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_profile_file_that_is_not_yaml_or_not_there(tmp_path):
+    (tmp_path / "broken.yaml").write_text("generation: {max_tokens: [\n")
+    with pytest.raises(UsageError, match="not valid YAML at line"):
+        load_profile(str(tmp_path / "broken.yaml"))
+    with pytest.raises(UsageError, match="unknown profile"):
+        load_profile(str(tmp_path / "absent.yaml"))
+    assert load_profile(with_change(tmp_path, {"generation.workers": 3}))["generation"]["workers"] == 3
