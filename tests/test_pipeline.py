@@ -55,6 +55,9 @@ def test_a_bad_profile_field_gets_one_clear_line_and_starts_nothing(tmp_path):
     ("SELF_LENGTHEN_API_PORT", "0", "SELF_LENGTHEN_API_PORT=0 is out of range"),
     ("VLLM_CPU_KVCACHE_SPACE", "lots", "VLLM_CPU_KVCACHE_SPACE='lots' is not a whole number"),
     ("FASTCHAT_WORKER_API_TIMEOUT", "-1", "FASTCHAT_WORKER_API_TIMEOUT=-1 must be a positive"),
+    ("SELF_LENGTHEN_BASE_URL", "localhost:8000", "SELF_LENGTHEN_BASE_URL='localhost:8000' is not an http(s) URL"),
+    ("NODE_ADDR", "a b", "NODE_ADDR='a b' is not an IP address or host name"),
+    ("SELF_LENGTHEN_API_KEY_FILE", "/nonexistent/key", "cannot read the API key file /nonexistent/key"),
 ])
 def test_bad_environment_gets_one_clear_line_and_starts_nothing(tmp_path, variable, value, needle):
     proc = run_sh(tmp_path, *TINY, "--max_iter=1", env=env_with(**{variable: value}), timeout=300)
