@@ -27,14 +27,19 @@ test-fast: setup-serve
 	$(PY) -m pytest -v -m "not slow" $(PYTEST_ARGS) tests
 
 # The main job on the embedded SmolLM2: 2 macro-iterations on a few instructions, then the base model and the
-# final Generator answer the shipped LonGen-style sample and are scored.
+# final Generator answer the shipped LonGen-style sample and are scored, and the final Generator answers the
+# held-out instructions (the report's table and growth.png then run from the base model to it).
 DEMO_ITER ?= 2
 DEMO_ARGS ?= --instruct_count=8 --max_iter=$(DEMO_ITER)
+# The final Generator on the held-out instructions, at cpu-demo's step1 sizes (as each iteration's Generator was).
+DEMO_HELDOUT_ARGS ?= --count=16 --max_tokens=800 --workers=32 --no-drop_short
 demo: setup
 	cd llama && bash run.sh --base_model=default --profile=cpu-demo $(DEMO_ARGS)
 	cd llama && bash run_server.sh --base_model=default --iter=$(DEMO_ITER) && \
 	  { ../.venv/bin/python ../eval/compare_models.py ../eval/data/longen_sample.jsonl --models base,gen_sft \
-	      --outdir results/eval --max_tokens 1500; rc=$$?; bash stop_server.sh; exit $$rc; }
+	      --outdir results/eval --max_tokens 1500 && \
+	    ../.venv/bin/python heldout_generator.py --iter=$$(($(DEMO_ITER) + 1)) $(DEMO_HELDOUT_ARGS) && \
+	    ../.venv/bin/python -m self_lengthen.report results; rc=$$?; bash stop_server.sh; exit $$rc; }
 	@echo "report: llama/results/report.md (growth plot: llama/results/growth.png)"
 
 clean-envs:

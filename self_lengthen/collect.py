@@ -67,6 +67,7 @@ def main(flavour_dir: Path, argv=None):
             subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}",
                             f"--iter={args.max_iter}"], check=True)
             if dist.is_master:
+                final_generator_heldout(flavour_dir, args, workdir, model, profile)
                 collect_batches(flavour_dir, args, workdir, model, profile)
             sync.barrier(done_step)
     except subprocess.CalledProcessError as exc:
@@ -79,6 +80,19 @@ def main(flavour_dir: Path, argv=None):
         raise
     finally:
         subprocess.run([*serve, "stop", f"--workdir={workdir}"], capture_output=True, timeout=300)
+
+
+def final_generator_heldout(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict) -> None:
+    """While the final adapters are served: the final Generator on the held-out instructions, recorded as the
+    Generator of iteration max_iter + 1 (the one that would start it), then the run's report again."""
+    heldout = profile["generation"].get("heldout")
+    options = stage_args(profile, "generate", args.max_iter + 1, workdir, model, seed=0,
+                         prompt_templates=args.prompt_templates)
+    subprocess.run([sys.executable, str(flavour_dir / "heldout_generator.py"), *options,
+                    *(["--count", str(heldout)] if heldout else [])], check=True)
+    from .report import run_report
+
+    run_report(workdir / "results")
 
 
 def collect_batches(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict) -> None:

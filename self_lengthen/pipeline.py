@@ -175,6 +175,10 @@ class Pipeline:
                      f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
             if self.dist.is_master:
                 py = sys.executable
+                heldout = self.profile["generation"].get("heldout")
+                self.run([py, self.script("heldout_generator.py"), *self.stage_args(k, "generate"),
+                          *(["--count", str(heldout)] if heldout else [])],
+                         f"iteration {k}: the Generator on held-out instructions")
                 self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),
                           "--count", str(self.args.instruct_count)], f"iteration {k}: step0 self-instruct")
                 self.run([py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],

@@ -62,6 +62,7 @@ SCHEMA = {
         "drop_short": per_stage(BOOLEAN, ("generate", "extend")),
         "finish_fraction": per_stage(FRACTION),
         "time_budget": per_stage(POSITIVE),  # minutes
+        "heldout": optional(POSITIVE_INT),  # held-out instructions the Generator answers each iteration; null: all
     },
     # Passed to LLaMA-Factory (lora_rank, bf16, deepspeed, gradient_checkpointing and save_steps through our rules).
     "training": {

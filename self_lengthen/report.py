@@ -71,6 +71,25 @@ def iteration_report(iter_dir: Path) -> Path:
     return report
 
 
+def heldout_row(iter_dir: Path) -> dict | None:
+    """The Generator of `iter_dir`'s iteration on the held-out instructions: its name, length statistics and the
+    shares of answers that end unfinished, repeat an n-gram, or hit max_tokens. None if not measured."""
+    out = iter_dir / "heldout"
+    if not (out / "_COMPLETE").exists():
+        return None
+    from datasets import load_from_disk
+
+    from .stages.heldout import length_stats
+
+    data = load_from_disk(str(out))
+    summary_path = iter_dir / "heldout.summary.json"
+    model = json.loads(summary_path.read_text()).get("model", "?") if summary_path.exists() else "?"
+    n = len(data)
+    share = (lambda col: round(100 * sum(data[col]) / n, 1) if n else 0.0)
+    return {"model": model, **length_stats(list(data["words"])), "unfinished_pct": share("unfinished"),
+            "repetition_pct": share("repetition"), "capped_pct": share("capped")}
+
+
 def run_report(results: Path) -> Path:
     iters = sorted((d for d in results.glob("iter_*") if d.name[5:].isdigit() and int(d.name[5:]) < 10000),
                    key=lambda d: int(d.name[5:]))
@@ -79,13 +98,31 @@ def run_report(results: Path) -> Path:
         initial = _words(d / "initial_responses", "initial_response")
         extended = _words(d / "extended_responses", "extended_response")
         rows.append((int(d.name[5:]), initial, extended))
-    lines = ["# Self-Lengthen: response length by iteration", "",
-             "| iteration | initial mean | initial median | extended mean | extended median |", "|---|---|---|---|---|"]
+    heldout = [(int(d.name[5:]), h) for d in iters if (h := heldout_row(d))]
+    lines = ["# Self-Lengthen: response length by iteration", ""]
+    if heldout:
+        lines += ["## The Generator on held-out instructions", "",
+                  "Answered at the start of each iteration by the model that is its Generator (the base model, "
+                  "then gen_sft of the iteration before), on instructions it never trains on.", "",
+                  "| iteration | Generator | answers | mean words | 95% CI | median | unfinished % | repetition % | "
+                  "hit max_tokens % |", "|---|---|---|---|---|---|---|---|---|"]
+        for k, h in heldout:
+            lo, hi = h.get("ci95", ["-", "-"])
+            lines.append(f"| {k} | {h['model']} | {h['n']} | {h.get('mean', '-')} | {lo}-{hi} | {h.get('median', '-')} "
+                         f"| {h['unfinished_pct']} | {h['repetition_pct']} | {h['capped_pct']} |")
+        lines += ["", "## Synthesis", ""]
+    lines += ["| iteration | initial mean | initial median | extended mean | extended median |", "|---|---|---|---|---|"]
     for k, initial, extended in rows:
         lines.append(f"| {k} | {' | '.join(_stats(initial))} | {' | '.join(_stats(extended))} |")
     if rows:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        measured = [(k, h) for k, h in heldout if h["n"]]
+        if measured:
+            xs = [k for k, _ in measured]
+            means = [h["mean"] for _, h in measured]
+            errors = [[h["mean"] - h["ci95"][0] for _, h in measured], [h["ci95"][1] - h["mean"] for _, h in measured]]
+            ax.errorbar(xs, means, yerr=errors, marker="s", capsize=4, label="held-out (Generator, 95% CI)")
         for label, idx in (("initial (Generator)", 1), ("extended (Extender)", 2)):
             pts = [(r[0], statistics.mean(r[idx])) for r in rows if r[idx]]
             if pts:
@@ -101,3 +138,9 @@ def run_report(results: Path) -> Path:
     report = results / "report.md"
     _write(report, "\n".join(lines) + "\n")
     return report
+
+
+if __name__ == "__main__":  # python -m self_lengthen.report RESULTS_DIR: the run's report again
+    import sys
+
+    print(run_report(Path(sys.argv[1] if len(sys.argv) > 1 else "results")))

@@ -1,8 +1,8 @@
 """Chaos: every resumable stage is killed with -9 at 20 random points, rerun after each kill, and at the end holds
 every item exactly once and the same result as a run that was never interrupted.
 
-The stage code is the real one, run as users run it (the flavours' scripts, eval/generate.py, run_collect_data's
-batches). A fake endpoint stands in for the model only as fault injection: its answers are a function of the
+The stage code is the real one, run as users run it (the flavours' scripts, the held-out answering,
+eval/generate.py, run_collect_data's batches). A fake endpoint stands in for the model only as fault injection: its answers are a function of the
 request, so an interrupted run can be compared with an uninterrupted one, and it is fast enough to kill 20 times
 per stage. The real stack is killed at a few points per stage in test_stages.py, test_step2_journal.py and
 test_pipeline.py.
@@ -25,7 +25,7 @@ from self_lengthen.stages.runner import save_dataset
 from test_stages import STEP0, STEP1, STEP2, load_rows
 
 KILLS = 20
-pytestmark = pytest.mark.slow  # about 6 minutes in all: 5 stages x 21 process starts
+pytestmark = pytest.mark.slow  # about 7 minutes in all: 6 stages x 21 process starts
 MODELS = ("base", "gen_sft", "ext_sft")
 
 
@@ -45,7 +45,7 @@ def answer(payload: dict) -> str:
     user = payload["messages"][-1]["content"]
     if "Draft" in user:  # step2's chat half: three blocks, two kept
         return "Head one opens the text.\n\nHead two goes on.\n\nHead three is cut."
-    if user.startswith(("Write a long report", "Describe")):  # step1's responses, the evaluation's answers
+    if user.startswith(("Write", "Describe")):  # step1's responses, the evaluation's and held-out answers
         n = h(user) % 12 + 2
         text = " ".join(f"Sentence {i} of the answer goes on." for i in range(n))
         return text[:-1] + " and" if h(user) % 5 == 0 else text  # a fifth end unfinished: rejected by step1
@@ -158,6 +158,15 @@ def test_step2_survives_20_kills(tmp_path):
     chaos(tmp_path, "step2", lambda w: save_dataset(rows, ["prompt", "initial_response"], iter1(w) / "initial_responses"),
           stage_cmd(STEP2, "--workers", "4", "--max_tries", "2", "--no-drop_short", "--finish_fraction", "1"),
           outcome, spread=8)
+
+
+def test_heldout_answering_survives_20_kills(tmp_path):
+    def outcome(workdir):
+        return (dataset(iter1(workdir) / "heldout", "prompt", "response", "words", "unfinished"),
+                checkpoint_records(iter1(workdir) / "heldout.checkpoint.jsonl"))
+
+    chaos(tmp_path, "heldout", lambda w: None, stage_cmd(ROOT / "llama" / "heldout_generator.py", "--workers", "2"),
+          outcome, spread=2)
 
 
 def test_evaluation_answering_survives_20_kills(tmp_path):

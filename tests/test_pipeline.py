@@ -108,7 +108,12 @@ def test_one_iteration_leaves_every_artefact(one_iteration):
         assert (it / "lora" / name / "adapter_model.safetensors").is_file()
     assert set(json.loads((it / "data" / "dataset_info.json").read_text())) == {"gen_sft", "ext_sft"}
     assert (it / "report.md").is_file() and (it / "words_hist.png").is_file()
-    assert (workdir / "results" / "report.md").read_text().count("| 1 |") == 1
+    report = (workdir / "results" / "report.md").read_text()
+    # it leads with the Generator (the base model, in iteration 1) on the profile's 2 held-out instructions
+    assert report.index("held-out instructions") < report.index("## Synthesis")
+    assert "| 1 | base | 2 |" in report and report.count("| 1 |") == 2
+    assert (it / "heldout" / "_COMPLETE").is_file()
+    assert json.loads((it / "heldout.summary.json").read_text())["model"] == "base"
     assert (workdir / "results" / "growth.png").is_file()
     assert not list((workdir / "run").rglob("*.pid"))  # the servers were stopped, the killed run's too
 
@@ -168,6 +173,11 @@ def test_run_collect_data_makes_batches_with_the_final_generator_and_resumes(col
             assert (results / batch / name / "_COMPLETE").is_file()
     for batch in ("iter_10000", "iter_10001"):  # written by the final Generator
         assert json.loads((results / batch / "initial_responses.summary.json").read_text())["model"] == "gen_sft"
+    # ... which first answered the held-out instructions, as the Generator that would start iteration 2
+    assert (results / "iter_2" / "heldout" / "_COMPLETE").is_file()
+    assert json.loads((results / "iter_2" / "heldout.summary.json").read_text())["model"] == "gen_sft"
+    report = (results / "report.md").read_text()
+    assert "| 1 | base | 2 |" in report and "| 2 | gen_sft | 2 |" in report
     assert not list((collected["workdir"] / "run").rglob("*.pid"))  # servers stopped, the killed run's too
 
 

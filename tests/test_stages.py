@@ -28,8 +28,8 @@ SHORT_PROMPTS = [
 ]
 
 
-def step(script, workdir, *args, base_url, timeout=900, wait=True):
-    cmd = [str(SERVE_PY), str(script), "--iter", "1", "--workdir", str(workdir), "--base_url", base_url, *args]
+def step(script, workdir, *args, base_url, timeout=900, wait=True, iteration=1):
+    cmd = [str(SERVE_PY), str(script), "--iter", str(iteration), "--workdir", str(workdir), "--base_url", base_url, *args]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -123,7 +123,7 @@ def journal_path(ctx: StageContext, name: str) -> Path:
 
 def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, columns: list[str],
               rows_of: Callable[[list[dict]], list[dict]], length_column: str | None, model: str = "base",
-              journal: Journal | None = None) -> Path:
+              journal: Journal | None = None, types: dict[str, str] | None = None) -> Path:
     """Resume-or-run one stage and write its dataset, summary and completion marker. With `length_column`, the
     accepted rows go through drop_short on that column's length in characters (the method's measure). A stage
     whose `work` records every request in `journal` gets its token counts from there."""
@@ -162,7 +162,7 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
         rows = drop_short(rows, lambda row: len(row[length_column]), rng)
         summary["mean_words_after_drop_short"] = _mean([count_words(r[length_column]) for r in rows])
     summary["rows"] = len(rows)
-    save_dataset(rows, columns, out_dir)
+    save_dataset(rows, columns, out_dir, types)
     write_json_atomic(ctx.iter_dir / f"{name}.summary.json", summary)
     print(f"{name}: {len(rows)} rows -> {out_dir} ({summary['accepted']} accepted, {summary['exhausted']} exhausted, "
           f"{summary['tokens_per_second_this_run']} tok/s)")

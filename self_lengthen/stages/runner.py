@@ -148,8 +148,9 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
     return [checkpoint.records[k] for k in sorted(items) if k in checkpoint.records]
 
 
-def save_dataset(rows: list[dict], columns: list[str], out_dir: Path) -> None:
-    """Write an HF dataset to a temp dir beside out_dir, mark it complete, and rename it into place."""
+def save_dataset(rows: list[dict], columns: list[str], out_dir: Path, types: dict[str, str] | None = None) -> None:
+    """Write an HF dataset to a temp dir beside out_dir, mark it complete, and rename it into place. Columns are
+    strings unless `types` names another dtype (int64, bool, ...) for them."""
     from datasets import Dataset, Features, Value
     from datasets.utils.logging import disable_progress_bar
 
@@ -158,7 +159,7 @@ def save_dataset(rows: list[dict], columns: list[str], out_dir: Path) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        features = Features({c: Value("string") for c in columns})
+        features = Features({c: Value((types or {}).get(c, "string")) for c in columns})
         data = Dataset.from_dict({c: [r[c] for r in rows] for c in columns}, features=features)
         data.save_to_disk(str(tmp / "data"), num_shards=1)  # one shard: an empty dataset must load too
         for item in (tmp / "data").iterdir():

@@ -8,6 +8,7 @@ from ..errors import UsageError, cli_main
 from ..flavour import load_seeds
 from ..text import count_words
 from .common import STOP_STRINGS, StageContext, base_parser, finished, run_stage
+from .heldout import heldout_prompts
 from .runner import Checkpoint
 
 MAX_TRIES = 10
@@ -18,8 +19,9 @@ class InstructionPool:
     """Few-shot examples and the accepted set. With `grow`, accepted instructions join the examples, which go back
     to the seeds after every `reset_every` accepted (the method's qwen flavour: 500); without, only seeds."""
 
-    def __init__(self, seeds: list[str], grow: bool, reset_every: int | None = None):
+    def __init__(self, seeds: list[str], grow: bool, reset_every: int | None = None, excluded: list[str] = ()):
         self.seeds, self.grow, self.reset_every = list(seeds), grow, reset_every
+        self.excluded = {e.strip().lower() for e in excluded}  # the held-out instructions: never emitted
         self.examples = list(seeds)
         self.grown = 0  # accepted since the last reset
         self.taken: set[str] = {s.strip().lower() for s in seeds}
@@ -68,6 +70,9 @@ def make_work(ctx: StageContext, pool: InstructionPool):
             if not cfg.min_instruction_words < words < cfg.max_instruction_words:
                 reasons["instruction_length"] += 1
                 continue
+            if candidate.strip().lower() in pool.excluded:
+                reasons["heldout"] += 1
+                continue
             if pool.is_taken(candidate):
                 reasons["duplicate"] += 1
                 continue
@@ -97,7 +102,7 @@ def run(ctx: StageContext, count: int, seeds_path: Path) -> Path:
     seeds = load_seeds(seeds_path)
     ctx.check_model_served("base")
     cfg = ctx.flavour.config
-    pool = InstructionPool(seeds, cfg.grow_pool, cfg.pool_reset_every)
+    pool = InstructionPool(seeds, cfg.grow_pool, cfg.pool_reset_every, excluded=heldout_prompts(ctx.flavour))
     # Instructions accepted before a restart stay taken (and join the pool, in the order they were accepted).
     ckpt_path = ctx.iter_dir / "instructions.checkpoint.jsonl"
     if ckpt_path.exists():

@@ -1,0 +1,84 @@
+"""The Generator on held-out instructions: the sets, step0 never emitting one, the stage and the report's table."""
+import json
+
+from conftest import ROOT
+from fake_endpoint import FakeEndpoint
+from self_lengthen.report import run_report
+from self_lengthen.stages.heldout import length_stats
+from self_lengthen.stages.runner import save_dataset
+from test_stages import STEP0, load_rows, step
+
+HELDOUT_STEP = ROOT / "llama" / "heldout_generator.py"
+
+
+def test_each_flavour_has_48_varied_held_out_instructions_that_are_not_seeds():
+    for flavour, lang in (("llama", "en"), ("qwen", "zh")):
+        rows = [json.loads(line) for line in (ROOT / "eval" / "data" / f"heldout_{lang}.jsonl").read_text().splitlines()]
+        prompts = {r["prompt"].strip().lower() for r in rows}
+        seeds = {json.loads(line)["prompt"].strip().lower()
+                 for line in (ROOT / flavour / "seeds.jsonl").read_text().splitlines() if line.strip()}
+        assert len(prompts) == len(rows) >= 48 and len({r["genre"] for r in rows}) >= 8
+        assert not prompts & seeds
+
+
+def test_step0_never_emits_a_held_out_instruction(tmp_path):
+    heldout = json.loads((ROOT / "eval" / "data" / "heldout_en.jsonl").read_text().splitlines()[0])["prompt"]
+
+    def answer(payload):
+        if "prompt" in payload:  # every few-shot completion proposes the held-out instruction
+            return f" {heldout}\nInstruction 4: x"
+        return "yes"
+
+    with FakeEndpoint(text=answer, delay=0) as fake:
+        proc = step(STEP0, tmp_path, "--count", "2", "--max_tries", "3", "--workers", "2", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    it = tmp_path / "results" / "iter_1"
+    assert len(load_rows(it / "instructions")) == 0
+    summary = json.loads((it / "instructions.summary.json").read_text())
+    assert summary["reject_reasons"] == {"heldout": 6}
+
+
+def test_the_stage_records_length_and_the_checks_of_each_answer(tmp_path):
+    answers = {"end": "A full answer that ends here.", "cut": "An answer that stops in the middle of"}
+
+    def answer(payload):
+        return answers["cut"] if "zoos" in payload["messages"][-1]["content"] else answers["end"]
+
+    with FakeEndpoint(text=answer, delay=0) as fake:
+        proc = step(HELDOUT_STEP, tmp_path, "--count", "16", "--workers", "4", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert fake.requests == 16 and all(p["model"] == "base" for p in fake.payloads)  # iteration 1: the base model
+    rows = load_rows(tmp_path / "results" / "iter_1" / "heldout")
+    by_prompt = {r["prompt"]: r for r in rows}
+    zoo = next(p for p in by_prompt if "zoos" in p)
+    assert by_prompt[zoo]["unfinished"] and by_prompt[zoo]["words"] == 8
+    assert sum(r["unfinished"] for r in rows) == 1 and not any(r["repetition"] for r in rows)
+    with FakeEndpoint(text=answer, delay=0, models=("base", "gen_sft")) as fake:  # iteration 2: gen_sft of 1
+        proc = step(HELDOUT_STEP, tmp_path, "--count", "2", base_url=fake.base_url, iteration=2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {p["model"] for p in fake.payloads} == {"gen_sft"}
+
+
+def test_length_stats_gives_a_95_percent_interval_of_the_mean():
+    stats = length_stats([100, 200, 300, 400])
+    assert stats["mean"] == 250 and stats["median"] == 250
+    assert stats["ci95"] == [123.5, 376.5]  # 1.96 x 129.1 / 2
+    assert length_stats([]) == {"n": 0}
+
+
+def test_the_run_report_leads_with_the_held_out_curve(tmp_path):
+    results = tmp_path / "results"
+    for k, (model, words) in enumerate((("base", [100, 120, 140]), ("gen_sft", [300, 320, 400])), start=1):
+        it = results / f"iter_{k}"
+        rows = [{"prompt": f"p{i}", "response": "x", "words": w, "unfinished": i == 0, "repetition": False,
+                 "capped": False} for i, w in enumerate(words)]
+        save_dataset(rows, list(rows[0]), it / "heldout",
+                     {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"})
+        (it / "heldout.summary.json").write_text(json.dumps({"model": model}))
+        save_dataset([{"prompt": "p", "initial_response": "a b c"}], ["prompt", "initial_response"],
+                     it / "initial_responses")
+    report = run_report(results).read_text()
+    assert report.index("held-out") < report.index("## Synthesis")
+    assert "| 1 | base | 3 | 120 |" in report and "| 2 | gen_sft | 3 | 340 |" in report
+    assert "| 33.3 |" in report  # one of three ended unfinished
+    assert (results / "growth.png").stat().st_size > 0
