@@ -71,10 +71,11 @@ def check_environment() -> None:
     base_url = _raw("SELF_LENGTHEN_BASE_URL")
     if base_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", base_url):
         raise UsageError(f"SELF_LENGTHEN_BASE_URL={base_url!r} is not an http(s) URL; set it like http://HOST:8000/v1")
-    node_addr = _raw("NODE_ADDR")
-    if node_addr and not (_is_ip(node_addr) or re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", node_addr)):
-        raise UsageError(f"NODE_ADDR={node_addr!r} is not an IP address or host name; set it to this node's address "
-                         f"on the network the nodes share")
+    for name, what in (("NODE_ADDR", "this node's address"), ("MASTER_ADDR", "the master node's address")):
+        addr = _raw(name)
+        if addr and not (_is_ip(addr) or re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", addr)):
+            raise UsageError(f"{name}={addr!r} is not an IP address or host name; set it to {what} on the network "
+                             f"the nodes share")
     from .serve.auth import read_key
 
     read_key()  # a key file that is missing or empty

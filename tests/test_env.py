@@ -59,6 +59,7 @@ def test_check_environment_covers_every_variable_the_project_reads(monkeypatch):
 @pytest.mark.parametrize("name,value,message", [
     ("SELF_LENGTHEN_BASE_URL", "localhost:8000", "SELF_LENGTHEN_BASE_URL='localhost:8000' is not an http(s) URL"),
     ("NODE_ADDR", "10.0.0.1; rm", "NODE_ADDR='10.0.0.1; rm' is not an IP address or host name"),
+    ("MASTER_ADDR", "http://node0", "MASTER_ADDR='http://node0' is not an IP address or host name"),
     ("SELF_LENGTHEN_API_KEY_FILE", "/nonexistent/key", "cannot read the API key file /nonexistent/key"),
 ])
 def test_check_environment_names_a_bad_address_url_or_key_file(monkeypatch, name, value, message):
