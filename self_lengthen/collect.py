@@ -85,11 +85,9 @@ def main(flavour_dir: Path, argv=None):
 def final_generator_heldout(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict) -> None:
     """While the final adapters are served: the final Generator on the held-out instructions, recorded as the
     Generator of iteration max_iter + 1 (the one that would start it), then the run's report again."""
-    heldout = profile["generation"].get("heldout")
-    options = stage_args(profile, "generate", args.max_iter + 1, workdir, model, seed=0,
+    options = stage_args(profile, "heldout", args.max_iter + 1, workdir, model, seed=0,
                          prompt_templates=args.prompt_templates)
-    subprocess.run([sys.executable, str(flavour_dir / "heldout_generator.py"), *options,
-                    *(["--count", str(heldout)] if heldout else [])], check=True)
+    subprocess.run([sys.executable, str(flavour_dir / "heldout_generator.py"), *options], check=True)
     from .report import run_report
 
     run_report(workdir / "results")

@@ -29,8 +29,11 @@ STEP_TIMEOUT_SERVER = 1800
 def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path, seed: int,
                prompt_templates: str | None = None, seeds: str | None = None) -> list[str]:
     """A stage's command-line options from the profile's generation sizes and options, and the user's prompt
-    templates and seeds (None: the flavour's)."""
+    templates and seeds (None: the flavour's). `heldout` (the Generator on held-out instructions) takes step1's
+    sizes and the profile's `heldout` count."""
     gen = profile["generation"]
+    count = ["--count", str(gen["heldout"])] if stage == "heldout" and gen.get("heldout") else []
+    stage = "generate" if stage == "heldout" else stage
     max_tokens = gen["max_tokens"]
     if isinstance(max_tokens, dict):  # per stage
         max_tokens = max_tokens[stage]
@@ -57,7 +60,7 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
         out += ["--seeds", str(Path(seeds).resolve())]
     if prompt_templates:
         out += ["--prompt_templates", str(Path(prompt_templates).resolve())]
-    return out
+    return out + count
 
 
 def parse_args(argv):
@@ -66,8 +69,8 @@ def parse_args(argv):
     p.add_argument("--instruct_count", type=int, default=None, help="instructions requested per iteration")
     p.add_argument("--max_iter", type=int, default=None, help="macro-iterations to run")
     p.add_argument("--workdir", default=".", help="holds results/ (shared by all nodes)")
-    p.add_argument("--profile", default=None, help="gpu, cpu-demo, tiny or a YAML file of the same shape (default: gpu with GPUs, else "
-                        "cpu-demo)")
+    p.add_argument("--profile", default=None,
+                   help="gpu, cpu-demo, tiny or a YAML file of the same shape (default: gpu with GPUs, else cpu-demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt_templates", default=None,
                    help="prompt-template dir, ours or the original's format (default: the flavour's)")
@@ -175,9 +178,7 @@ class Pipeline:
                      f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
             if self.dist.is_master:
                 py = sys.executable
-                heldout = self.profile["generation"].get("heldout")
-                self.run([py, self.script("heldout_generator.py"), *self.stage_args(k, "generate"),
-                          *(["--count", str(heldout)] if heldout else [])],
+                self.run([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
                          f"iteration {k}: the Generator on held-out instructions")
                 self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),
                           "--count", str(self.args.instruct_count)], f"iteration {k}: step0 self-instruct")
