@@ -2,8 +2,7 @@
 
 Iteration K (1..max_iter), with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from the environment:
   1. run_server (all ranks) serving the base model and, from K=2, the LoRAs of iteration K-1
-  2. rank 0: step0 self-instruct, step1 Generator (beside them, the Generator on held-out instructions),
-     step2 Extender                                                     3. barrier
+  2. rank 0: step0 self-instruct, step1 Generator, step2 Extender        3. barrier
   4. stop_server (all ranks)                                               5. rank 0: mk_data, mk_config
   6. barrier                                                               7. train gen_sft, then ext_sft
 Each finished step leaves a marker, so a rerun after any crash continues at the first unfinished step and never
@@ -145,26 +144,14 @@ class Pipeline:
 
     def run(self, cmd: list[str], what: str) -> None:
         self.say(what)
-        self.wait(subprocess.Popen(cmd, cwd=self.workdir), what)
-
-    def start_beside(self, cmd: list[str], what: str, log: Path) -> tuple[subprocess.Popen, str, Path]:
-        """A stage that runs beside the next ones (its output to `log`); `wait` for it with what this returns."""
-        self.say(f"{what} (beside the next steps; output in {log})")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            return subprocess.Popen(cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT), what, log
-
-    def wait(self, proc: subprocess.Popen, what: str, log: Path | None = None) -> None:
+        proc = subprocess.Popen(cmd, cwd=self.workdir)
         try:
             code = proc.wait()
         except BaseException:
             stop_child(proc)
             raise
         if code != 0:
-            raise UsageError(f"{what} failed (exit {code}); see {log or 'the output above'}")
-        if log is not None:  # its last line is its summary
-            lines = log.read_text(errors="replace").strip().splitlines()
-            self.say(f"{what}: done" + (f": {lines[-1].split(chr(13))[-1]}" if lines else ""))
+            raise UsageError(f"{what} failed (exit {code}); see the output above")
 
     def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
         cmd = [sys.executable, "-m", "self_lengthen.serve.cluster", action, f"--workdir={self.workdir}"]
@@ -191,20 +178,12 @@ class Pipeline:
                      f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
             if self.dist.is_master:
                 py = sys.executable
-                # The held-out measurement shares the engine with step0 and step1, which leave it short of a full
-                # batch; step2 fills it alone.
-                heldout = self.start_beside([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
-                                            f"iteration {k}: the Generator on held-out instructions",
-                                            self.logs / f"heldout_iter{k}.log")
-                try:
-                    self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),
-                              "--count", str(self.args.instruct_count)], f"iteration {k}: step0 self-instruct")
-                    self.run([py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
-                             f"iteration {k}: step1 Generator")
-                except BaseException:
-                    stop_child(heldout[0])
-                    raise
-                self.wait(*heldout)
+                self.run([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
+                         f"iteration {k}: the Generator on held-out instructions")
+                self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),
+                          "--count", str(self.args.instruct_count)], f"iteration {k}: step0 self-instruct")
+                self.run([py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
+                         f"iteration {k}: step1 Generator")
                 self.run([py, self.script("step2_ext_responses.py"), *self.stage_args(k, "extend")],
                          f"iteration {k}: step2 Extender")
             self.sync.barrier(f"iter_{k}/synthesis")

@@ -114,11 +114,6 @@ def test_one_iteration_leaves_every_artefact(one_iteration):
     assert "| 1 | base | 2 |" in report and report.count("| 1 |") == 2
     assert (it / "heldout" / "_COMPLETE").is_file()
     assert json.loads((it / "heldout.summary.json").read_text())["model"] == "base"
-    # it ran beside step0 and step1, its output in its own log, and was finished before step2's first request
-    assert "heldout: 2 rows" in (workdir / "logs" / "heldout_iter1.log").read_text()
-    first_step2_request = min(json.loads(line)["time"]
-                              for line in (it / "extended_responses.journal.jsonl").read_text().splitlines())
-    assert (it / "heldout" / "_COMPLETE").stat().st_mtime <= first_step2_request + 0.1
     assert (workdir / "results" / "growth.png").is_file()
     assert not list((workdir / "run").rglob("*.pid"))  # the servers were stopped, the killed run's too
 
