@@ -1,6 +1,7 @@
-"""Reports: per iteration (word-count histograms, accept/reject counts, tokens/s) and for the whole run (the growth
+"""Reports: per iteration (word-count histograms, accept/reject counts, tokens/s, training loss) and for the whole run (the growth
 of response length, iteration by iteration: the method's key picture, for this run)."""
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -37,6 +38,27 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def training_rows(iter_dir: Path) -> list[dict]:
+    """Per adapter trained in `iter_dir`: rows trained on, optimizer steps, and the mean training loss of the first
+    and of the last epoch (from LLaMA-Factory's per-step log): does training move the model at all?"""
+    out = []
+    for name in ("gen_sft", "ext_sft"):
+        log = iter_dir / "lora" / name / "trainer_log.jsonl"
+        if not log.is_file():
+            continue
+        steps = [r for r in map(json.loads, log.read_text().splitlines()) if "loss" in r and "epoch" in r]
+        data = iter_dir / "data" / f"{name}.json"
+        by_epoch: dict[int, list[float]] = {}
+        for r in steps:  # epoch 0.25 .. 1.0 is the first, 1.25 .. 2.0 the second
+            by_epoch.setdefault(max(0, math.ceil(round(r["epoch"], 6)) - 1), []).append(r["loss"])
+        first, last = (by_epoch[min(by_epoch)], by_epoch[max(by_epoch)]) if by_epoch else ([], [])
+        out.append({"adapter": name, "rows": len(json.loads(data.read_text())) if data.is_file() else None,
+                    "steps": len(steps), "epochs": len(by_epoch),
+                    "loss_first_epoch": round(statistics.mean(first), 3) if first else None,
+                    "loss_last_epoch": round(statistics.mean(last), 3) if last else None})
+    return out
+
+
 def iteration_report(iter_dir: Path) -> Path:
     initial = _words(iter_dir / "initial_responses", "initial_response")
     extended = _words(iter_dir / "extended_responses", "extended_response")
@@ -51,6 +73,11 @@ def iteration_report(iter_dir: Path) -> Path:
             reasons = ", ".join(f"{k}: {v}" for k, v in s["reject_reasons"].items()) or "none"
             lines.append(f"| {stage} | {s['items']} | {s['accepted']} | {s['exhausted']} | {s['rows']} | "
                          f"{s['tokens_per_second_this_run']} | {reasons} |")
+    if trained := training_rows(iter_dir):
+        lines += ["", "| adapter | rows | steps | epochs | mean loss, first epoch | mean loss, last epoch |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {t['adapter']} | {t['rows']} | {t['steps']} | {t['epochs']} | {t['loss_first_epoch']} | "
+                  f"{t['loss_last_epoch']} |" for t in trained]
     if initial or extended:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -82,3 +82,19 @@ def test_the_run_report_leads_with_the_held_out_curve(tmp_path):
     assert "| 1 | base | 3 | 120 |" in report and "| 2 | gen_sft | 3 | 340 |" in report
     assert "| 33.3 |" in report  # one of three ended unfinished
     assert (results / "growth.png").stat().st_size > 0
+
+
+def test_the_iteration_report_shows_whether_training_moved_the_loss(tmp_path):
+    from self_lengthen.report import iteration_report
+
+    it = tmp_path / "iter_1"
+    (it / "data").mkdir(parents=True)
+    (it / "data" / "gen_sft.json").write_text(json.dumps([{"instruction": "p", "output": "x"}] * 2))
+    (it / "lora" / "gen_sft").mkdir(parents=True)
+    steps = [(0.5, 2.0), (1.0, 1.8), (1.5, 1.5), (2.0, 1.1)]  # 2 rows, batch 1, 2 epochs
+    (it / "lora" / "gen_sft" / "trainer_log.jsonl").write_text(
+        "".join(json.dumps({"current_steps": i + 1, "loss": loss, "epoch": e}) + "\n" for i, (e, loss) in enumerate(steps))
+        + json.dumps({"current_steps": 4, "epoch": 2.0, "train_loss": 1.6}) + "\n")  # the summary line has no loss
+    report = iteration_report(it).read_text()
+    assert "| gen_sft | 2 | 4 | 2 | 1.9 | 1.3 |" in report
+    assert "ext_sft" not in report  # not trained: no row
