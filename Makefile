@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export VLLM_CPU_KVCACHE_SPACE ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-serve setup-train default-model test test-fast demo clean-envs
+.PHONY: setup setup-serve setup-train default-model test test-fast demo study clean-envs
 
 setup: setup-serve setup-train default-model
 
@@ -41,6 +41,20 @@ demo: setup
 	    ../.venv/bin/python heldout_generator.py --iter=$$(($(DEMO_ITER) + 1)) $(DEMO_HELDOUT_ARGS) && \
 	    ../.venv/bin/python -m self_lengthen.report results; rc=$$?; bash stop_server.sh; exit $$rc; }
 	@echo "report: llama/results/report.md (growth plot: llama/results/growth.png)"
+
+# The study (issue 14): does the Generator lengthen? 3 iterations on the embedded SmolLM2 with room to grow
+# (profile `study`), in llama/study, resumable: run it again after a stop and it continues. About 2.5 h on 2 cores.
+STUDY_ITER ?= 3
+STUDY_ARGS ?= --instruct_count=16 --max_iter=$(STUDY_ITER)
+STUDY_HELDOUT_ARGS ?= --max_tokens=2048 --workers=32 --no-drop_short
+study: setup
+	cd llama && bash run.sh --base_model=default --profile=study --workdir=study $(STUDY_ARGS)
+	cd llama && bash run_server.sh --base_model=default --iter=$(STUDY_ITER) --workdir=study && \
+	  { ../.venv/bin/python heldout_generator.py --iter=$$(($(STUDY_ITER) + 1)) --workdir=study $(STUDY_HELDOUT_ARGS) && \
+	    ../.venv/bin/python ../eval/compare_models.py ../eval/data/longen_sample.jsonl --models base,gen_sft \
+	      --outdir study/results/eval --max_tokens 3000 && \
+	    ../.venv/bin/python -m self_lengthen.report study/results; rc=$$?; bash stop_server.sh --workdir=study; exit $$rc; }
+	@echo "report: llama/study/results/report.md (growth plot: llama/study/results/growth.png)"
 
 clean-envs:
 	rm -rf .venv .venv-train

@@ -39,7 +39,7 @@ def main(flavour_dir: Path, argv=None):
     p.add_argument("--total_count", type=int, required=True,
                    help="instructions to request in all: ceil(total_count / instruct_count) batches")
     p.add_argument("--workdir", default=".")
-    p.add_argument("--profile", default=None, help="gpu, cpu-demo, tiny or a YAML file (default, as run.sh: gpu "
+    p.add_argument("--profile", default=None, help="gpu, cpu-demo, study, tiny or a YAML file (default, as run.sh: gpu "
                                                      "with GPUs, else cpu-demo)")
     p.add_argument("--prompt_templates", default=None, help="prompt-template dir (default: the flavour's)")
     p.add_argument("--seeds", default=None, help="seed instructions (default: the flavour's seeds.jsonl)")

@@ -70,7 +70,8 @@ def parse_args(argv):
     p.add_argument("--max_iter", type=int, default=None, help="macro-iterations to run")
     p.add_argument("--workdir", default=".", help="holds results/ (shared by all nodes)")
     p.add_argument("--profile", default=None,
-                   help="gpu, cpu-demo, tiny or a YAML file of the same shape (default: gpu with GPUs, else cpu-demo)")
+                   help="gpu, cpu-demo, study, tiny or a YAML file of the same shape "
+                        "(default: gpu with GPUs, else cpu-demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt_templates", default=None,
                    help="prompt-template dir, ours or the original's format (default: the flavour's)")

@@ -313,7 +313,7 @@ def test_a_rank_that_never_comes_is_named_at_the_timeout(tmp_path):
     assert time.monotonic() - start < 200
 
 
-@pytest.mark.parametrize("profile", ["gpu", "cpu-demo", "tiny"])
+@pytest.mark.parametrize("profile", ["gpu", "cpu-demo", "tiny", "study"])
 def test_stage_options_follow_the_profile(tmp_path, profile):
     from self_lengthen.pipeline import stage_args
     from self_lengthen.stages import extend, generate, self_instruct
@@ -332,13 +332,16 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
             assert args.max_tries == tries
         if stage == "self_instruct":
             assert args.judge_parse == ("strict" if profile == "gpu" else "lenient")
-        else:  # the method's sampler on gpu; off where the default model keeps only a few rows
-            assert args.drop_short is (profile == "gpu")
+        else:  # the method's sampler on gpu; off where the default model keeps only a few rows (study: in step1)
+            assert args.drop_short is (profile == "gpu" or (profile, stage) == ("study", "generate"))
     assert args.attempts == sizes["generation"].get("extend_attempts")
     assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
     if profile == "cpu-demo":  # the demo ends step2 before its last, nearly lone, extensions; 2 attempts (the method's)
         assert stage == "extend" and args.finish_fraction < 0.95 and args.attempts is None
         assert args.max_tries == 1 and args.workers == 32
+    if profile == "study":  # room for a Generator twice the base model's length, every held-out instruction
+        assert "--count" not in stage_args(sizes, "heldout", 1, tmp_path, tmp_path, seed=0)
+        assert sizes["generation"]["max_tokens"]["generate"] >= 2048
 
 
 def test_gpu_profile_trains_as_the_original(tmp_path):

@@ -6,9 +6,13 @@ from self_lengthen.errors import UsageError
 from self_lengthen.profile import PROFILES, load_profile, problems, SCHEMA
 
 
-@pytest.mark.parametrize("name", ["gpu", "cpu-demo", "tiny"])
+@pytest.mark.parametrize("name", ["gpu", "cpu-demo", "tiny", "study"])
 def test_the_shipped_profiles_pass(name):
     assert problems(load_profile(name), SCHEMA) == []
+
+
+def test_every_shipped_profile_is_tested():
+    assert sorted(p.stem for p in PROFILES.glob("*.yaml")) == ["cpu-demo", "gpu", "study", "tiny"]
 
 
 def with_change(tmp_path, change: dict) -> str:
