@@ -45,6 +45,9 @@ def gpu_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+SMALL_CPU_COUNT = 4  # up to this many CPUs, a CPU engine uses every one of them
+
+
 def engine_env_defaults(gpus: int) -> dict[str, str]:
     """The environment our vLLM engines get where the user has not set it."""
     env = {"VLLM_CACHE_ROOT": str(vllm_cache_root()), "VLLM_CPU_KVCACHE_SPACE": "4"}
@@ -53,6 +56,13 @@ def engine_env_defaults(gpus: int) -> dict[str, str]:
         # 'finalize_loading'") and recompiles at every start (~95 s here). Without AOT, its inductor cache loads:
         # the engine started in ~60 s and decoded 16 x 256 tokens 13% faster.
         env["VLLM_USE_AOT_COMPILE"] = "0"
+        # vLLM binds its engine to all cores but one, which it keeps for its scheduler: on a small machine that is a
+        # large share. On 2 cores, the engine on both (none kept) decoded 32 x 256 tokens through the stack at 303
+        # tok/s against 198 (bench/RESULTS.md, 2026-12-01).
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) <= SMALL_CPU_COUNT:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     return env
 
 
