@@ -30,7 +30,7 @@ test-fast: setup-serve
 # final Generator answer the shipped LonGen-style sample and are scored, and the final Generator answers the
 # held-out instructions (the report's table and growth.png then run from the base model to it).
 DEMO_ITER ?= 2
-DEMO_ARGS ?= --instruct_count=8 --max_iter=$(DEMO_ITER)
+DEMO_ARGS ?= --instruct_count=10 --max_iter=$(DEMO_ITER)
 # The final Generator on the held-out instructions, at cpu-demo's step1 sizes (as each iteration's Generator was).
 DEMO_HELDOUT_ARGS ?= --count=16 --max_tokens=800 --workers=32 --no-drop_short
 demo: setup
