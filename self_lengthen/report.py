@@ -1,5 +1,5 @@
-"""Reports: per iteration (word-count histograms, accept/reject counts, tokens/s, training loss) and for the whole run (the growth
-of response length, iteration by iteration: the method's key picture, for this run)."""
+"""Reports: per iteration (word-count histograms, accept/reject counts, tokens/s, training loss) and for the whole
+run (the growth of response length, iteration by iteration: the method's key picture, for this run)."""
 import json
 import math
 import os
@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from .text import count_words
+from .train import MODELS
 
 STAGES = ("instructions", "initial_responses", "extended_responses")
 
@@ -42,7 +43,7 @@ def training_rows(iter_dir: Path) -> list[dict]:
     """Per adapter trained in `iter_dir`: rows trained on, optimizer steps, and the mean training loss of the first
     and of the last epoch (from LLaMA-Factory's per-step log): does training move the model at all?"""
     out = []
-    for name in ("gen_sft", "ext_sft"):
+    for name in MODELS:
         log = iter_dir / "lora" / name / "trainer_log.jsonl"
         if not log.is_file():
             continue
