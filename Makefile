@@ -26,15 +26,12 @@ test: setup
 test-fast: setup-serve
 	$(PY) -m pytest -v -m "not slow" $(PYTEST_ARGS) tests
 
-# After a run in llama/$(1) (a workdir; . for llama itself) of $(2) iterations: serve the final adapters; the base
-# model and the final Generator answer the shipped LonGen-style sample (up to $(4) tokens) and are scored; the final
-# Generator answers the held-out instructions ($(3): the run's step1 sizes), recorded as iteration $(2) + 1; the
-# report is made again with it.
+# After a run in llama/$(1) (a workdir; . for llama itself) of $(2) iterations: serve the final adapters; the final
+# Generator answers the held-out instructions and the LonGen-style sample ($(3): the run's step1 sizes), recorded as
+# iteration $(2) + 1 (iteration 1's row is the base model); the report is made again with it.
 define final_evaluation
 cd llama && bash run_server.sh --base_model=default --iter=$(2) --workdir=$(1) && \
-  { ../.venv/bin/python ../eval/compare_models.py ../eval/data/longen_sample.jsonl --models base,gen_sft \
-      --outdir $(1)/results/eval --max_tokens $(4) && \
-    ../.venv/bin/python heldout_generator.py --iter=$$(($(2) + 1)) --workdir=$(1) $(3) && \
+  { ../.venv/bin/python heldout_generator.py --iter=$$(($(2) + 1)) --workdir=$(1) $(3) && \
     ../.venv/bin/python -m self_lengthen.report $(1)/results; rc=$$?; bash stop_server.sh --workdir=$(1); exit $$rc; }
 @echo "report: llama/$(patsubst ./%,%,$(1)/results)/report.md (growth plot: llama/$(patsubst ./%,%,$(1)/results)/growth.png)"
 endef
@@ -46,7 +43,7 @@ DEMO_ARGS ?= --instruct_count=10 --max_iter=$(DEMO_ITER)
 DEMO_HELDOUT_ARGS ?= --count=16 --max_tokens=800 --workers=32 --no-drop_short
 demo: setup
 	cd llama && bash run.sh --base_model=default --profile=cpu-demo $(DEMO_ARGS)
-	$(call final_evaluation,.,$(DEMO_ITER),$(DEMO_HELDOUT_ARGS),1500)
+	$(call final_evaluation,.,$(DEMO_ITER),$(DEMO_HELDOUT_ARGS))
 
 # The study (issue 14): does the Generator lengthen? 3 iterations on the embedded SmolLM2 with room to grow
 # (profile `study`), in llama/study, resumable: run it again after a stop and it continues. About 2.5 h on 2 cores.
@@ -55,7 +52,7 @@ STUDY_ARGS ?= --instruct_count=16 --max_iter=$(STUDY_ITER)
 STUDY_HELDOUT_ARGS ?= --max_tokens=2048 --workers=32 --no-drop_short
 study: setup
 	cd llama && bash run.sh --base_model=default --profile=study --workdir=study $(STUDY_ARGS)
-	$(call final_evaluation,study,$(STUDY_ITER),$(STUDY_HELDOUT_ARGS),3000)
+	$(call final_evaluation,study,$(STUDY_ITER),$(STUDY_HELDOUT_ARGS))
 
 clean-envs:
 	rm -rf .venv .venv-train

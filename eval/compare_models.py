@@ -11,17 +11,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import generate  # noqa: E402
-from length_following_eval import report, score_rows  # noqa: E402
 
 from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, cli_main  # noqa: E402
-from self_lengthen.evaluation import band, longbench_length_score  # noqa: E402
-
-
-def target_length(kind: str, constraint: str) -> float:
-    lo, hi = band(kind, constraint)
-    return {"about": (lo + hi) / 2, "range": (lo + hi) / 2, "above": lo, "below": hi}[kind]
+from self_lengthen.evaluation import check_constraints, longen_scores  # noqa: E402
 
 
 @cli_main
@@ -36,6 +30,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     source = Path(args.file)
     rows = read_jsonl(source, required=("query", "type", "constraint"))
+    check_constraints(rows, str(source))  # before any answer is generated
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     client = Client(args.base_url)
@@ -43,11 +38,8 @@ def main(argv=None):
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         out = outdir / f"{source.stem}.{model}.jsonl"
         generate(rows, client, model, out, args.workers, args.max_tokens)
-        answered = read_jsonl(out)
-        following = report(score_rows(answered, str(out)))["overall"]
-        s_l = [longbench_length_score(target_length(r["type"], r["constraint"]), r["response_length"]) for r in answered]
-        mean_words = sum(r["response_length"] for r in answered) / len(answered)
-        table.append((model, following, sum(s_l) / len(s_l), mean_words))
+        scores = longen_scores([{**r, "words": r["response_length"]} for r in read_jsonl(out)])
+        table.append((model, scores["following"], scores["s_l"], scores["mean_words"]))
     print("\n| model | length-following | S_l | mean words |\n|---|---|---|---|")
     for model, following, s_l, words in table:
         print(f"| {model} | {following:.3f} | {s_l:.1f} | {words:.0f} |")

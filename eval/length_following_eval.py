@@ -12,19 +12,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
-from self_lengthen.evaluation import TYPES, band, length_score  # noqa: E402
+from self_lengthen.evaluation import TYPES, band, check_constraints, length_score  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
 
 def score_rows(rows: list[dict], source: str) -> list[dict]:
+    check_constraints(rows, source)
     scored = []
     for row in rows:
         if not isinstance(row.get("response"), str):
             raise UsageError(f"{source}: line {row['_line']} has no 'response' text (generate it with eval/generate.py)")
-        try:
-            lo, hi = band(str(row.get("type")), str(row.get("constraint", "")))
-        except ValueError as exc:
-            raise UsageError(f"{source}: line {row['_line']}: {exc}") from None
+        lo, hi = band(row["type"], row["constraint"])
         words = count_words(row["response"])
         scored.append({"line": row["_line"], "type": row["type"], "words": words, "band": [lo, hi],
                        "score": length_score(words, lo, hi)})

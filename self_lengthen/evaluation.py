@@ -6,6 +6,7 @@ Words are counted as in the pipeline (`text.count_words`).
 """
 import re
 
+from .errors import UsageError
 
 TYPES = ("about", "range", "above", "below")
 MIN_LENGTH = 10  # smaller numbers in a constraint ("一篇", "2 parts") are not lengths
@@ -92,6 +93,15 @@ def band(kind: str, constraint: str) -> tuple[float, float]:
     return {"about": (0.8 * x, 1.2 * x), "above": (x, 1.5 * x), "below": (0.5 * x, x)}[kind]
 
 
+def check_constraints(rows: list[dict], source: str) -> None:
+    """Every row's type and constraint give a length band, or one clear error naming the first line that does not."""
+    for row in rows:
+        try:
+            band(str(row.get("type")), str(row.get("constraint", "")))
+        except ValueError as exc:
+            raise UsageError(f"{source}: line {row.get('_line', '?')}: {exc}") from None
+
+
 def length_score(length: float, lo: float, hi: float) -> float:
     if length < lo:
         return max(2 * length / lo - 1, 0.0)
@@ -109,3 +119,21 @@ def longbench_length_score(required: float, output: float) -> float:
     if output <= 0:
         return 0.0
     return 100 * max(0.0, 1 - (required / output - 1) / 2)
+
+
+def target_length(kind: str, constraint: str) -> float:
+    """The one required length a constraint asks for (LongBench-Write's S_l needs one): a band's middle for about
+    and range, its bound for above and below."""
+    lo, hi = band(kind, constraint)
+    return {"about": (lo + hi) / 2, "range": (lo + hi) / 2, "above": lo, "below": hi}[kind]
+
+
+def longen_scores(rows: list[dict]) -> dict:
+    """Rows with type, constraint and words (the answer's): mean length-following score, mean S_l, mean words."""
+    if not rows:
+        return {"n": 0}
+    following = [length_score(r["words"], *band(r["type"], r["constraint"])) for r in rows]
+    s_l = [longbench_length_score(target_length(r["type"], r["constraint"]), r["words"]) for r in rows]
+    n = len(rows)
+    return {"n": n, "following": round(sum(following) / n, 3), "s_l": round(sum(s_l) / n, 1),
+            "mean_words": round(sum(r["words"] for r in rows) / n, 1)}

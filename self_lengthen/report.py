@@ -6,6 +6,7 @@ import os
 import statistics
 from pathlib import Path
 
+from .evaluation import longen_scores
 from .text import count_words
 from .train import MODELS
 
@@ -114,8 +115,12 @@ def heldout_row(iter_dir: Path) -> dict | None:
     model = json.loads(summary_path.read_text()).get("model", "?") if summary_path.exists() else "?"
     n = len(data)
     share = (lambda col: round(100 * sum(data[col]) / n, 1) if n else 0.0)
+    longen = {}
+    if (iter_dir / "heldout_longen" / "_COMPLETE").exists():
+        scores = longen_scores(load_from_disk(str(iter_dir / "heldout_longen")).to_list())
+        longen = {"longen_following": scores.get("following"), "longen_s_l": scores.get("s_l")}
     return {"model": model, **length_stats(list(data["words"])), "unfinished_pct": share("unfinished"),
-            "repetition_pct": share("repetition"), "capped_pct": share("capped")}
+            "repetition_pct": share("repetition"), "capped_pct": share("capped"), **longen}
 
 
 def run_report(results: Path) -> Path:
@@ -131,13 +136,16 @@ def run_report(results: Path) -> Path:
     if heldout:
         lines += ["## The Generator on held-out instructions", "",
                   "Answered at the start of each iteration by the model that is its Generator (the base model, "
-                  "then gen_sft of the iteration before), on instructions it never trains on.", "",
+                  "then gen_sft of the iteration before), on instructions it never trains on. LonGen: the same "
+                  "model on the LonGen-style sample (eval/data/longen_sample.jsonl), its length-following score "
+                  "(0-1) and LongBench-Write's S_l (0-100).", "",
                   "| iteration | Generator | answers | mean words | 95% CI | median | unfinished % | repetition % | "
-                  "hit max_tokens % |", "|---|---|---|---|---|---|---|---|---|"]
+                  "hit max_tokens % | LonGen following | LonGen S_l |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for k, h in heldout:
             lo, hi = h.get("ci95", ["-", "-"])
             lines.append(f"| {k} | {h['model']} | {h['n']} | {h.get('mean', '-')} | {lo}-{hi} | {h.get('median', '-')} "
-                         f"| {h['unfinished_pct']} | {h['repetition_pct']} | {h['capped_pct']} |")
+                         f"| {h['unfinished_pct']} | {h['repetition_pct']} | {h['capped_pct']} "
+                         f"| {h.get('longen_following', '-')} | {h.get('longen_s_l', '-')} |")
         lines += ["", "## Synthesis", ""]
     lines += ["| iteration | initial mean | initial median | extended mean | extended median |", "|---|---|---|---|---|"]
     for k, initial, extended in rows:

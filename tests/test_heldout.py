@@ -1,5 +1,6 @@
 """The Generator on held-out instructions: the sets, step0 never emitting one, the stage and the report's table."""
 import json
+import shutil
 
 from conftest import ROOT
 from fake_endpoint import FakeEndpoint
@@ -44,19 +45,32 @@ def test_the_stage_records_length_and_the_checks_of_each_answer(tmp_path):
     def answer(payload):
         return answers["cut"] if "zoos" in payload["messages"][-1]["content"] else answers["end"]
 
+    sample = [json.loads(line) for line in (ROOT / "eval" / "data" / "longen_sample.jsonl").read_text().splitlines()]
     with FakeEndpoint(text=answer, delay=0) as fake:
         proc = step(HELDOUT_STEP, tmp_path, "--count", "16", "--workers", "4", base_url=fake.base_url)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert fake.requests == 16 and all(p["model"] == "base" for p in fake.payloads)  # iteration 1: the base model
-    rows = load_rows(tmp_path / "results" / "iter_1" / "heldout")
+    # 16 held-out instructions, then the LonGen-style sample; iteration 1's Generator is the base model
+    assert fake.requests == 16 + len(sample) and all(p["model"] == "base" for p in fake.payloads)
+    it = tmp_path / "results" / "iter_1"
+    rows = load_rows(it / "heldout")
     by_prompt = {r["prompt"]: r for r in rows}
     zoo = next(p for p in by_prompt if "zoos" in p)
     assert by_prompt[zoo]["unfinished"] and by_prompt[zoo]["words"] == 8
     assert sum(r["unfinished"] for r in rows) == 1 and not any(r["repetition"] for r in rows)
+    longen = load_rows(it / "heldout_longen")
+    assert sorted((r["prompt"], r["constraint"]) for r in longen) == sorted((r["query"], r["constraint"]) for r in sample)
+    assert all(r["words"] == 6 for r in longen)
+    # A run measured before the LonGen part existed: a rerun adds only that part.
+    for path in (it / "heldout_longen", it / "heldout_longen.checkpoint.jsonl", it / "heldout_longen.summary.json"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with FakeEndpoint(text=answer, delay=0) as fake:
+        proc = step(HELDOUT_STEP, tmp_path, "--count", "16", "--workers", "4", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert fake.requests == len(sample) and len(load_rows(it / "heldout_longen")) == len(sample)
     with FakeEndpoint(text=answer, delay=0, models=("base", "gen_sft")) as fake:  # iteration 2: gen_sft of 1
         proc = step(HELDOUT_STEP, tmp_path, "--count", "2", base_url=fake.base_url, iteration=2)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert {p["model"] for p in fake.payloads} == {"gen_sft"}
+    assert fake.requests == 2 + 2 and {p["model"] for p in fake.payloads} == {"gen_sft"}  # --count: of each set
 
 
 def test_length_stats_gives_a_95_percent_interval_of_the_mean():
@@ -77,10 +91,19 @@ def test_the_run_report_leads_with_the_held_out_curve(tmp_path):
         (it / "heldout.summary.json").write_text(json.dumps({"model": model}))
         save_dataset([{"prompt": "p", "initial_response": "a b c"}], ["prompt", "initial_response"],
                      it / "initial_responses")
+    # iteration 1's Generator on the LonGen-style sample: one answer inside its band, one at half its length
+    longen = [{"prompt": "q", "response": "x", "words": w, "unfinished": False, "repetition": False, "capped": False,
+               "type": "about", "constraint": "about 500 words"} for w in (500, 250)]
+    save_dataset(longen, list(longen[0]), results / "iter_1" / "heldout_longen",
+                 {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"})
     report = run_report(results).read_text()
     assert report.index("held-out") < report.index("## Synthesis")
     assert "| 1 | base | 3 | 120 |" in report and "| 2 | gen_sft | 3 | 340 |" in report
     assert "| 33.3 |" in report  # one of three ended unfinished
+    # following: (1 + (2 x 250 / 400 - 1)) / 2; S_l: (100 + 100 x (1 - (500 / 250 - 1) / 2)) / 2
+    assert "| 0.625 | 75.0 |" in report
+    row_2 = next(line for line in report.splitlines() if line.startswith("| 2 | gen_sft |"))
+    assert row_2.endswith("| 33.3 | 0.0 | 0.0 | - | - |")  # iteration 2 has no LonGen answers
     assert (results / "growth.png").stat().st_size > 0
 
 

@@ -5,19 +5,28 @@ K-1), with the method's sampling and the profile's step1 max_tokens, one answer 
 The instructions are eval/data/heldout_{en,zh}.jsonl (the flavour's language), written for this project and never
 used as seeds; step0 drops any instruction that matches one of them. Rows: prompt, response, words, and whether the
 answer ends unfinished, repeats an n-gram (the response check's tests) or hit max_tokens.
+
+The same model, with the same sampling, then answers the LonGen-style sample (eval/data/longen_sample.jsonl, both
+languages, each with a required length) in `heldout_longen`, which the report scores for length-following and S_l.
+Each part is its own resumable stage: a rerun on a run measured before this part existed adds only what is missing.
 """
 import json
 import statistics
 import threading
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UsageError, cli_main
+from ..evaluation import check_constraints
 from ..flavour import Flavour
+from ..io import read_jsonl
 from ..text import count_words, ends_a_sentence, has_repeated_ngram
-from .common import StageContext, base_parser, finished, run_stage
+from .common import StageContext, base_parser, is_complete, run_stage
 
 HELDOUT_DIR = Path(__file__).resolve().parent.parent.parent / "eval" / "data"
 NAME = "heldout"
+LONGEN_NAME = "heldout_longen"
+LONGEN_SAMPLE = HELDOUT_DIR / "longen_sample.jsonl"
 
 
 def heldout_file(flavour: Flavour) -> Path:
@@ -31,30 +40,50 @@ def heldout_prompts(flavour: Flavour) -> list[str]:
     return [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def make_work(ctx: StageContext, model: str):
-    def work(key: str, prompt: str, stop: threading.Event) -> dict | None:
+def longen_sample() -> list[dict]:
+    if not LONGEN_SAMPLE.is_file():
+        raise UsageError(f"the LonGen-style sample {LONGEN_SAMPLE} is missing; restore it from the repository")
+    rows = read_jsonl(LONGEN_SAMPLE, required=("query", "type", "constraint"))
+    check_constraints(rows, str(LONGEN_SAMPLE))
+    return rows
+
+
+def make_work(ctx: StageContext, model: str, extra: Callable[[dict], dict] = lambda item: {}):
+    """One answer per item (a held-out prompt, or a LonGen row with its `query`), no retries."""
+    def work(key: str, item, stop: threading.Event) -> dict | None:
         if stop.is_set():
             return None
+        prompt = item if isinstance(item, str) else item["query"]
         out = ctx.client.chat(model, ctx.prompts.messages(prompt), **ctx.sampling())
         text = out.text.strip()
         return {"status": "accepted", "prompt": prompt, "response": text, "words": count_words(text),
                 "unfinished": not ends_a_sentence(text), "repetition": has_repeated_ngram(text),
-                "capped": out.finish_reason == "length", "tries": 1, "tokens": out.completion_tokens}
+                "capped": out.finish_reason == "length", "tries": 1, "tokens": out.completion_tokens,
+                **extra(item)}
 
     return work
 
 
+CHECK_TYPES = {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"}
+
+
 def run(ctx: StageContext, count: int | None) -> Path:
-    if done := finished(ctx, NAME):
-        return done
-    prompts = heldout_prompts(ctx.flavour)[:count]
+    """The held-out instructions, then the LonGen-style sample; each part skipped if a previous run completed it."""
     model = ctx.model("gen_sft")
-    ctx.check_model_served(model)
-    items = {f"{i:04d}": p for i, p in enumerate(prompts)}
+    if not (is_complete(ctx.iter_dir / NAME) and is_complete(ctx.iter_dir / LONGEN_NAME)):
+        ctx.check_model_served(model)
+    items = {f"{i:04d}": p for i, p in enumerate(heldout_prompts(ctx.flavour)[:count])}
     columns = ["prompt", "response", "words", "unfinished", "repetition", "capped"]
-    return run_stage(ctx, NAME, items, make_work(ctx, model), columns=columns,
-                     rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs], length_column=None, model=model,
-                     types={"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"})
+    out = run_stage(ctx, NAME, items, make_work(ctx, model), columns=columns,
+                    rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs], length_column=None, model=model,
+                    types=CHECK_TYPES)
+    sample = {f"{r['_line']:04d}": r for r in longen_sample()[:count]}
+    longen_columns = columns + ["type", "constraint"]
+    run_stage(ctx, LONGEN_NAME, sample, make_work(ctx, model, lambda r: {"type": r["type"],
+                                                                         "constraint": r["constraint"]}),
+              columns=longen_columns, rows_of=lambda recs: [{c: r[c] for c in longen_columns} for r in recs],
+              length_column=None, model=model, types=CHECK_TYPES)
+    return out
 
 
 def length_stats(words: list[int]) -> dict:
@@ -70,7 +99,8 @@ def length_stats(words: list[int]) -> dict:
 
 def parser():
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--count", type=int, default=None, help="answer only the first N held-out instructions")
+    p.add_argument("--count", type=int, default=None,
+                   help="answer only the first N held-out instructions and the first N LonGen-style queries")
     return p
 
 
