@@ -1,5 +1,5 @@
-"""Gather every results/*/initial_responses and extended_responses into long.jsonl ({"query", "response"} lines),
-dropping exact duplicates.
+"""Gather every results/*/initial_responses and extended_responses (Self-Lengthen) and agentwrite_responses
+(AgentWrite) into long.jsonl ({"query", "response", "method"} lines), dropping exact duplicates.
 
 Usage: python collect_data.py [--results DIR ...] [--output long.jsonl]
 Default --results: qwen/results and llama/results (those that exist).
@@ -16,16 +16,19 @@ sys.path.insert(0, str(ROOT))
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
-SOURCES = (("initial_responses", "initial_response"), ("extended_responses", "extended_response"))
+# (dataset, its response column, the method that made it)
+SOURCES = (("initial_responses", "initial_response", "self-lengthen"),
+           ("extended_responses", "extended_response", "self-lengthen"),
+           ("agentwrite_responses", "agentwrite_response", "agentwrite"))
 
 
 def gather(results_dirs: list[Path]) -> tuple[list[dict], dict]:
     from datasets import load_from_disk
 
-    rows, seen, counts = [], set(), {"initial_responses": 0, "extended_responses": 0, "duplicates": 0}
+    rows, seen, counts = [], set(), {name: 0 for name, _, _ in SOURCES} | {"duplicates": 0}
     for results in results_dirs:
         for iter_dir in sorted(results.glob("iter_*")):
-            for name, column in SOURCES:
+            for name, column, method in SOURCES:
                 ds_dir = iter_dir / name
                 if not (ds_dir / "_COMPLETE").exists():
                     continue
@@ -35,7 +38,7 @@ def gather(results_dirs: list[Path]) -> tuple[list[dict], dict]:
                         counts["duplicates"] += 1
                         continue
                     seen.add(key)
-                    rows.append({"query": row["prompt"], "response": row[column]})
+                    rows.append({"query": row["prompt"], "response": row[column], "method": method})
                     counts[name] += 1
     return rows, counts
 
@@ -57,7 +60,8 @@ def main(argv=None):
             raise UsageError("no results found in qwen/results or llama/results; run run.sh first or pass --results")
     rows, counts = gather(dirs)
     if not rows:
-        raise UsageError(f"no finished initial_responses or extended_responses under {', '.join(map(str, dirs))}")
+        raise UsageError(f"no finished initial_responses, extended_responses or agentwrite_responses under "
+                         f"{', '.join(map(str, dirs))}")
     out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -66,7 +70,8 @@ def main(argv=None):
     os.replace(tmp, out)
     mean = statistics.mean(count_words(r["response"]) for r in rows)
     print(f"wrote {len(rows)} rows to {out}: {counts['initial_responses']} initial, {counts['extended_responses']} "
-          f"extended, {counts['duplicates']} duplicates dropped; mean {mean:.0f} words")
+          f"extended, {counts['agentwrite_responses']} AgentWrite, {counts['duplicates']} duplicates dropped; "
+          f"mean {mean:.0f} words")
 
 
 if __name__ == "__main__":

@@ -199,7 +199,7 @@ def test_collect_data_writes_long_jsonl(collected, tmp_path):
         expected |= {(r["prompt"], r["extended_response"]) for r in load_from_disk(str(d))}
     assert any("iter_10000" in str(d) for d in results.glob("iter_*/initial_responses"))
     assert {(r["query"], r["response"]) for r in rows} == expected and len(rows) == len(expected)
-    assert all(set(r) == {"query", "response"} for r in rows)
+    assert all(set(r) == {"query", "response", "method"} and r["method"] == "self-lengthen" for r in rows)
 
 
 @pytest.mark.slow
