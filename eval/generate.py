@@ -1,4 +1,5 @@
-"""Answer every query of a LonGen-format JSONL with a served model, adding `response` and `response_length`.
+"""Answer every query of a LonGen-format JSONL (or every prompt of a LongBench-Write-format one) with a served model,
+adding `response` and `response_length`.
 
 Usage: python eval/generate.py FILE --model base|gen_sft [--output OUT] [--workers 8] [--base_url URL]
 Each answer is checkpointed as it arrives (OUT.checkpoint.jsonl); a rerun after a kill does only what is missing.
@@ -18,6 +19,11 @@ from self_lengthen.stages.runner import Checkpoint, run_items  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
 
+def query_of(row: dict) -> str:
+    """The request: `query` (LonGen's format) or `prompt` (LongBench-Write's)."""
+    return row["query"] if isinstance(row.get("query"), str) else row["prompt"]
+
+
 def generate(rows: list[dict], client: Client, model: str, output: Path, workers: int, max_tokens: int) -> int:
     if output.exists():
         print(f"{output} already exists; delete it to generate again")
@@ -29,7 +35,7 @@ def generate(rows: list[dict], client: Client, model: str, output: Path, workers
     def work(key, row, stop):
         if stop.is_set():
             return None
-        out = client.chat(model, [{"role": "user", "content": row["query"]}], max_tokens=max_tokens)
+        out = client.chat(model, [{"role": "user", "content": query_of(row)}], max_tokens=max_tokens)
         return {"status": "accepted", "response": out.text, "response_length": count_words(out.text),
                 "tokens": out.completion_tokens}
 
@@ -64,7 +70,10 @@ def main(argv=None):
         raise UsageError(f"--workers={args.workers} must be at least 1")
     source = Path(args.file)
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.{args.model}.jsonl")
-    rows = read_jsonl(source, required=("query",))
+    rows = read_jsonl(source)
+    bad = next((r["_line"] for r in rows if not any(isinstance(r.get(f), str) for f in ("query", "prompt"))), None)
+    if bad is not None:
+        raise UsageError(f"{source}: line {bad} has no 'query' or 'prompt' text")
     generate(rows, Client(args.base_url), args.model, output, args.workers, args.max_tokens)
 
 

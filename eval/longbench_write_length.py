@@ -1,5 +1,6 @@
 """LongBench-Write's length score S_l over a JSONL of rows with a required `length` and a `response`
-(or `response_length`), plus a required-vs-output scatter plot on log axes.
+(or `response_length`), plus a required-vs-output scatter plot on log axes. Words are counted as LongBench-Write
+counts them (CJK ideographs plus runs of Latin letters: evaluation.longwriter_words).
 
 Usage: python eval/longbench_write_length.py FILE [--plot scatter.png] [--json]
 """
@@ -11,8 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
-from self_lengthen.evaluation import longbench_length_score  # noqa: E402
-from self_lengthen.text import count_words  # noqa: E402
+from self_lengthen.evaluation import longbench_length_score, longwriter_words  # noqa: E402
 
 
 def pairs(rows: list[dict], source: str) -> list[tuple[float, float]]:
@@ -25,7 +25,7 @@ def pairs(rows: list[dict], source: str) -> list[tuple[float, float]]:
         if required <= 0:
             raise UsageError(f"{source}: line {row['_line']}: 'length' must be positive")
         if isinstance(row.get("response"), str):
-            output = count_words(row["response"])
+            output = longwriter_words(row["response"])
         elif isinstance(row.get("response_length"), (int, float)):
             output = row["response_length"]
         else:

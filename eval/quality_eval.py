@@ -5,11 +5,8 @@ FILE rows carry `query` and `response` (eval/generate.py writes them). The judge
 endpoint (key from $JUDGE_API_KEY); by default the locally served base model. The prompt is eval/quality_eval.md.
 """
 import json
-import os
-import re
 import string
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -17,44 +14,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.judge import judge_client, judge_rows, parse_scores  # noqa: E402
 
 DIMENSIONS = ("relevance", "coherence", "accuracy", "consistency", "clarity", "creativity", "engagement")
 PROMPT = string.Template((Path(__file__).with_name("quality_eval.md")).read_text())
-_OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 
 
 def parse_verdict(text: str) -> dict[str, float] | None:
     """The first JSON object in `text` that scores all 7 dimensions in [1, 10]; tolerant of fences and prose."""
-    for candidate in _OBJECT.findall(text or ""):
-        for attempt in (candidate, candidate.replace("'", '"')):
-            try:
-                data = json.loads(attempt)
-            except ValueError:
-                continue
-            lowered = {str(k).strip().lower(): v for k, v in data.items()}
-            try:
-                scores = {d: float(lowered[d]) for d in DIMENSIONS}
-            except (KeyError, TypeError, ValueError):
-                break
-            if all(1 <= v <= 10 for v in scores.values()):
-                return scores
-            break
-    return None
-
-
-def judge_one(client: Client, model: str, row: dict, tries: int) -> dict[str, float] | None:
-    prompt = PROMPT.substitute(query=row["query"], response=row["response"])
-    for _ in range(tries):
-        verdict = parse_verdict(client.chat(model, [{"role": "user", "content": prompt}], max_tokens=200,
-                                            temperature=0.2).text)
-        if verdict is not None:
-            return verdict
-    return None
+    return parse_scores(text, DIMENSIONS, 1, 10)
 
 
 def evaluate(rows, client: Client, model: str, workers: int, tries: int) -> dict:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        verdicts = list(pool.map(lambda r: judge_one(client, model, r, tries), rows))
+    verdicts = judge_rows(rows, client, model, lambda r: PROMPT.substitute(query=r["query"], response=r["response"]),
+                          parse_verdict, workers, tries)
     good = [v for v in verdicts if v is not None]
     means = {d: (sum(v[d] for v in good) / len(good) if good else None) for d in DIMENSIONS}
     overall = sum(means[d] for d in DIMENSIONS) / len(DIMENSIONS) if good else None
@@ -74,11 +47,7 @@ def main(argv=None):
     if args.tries < 1 or args.workers < 1:
         raise UsageError("--tries and --workers must be at least 1")
     rows = read_jsonl(args.file, required=("query", "response"))
-    # A hosted judge gets only OpenAI's own sampling fields; our endpoint gets the engine's too.
-    # A judge elsewhere gets $JUDGE_API_KEY (never the cluster's key); the local endpoint gets the cluster's.
-    judge_key = os.environ.get("JUDGE_API_KEY", "") if args.judge_base_url else None
-    client = Client(args.judge_base_url, judge_key, engine_fields=args.judge_base_url is None)
-    result = evaluate(rows, client, args.judge_model, args.workers, args.tries)
+    result = evaluate(rows, judge_client(args.judge_base_url), args.judge_model, args.workers, args.tries)
     if args.json:
         print(json.dumps(result))
         return

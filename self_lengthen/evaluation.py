@@ -110,6 +110,16 @@ def length_score(length: float, lo: float, hi: float) -> float:
     return 1.0
 
 
+_LW_CJK = re.compile(r"[\u4e00-\u9fff]")
+_LW_LATIN = re.compile(r"[A-Za-z]+")
+
+
+def longwriter_words(text: str) -> int:
+    """Words as LongBench-Write counts them: CJK ideographs (U+4E00-U+9FFF) plus runs of Latin letters. Unlike the
+    pipeline's count_words, punctuation and numbers count for nothing and "don't" is two words."""
+    return len(_LW_CJK.findall(text)) + len(_LW_LATIN.findall(text))
+
+
 def longbench_length_score(required: float, output: float) -> float:
     """LongBench-Write's S_l in [0, 100]: penalises overshoot over 3x the ratio, undershoot over 2x."""
     if required <= 0:

@@ -1,0 +1,122 @@
+"""LongWriter's tools beside ours: LongBench-Write's word count and S_q (with a fake judge: its parsing and its bad
+verdicts), and the side-by-side report of Self-Lengthen and AgentWrite from fixtures."""
+import json
+
+import pytest
+
+from conftest import ROOT
+from fake_endpoint import FakeEndpoint
+from self_lengthen.evaluation import longbench_length_score, longwriter_words
+from self_lengthen.judge import parse_scores
+from self_lengthen.stages.runner import save_dataset
+from test_eval import run_eval
+
+SIX = ("relevance", "accuracy", "coherence", "clarity", "breadth and depth", "reading experience")
+
+
+def test_words_are_counted_as_longbench_write_counts_them():
+    assert longwriter_words("Don't stop: 2024 was great!") == 5  # don, t, stop, was, great; no numbers
+    assert longwriter_words("我们今天很好，OK。") == 7               # 6 ideographs (no punctuation) + OK
+    assert longwriter_words("") == 0
+
+
+def test_a_verdict_is_read_leniently_but_must_score_every_dimension_in_range():
+    verdict = {"Relevance": 7, "accuracy": "8", "COHERENCE": 6, "clarity": 7, "breadth_and_depth": 5,
+               "reading-experience": 6}
+    assert parse_scores("Here you go:\n```json\n" + json.dumps(verdict) + "\n```", SIX, 0, 10)["breadth and depth"] == 5
+    assert parse_scores(json.dumps(verdict).replace('"', "'"), SIX, 0, 10)["accuracy"] == 8
+    assert parse_scores(json.dumps({**verdict, "clarity": 11}), SIX, 0, 10) is None
+    assert parse_scores(json.dumps({"relevance": 7}), SIX, 0, 10) is None
+    assert parse_scores("no verdict at all", SIX, 0, 10) is None
+
+
+def test_s_q_and_s_l_per_band_with_a_judge_that_sometimes_cannot_be_read(tmp_path):
+    rows = [{"prompt": "short piece", "length": 300, "response": " ".join(["word"] * 300)},
+            {"prompt": "long piece", "length": 3000, "response": " ".join(["word"] * 1500)},
+            {"prompt": "garbled", "length": 800, "response": "x"}]
+    answered = tmp_path / "answered.jsonl"
+    answered.write_text("\n".join(json.dumps(r) for r in rows))
+    good = {"short piece": 8, "long piece": 6}
+
+    def judge(payload):
+        prompt = payload["messages"][0]["content"]
+        name = next((k for k in good if f"Request:\n{k}" in prompt), None)
+        if name is None:
+            return "I cannot grade this."  # never readable: counted as unjudged after --tries
+        return json.dumps({d: good[name] for d in SIX})
+
+    with FakeEndpoint(text=judge, delay=0) as fake:
+        proc = run_eval("longbench_write_quality.py", answered, "--judge_base_url", fake.base_url, "--judge_model",
+                        "judge", "--tries", "2", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert fake.requests == 2 + 2  # one each for the readable verdicts, two for the unreadable one
+    result = json.loads(proc.stdout)
+    assert result["judged"] == 2 and result["unjudged"] == 1 and result["s_q"] == 70.0
+    assert result["per_dimension"]["reading experience"] == 7.0
+    bands = result["bands"]
+    assert bands["0-500"] == {"rows": 1, "s_l": 100.0, "s_q": 80.0}
+    assert bands["2000-4000"] == {"rows": 1, "s_l": 50.0, "s_q": 60.0}
+    assert bands["500-2000"]["s_q"] is None  # its only row was never judged
+    expected_s_l = (100 + 50 + longbench_length_score(800, 1)) / 3
+    assert bands["overall"]["s_l"] == pytest.approx(expected_s_l, abs=0.05)
+
+
+def test_longbench_write_scoring_needs_answers_and_says_so(tmp_path):
+    sample = ROOT / "eval" / "data" / "longbench_write_sample.jsonl"
+    rows = [json.loads(line) for line in sample.read_text().splitlines()]
+    assert len(rows) >= 12 and {r["lang"] for r in rows} == {"en", "zh"}
+    assert {min(r["length"] for r in rows) < 500, max(r["length"] for r in rows) > 4000} == {True}
+    proc = run_eval("longbench_write_quality.py", sample, "--judge_model", "none")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "line 1 has no 'response' text" in proc.stderr
+
+
+def _dataset(path, rows, columns):
+    save_dataset(rows, columns, path)
+
+
+def test_the_method_comparison_report_renders_from_fixtures(tmp_path):
+    it = tmp_path / "results" / "iter_1"
+    prompts = ["task a", "task b"]
+    _dataset(it / "initial_responses", [{"prompt": p, "initial_response": "one two three"} for p in prompts],
+             ["prompt", "initial_response"])
+    _dataset(it / "extended_responses", [{"prompt": "task a", "initial_response": "x",
+                                          "extended_response": " ".join(f"w{i}" for i in range(100))}],
+             ["prompt", "initial_response", "extended_response"])
+    repeated = " ".join(["the same phrase again and again and again"] * 10)
+    _dataset(it / "agentwrite_responses",
+             [{"prompt": "task a", "plan": "1. x (10 words)\n2. y (10 words)", "sections": 2,
+               "agentwrite_response": " ".join(f"v{i}" for i in range(300))},
+              {"prompt": "task b", "plan": "1. x (10 words)\n2. y (10 words)", "sections": 2,
+               "agentwrite_response": repeated}],
+             ["prompt", "plan", "sections", "agentwrite_response"])
+    summaries = {"initial_responses": {"items": 4, "tokens_generated": 100, "reject_reasons": {"unfinished": 3}},
+                 "extended_responses": {"items": 4, "tokens_generated": 200, "reject_reasons": {"not_longer": 2}},
+                 "agentwrite_responses": {"items": 2, "tokens_generated": 500, "reject_reasons": {"plan_unparseable": 1}}}
+    for name, summary in summaries.items():
+        (it / f"{name}.summary.json").write_text(json.dumps(summary))
+    proc = run_eval("compare_methods.py", it)
+    assert proc.returncode == 0, proc.stderr
+    report = (it / "methods.md").read_text()
+    # Self-Lengthen: 1 kept of 4 extensions, 300 tokens for 100 words; AgentWrite: 2 kept (one repeats itself),
+    # 500 tokens for 380 words
+    assert "| self-lengthen | 1 | 1 | 100 | 100 | 300 | 3.0 | 75.0 | 0.0 |" in report
+    assert "| agentwrite | 2 | 2 | 190 | 190.0 | 500 | 1.32 | 0.0 | 50.0 |" in report
+    assert "- self-lengthen: unfinished 3, not_longer 2" in report and "plan_unparseable 1" in report
+    assert (it / "methods.png").read_bytes()[:4] == b"\x89PNG"
+    missing = run_eval("compare_methods.py", tmp_path / "results" / "iter_2")
+    assert missing.returncode == 2 and "no such directory" in missing.stderr
+
+
+def test_generate_answers_longbench_write_rows_by_their_prompt(tmp_path):
+    src = tmp_path / "lbw.jsonl"
+    src.write_text(json.dumps({"prompt": "Write about rain.", "length": 300}) + "\n")
+    with FakeEndpoint(text="Rain falls softly.", delay=0) as fake:
+        proc = run_eval("generate.py", src, "--base_url", fake.base_url, "--output", tmp_path / "out.jsonl")
+        assert proc.returncode == 0, proc.stderr
+        assert fake.payloads[0]["messages"][-1]["content"] == "Write about rain."
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert row["response"] == "Rain falls softly." and row["length"] == 300
+    src.write_text(json.dumps({"text": "no request"}) + "\n")
+    bad = run_eval("generate.py", src, "--base_url", "http://127.0.0.1:1/v1", "--output", tmp_path / "o2.jsonl")
+    assert bad.returncode == 2 and "line 1 has no 'query' or 'prompt' text" in bad.stderr
