@@ -1,5 +1,5 @@
 """Answer every query of a LonGen-format JSONL (or every prompt of a LongBench-Write-format one) with a served model,
-adding `response` and `response_length`.
+adding `response`, `response_length` and `capped` (cut at max_tokens or the model's context).
 
 Usage: python eval/generate.py FILE --model base|gen_sft [--output OUT] [--workers 8] [--base_url URL]
 Each answer is checkpointed as it arrives (OUT.checkpoint.jsonl); a rerun after a kill does only what is missing.
@@ -37,7 +37,7 @@ def generate(rows: list[dict], client: Client, model: str, output: Path, workers
             return None
         out = client.chat(model, [{"role": "user", "content": query_of(row)}], max_tokens=max_tokens)
         return {"status": "accepted", "response": out.text, "response_length": count_words(out.text),
-                "tokens": out.completion_tokens}
+                "capped": out.finish_reason == "length", "tokens": out.completion_tokens}
 
     checkpoint = Checkpoint(output.with_name(output.name + ".checkpoint.jsonl"))
     try:
@@ -49,7 +49,8 @@ def generate(rows: list[dict], client: Client, model: str, output: Path, workers
     with open(tmp, "w", encoding="utf-8") as f:
         for key, row in sorted(items.items()):
             clean = {k: v for k, v in row.items() if k != "_line"}
-            clean.update(response=done[key]["response"], response_length=done[key]["response_length"])
+            clean.update(response=done[key]["response"], response_length=done[key]["response_length"],
+                         capped=done[key].get("capped", False))  # cut at max_tokens or the model's context
             f.write(json.dumps(clean, ensure_ascii=False) + "\n")
     os.replace(tmp, output)
     print(f"wrote {len(items)} answers to {output}")

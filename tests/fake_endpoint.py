@@ -15,11 +15,13 @@ OPENAI_FIELDS = {"model", "messages", "prompt", "max_tokens", "temperature", "to
 
 class FakeEndpoint:
     """mode: ok | 500 | timeout | garbage | empty | 400 | strict (a hosted API: 400 for any field it does not know).
-    `text` is what ok answers (or a function of the request);
+    `text` is what ok answers (or a function of the request), with `finish_reason` (likewise);
     `requests` counts calls and `payloads` keeps their bodies, to check what a stage sends."""
 
-    def __init__(self, mode: str = "ok", text: str = "A complete answer.", models=("base",), delay: float = 5.0):
+    def __init__(self, mode: str = "ok", text: str = "A complete answer.", models=("base",), delay: float = 5.0,
+                 finish_reason="stop"):
         self.mode, self.text, self.models, self.delay = mode, text, list(models), delay
+        self.finish_reason = finish_reason  # or a function of the request
         self.requests = 0
         self.payloads: list[dict] = []
         fake = self
@@ -59,7 +61,8 @@ class FakeEndpoint:
                 text = "" if fake.mode == "empty" else (fake.text(payload) if callable(fake.text) else fake.text)
                 choice = ({"message": {"role": "assistant", "content": text}} if "messages" in payload
                           else {"text": text})
-                body = {"choices": [{"index": 0, "finish_reason": "stop", **choice}],
+                finish = fake.finish_reason(payload) if callable(fake.finish_reason) else fake.finish_reason
+                body = {"choices": [{"index": 0, "finish_reason": finish, **choice}],
                         "usage": {"completion_tokens": len(text.split())}}
                 self._send(200, json.dumps(body).encode())
 

@@ -1,6 +1,7 @@
 """LongWriter's tools beside ours: LongBench-Write's word count and S_q (with a fake judge: its parsing and its bad
 verdicts), and the side-by-side report of Self-Lengthen and AgentWrite from fixtures."""
 import json
+import os
 
 import pytest
 
@@ -120,3 +121,48 @@ def test_generate_answers_longbench_write_rows_by_their_prompt(tmp_path):
     src.write_text(json.dumps({"text": "no request"}) + "\n")
     bad = run_eval("generate.py", src, "--base_url", "http://127.0.0.1:1/v1", "--output", tmp_path / "o2.jsonl")
     assert bad.returncode == 2 and "line 1 has no 'query' or 'prompt' text" in bad.stderr
+
+
+def test_the_ruler_finds_the_longest_length_followed_and_marks_capped_answers(tmp_path):
+    """A fake model that writes what is asked up to 2,000 words and is cut beyond: it follows 2,000, not 5,000."""
+    import re
+
+    def asked(payload):
+        return int(re.search(r"(\d+)", payload["messages"][-1]["content"]).group(1))
+
+    def answer(payload):
+        n = min(asked(payload), 2000)
+        return " ".join(["word"] * n) if "-word" in payload["messages"][-1]["content"] else "字" * n
+
+    with FakeEndpoint(text=answer, delay=0, models=("base", "gen_sft"),
+                      finish_reason=lambda payload: "length" if asked(payload) > 2000 else "stop") as fake:
+        proc = run_eval("longwrite_ruler.py", "--models", "base,gen_sft", "--lengths", "1000,2000,5000",
+                        "--count", "2", "--outdir", tmp_path / "ruler", "--base_url", fake.base_url)
+        assert proc.returncode == 0, proc.stderr
+        assert fake.requests == 2 * 2 * 3  # 2 models x (1 English + 1 Chinese instruction) x 3 lengths
+        assert {p["messages"][-1]["content"].split("-word")[0] for p in fake.payloads if "-word" in
+                p["messages"][-1]["content"]} == {"Write a 1000", "Write a 2000", "Write a 5000"}
+    report = (tmp_path / "ruler" / "ruler.md").read_text()
+    assert "| base | 2000 | 2000.0 | 100.0 | 0/2 |" in report
+    assert f"| base | 5000 | 2000.0 | {longbench_length_score(5000, 2000):.1f} | 2/2 |" in report
+    assert "- gen_sft: longest length followed (S_l >= 80): 2000" in report
+    assert (tmp_path / "ruler" / "ruler.png").read_bytes()[:4] == b"\x89PNG"
+    bad = run_eval("longwrite_ruler.py", "--lengths", "1000,lots", "--base_url", fake.base_url)
+    assert bad.returncode == 2 and "--lengths" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_ruler_and_s_q_on_the_served_model_with_small_caps(served, tmp_path):
+    """The real model at a 64-token cap: every Ruler answer is marked capped; it judges its own answers for S_q,
+    and every row ends judged or counted unjudged."""
+    proc = run_eval("longwrite_ruler.py", "--models", "base", "--lengths", "1000,2000", "--count", "2",
+                    "--max_tokens", "64", "--outdir", tmp_path / "ruler", "--base_url", served.base_url)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| base | 1000 |" in proc.stdout and "| 2/2 |" in proc.stdout
+    answers = [json.loads(line) for line in (tmp_path / "ruler" / "ruler.base.jsonl").read_text().splitlines()]
+    assert len(answers) == 4 and all(a["capped"] and a["response"].strip() for a in answers)
+    proc = run_eval("longbench_write_quality.py", tmp_path / "ruler" / "ruler.base.jsonl", "--tries", "2", "--json",
+                    env={**os.environ, "SELF_LENGTHEN_BASE_URL": served.base_url})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["judged"] + result["unjudged"] == 4 and result["bands"]["overall"]["rows"] == 4
