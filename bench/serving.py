@@ -43,7 +43,9 @@ def through_stack(model_dir, messages, tokens):
         subprocess.run(["bash", str(ROOT / "llama" / "stop_server.sh"), f"--workdir={workdir}"], check=False)
 
 
-def offline(model_dir, messages, tokens):
+def offline(model_dir, messages, tokens, raw_prompts=None):
+    """The engine saturated offline: tokens/s over `messages` (chat), each generating `tokens`; with `raw_prompts`
+    (already formatted), a second figure from the same engine over them: (chat rate, raw rate)."""
     from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
 
     for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
@@ -57,10 +59,14 @@ def offline(model_dir, messages, tokens):
         llm.chat(messages[0], SamplingParams(max_tokens=8))
         start = time.monotonic()
         outs = llm.chat(messages, params)
-        wall = time.monotonic() - start
+        rate = sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start)
+        if raw_prompts is None:
+            return rate
+        start = time.monotonic()
+        outs = llm.generate(raw_prompts, params)
+        return rate, sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start)
     finally:
         llm.llm_engine.engine_core.shutdown()  # its core process outlives the os._exit below otherwise
-    return sum(len(o.outputs[0].token_ids) for o in outs) / wall
 
 
 def main():

@@ -205,6 +205,30 @@ def start_stack(workdir: Path, model: Path, iteration: int = 0) -> list[str]:
     return [*serve, "stop", f"--workdir={workdir}"]
 
 
+def stack_cpu_seconds(workdir: Path) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process of the stack in `workdir` (from its pid files, with their
+    children: vLLM's engine core and its model process) and of this process (the client)."""
+    import psutil
+
+    procs = [("client (this process)", psutil.Process())]
+    for pid_file in sorted((workdir / "run").rglob("*.pid")):
+        info = json.loads(pid_file.read_text())
+        try:
+            parent = psutil.Process(info["pid"])
+            procs.append((info["name"], parent))
+            procs += [(f"{info['name']}/{child.name()}", child) for child in parent.children(recursive=True)]
+        except psutil.Error:
+            continue
+    out = {}
+    for name, proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out[name] = out.get(name, 0.0) + times.user + times.system
+    return out
+
+
 def zero_adapters(workdir: Path, model: Path) -> None:
     """gen_sft and ext_sft of iteration 1 as LoRAs whose B matrices are zero: served merged, they are three engines
     with the base model's weights, so step2 through `ext_sft` does the base model's work beside two idle engines."""
@@ -265,9 +289,14 @@ def step2(args) -> str:
         extra += ["--attempts", str(args.attempts)]
     stop = start_stack(workdir, model, iteration - 1)
     try:
+        before = stack_cpu_seconds(workdir)
         stage = run_stage("extend", workdir, model, args.profile, extra=extra, iteration=iteration)
+        cpu = {k: v - before.get(k, 0.0) for k, v in stack_cpu_seconds(workdir).items()}
     finally:
         subprocess.run(stop, check=False, timeout=300)
+    machine = stage["seconds"] * (os.cpu_count() or 1)
+    print("CPU during step2, share of the machine: " + ", ".join(
+        f"{k} {100 * v / machine:.1f}%" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v > 0), flush=True)
     summary = stage["summary"]
     received = summary["tokens_received_this_run"]
     stage_rate = received / stage["seconds"]
@@ -277,19 +306,27 @@ def step2(args) -> str:
           f"tokens in capped requests {summary['tokens_capped_this_run']}, in rejected ones "
           f"{summary['tokens_rejected_this_run']}; reasons {summary['reject_reasons']}", flush=True)
 
-    # The engine saturated: 32 of step2's own chat requests (the first half of an initial response, to expand).
+    # The engine saturated: 32 of step2's own chat requests (the first half of an initial response, to expand);
+    # then 32 of the mix step2 sends, 16 such chat requests and 16 completions over the whole text (a round's second
+    # request, with its long prompt), as formatted prompts.
     prompts = PromptBuilder(Flavour(FLAVOUR), AutoTokenizer.from_pretrained(str(model)))
-    messages = []
+    messages, mix = [], []
     for i in range(32):
         row = rows[i % len(rows)]
         blocks = split_blocks(row["initial_response"])
-        messages.append(prompts.messages(prompts.extend_request(row["prompt"], "\n\n".join(blocks[: len(blocks) // 2]))))
-    saturated = offline(model, messages, args.saturate_tokens)
+        request = prompts.extend_request(row["prompt"], "\n\n".join(blocks[: len(blocks) // 2]))
+        messages.append(prompts.messages(request))
+        mix.append(prompts.chat(request) if i % 2 == 0
+                   else prompts.extend_completion(row["prompt"], row["initial_response"], ""))
+    saturated, saturated_mix = offline(model, messages, args.saturate_tokens, raw_prompts=mix)
     return (f"(c) step2 on {len(rows)} fixed initial responses ({args.profile} sizes{', ' + ' '.join(extra) if extra else ''}, "
             f"{args.engines} engine{'s' if args.engines > 1 else ''} loaded): "
             f"{received} tokens in {stage['seconds']:.0f} s = {stage_rate:.1f} tok/s; saturated engine (offline, 32 x "
-            f"{args.saturate_tokens} tokens) {saturated:.1f} tok/s; E1 {stage_rate / saturated:.2f}; E2 "
-            f"{summary['tokens_recorded_share']:.3f}; {summary['accepted']} of {summary['items']} items accepted")
+            f"{args.saturate_tokens} tokens) {saturated:.1f} tok/s on step2's chat requests, {saturated_mix:.1f} on "
+            f"its chat and completion mix; E1 {stage_rate / saturated:.2f} (against the mix: "
+            f"{stage_rate / saturated_mix:.2f}); E2 {summary['tokens_recorded_share']:.3f}; {summary['accepted']} of "
+            f"{summary['items']} items accepted; stack CPU outside the model: "
+            f"{100 * sum(v for k, v in cpu.items() if 'VLLM::Worker' not in k) / machine:.1f}% of the machine")
 
 
 # --- (b) client memory ------------------------------------------------------------------------------------------
