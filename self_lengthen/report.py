@@ -119,8 +119,12 @@ def heldout_row(iter_dir: Path) -> dict | None:
     if (iter_dir / "heldout_longen" / "_COMPLETE").exists():
         scores = longen_scores(load_from_disk(str(iter_dir / "heldout_longen")).to_list())
         longen = {"longen_following": scores.get("following"), "longen_s_l": scores.get("s_l")}
+    # Clean answers end a sentence, repeat no n-gram and stop before max_tokens: a loop run to the cap is not
+    # writing longer, and it can carry the mean.
+    clean = [r["words"] for r in data if not (r["unfinished"] or r["repetition"] or r["capped"])]
     return {"model": model, **length_stats(list(data["words"])), "unfinished_pct": share("unfinished"),
-            "repetition_pct": share("repetition"), "capped_pct": share("capped"), **longen}
+            "repetition_pct": share("repetition"), "capped_pct": share("capped"),
+            "clean_n": len(clean), "clean_mean": round(statistics.mean(clean), 1) if clean else None, **longen}
 
 
 def run_report(results: Path) -> Path:
@@ -140,12 +144,15 @@ def run_report(results: Path) -> Path:
                   "model on the LonGen-style sample (eval/data/longen_sample.jsonl), its length-following score "
                   "(0-1) and LongBench-Write's S_l (0-100).", "",
                   "| iteration | Generator | answers | mean words | 95% CI | median | unfinished % | repetition % | "
-                  "hit max_tokens % | LonGen following | LonGen S_l |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "hit max_tokens % | clean answers: n, mean words | LonGen following | LonGen S_l |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for k, h in heldout:
             lo, hi = h.get("ci95", ["-", "-"])
             lines.append(f"| {k} | {h['model']} | {h['n']} | {h.get('mean', '-')} | {lo}-{hi} | {h.get('median', '-')} "
                          f"| {h['unfinished_pct']} | {h['repetition_pct']} | {h['capped_pct']} "
+                         f"| {h['clean_n']}, {h['clean_mean'] if h['clean_mean'] is not None else '-'} "
                          f"| {h.get('longen_following', '-')} | {h.get('longen_s_l', '-')} |")
+        lines += ["", "Clean answers end a sentence, repeat no n-gram and stop before max_tokens."]
         lines += ["", "## Synthesis", ""]
     lines += ["| iteration | initial mean | initial median | extended mean | extended median |", "|---|---|---|---|---|"]
     for k, initial, extended in rows:
@@ -159,6 +166,9 @@ def run_report(results: Path) -> Path:
             means = [h["mean"] for _, h in measured]
             errors = [[h["mean"] - h["ci95"][0] for _, h in measured], [h["ci95"][1] - h["mean"] for _, h in measured]]
             ax.errorbar(xs, means, yerr=errors, marker="s", capsize=4, label="held-out (Generator, 95% CI)")
+            clean = [(k, h["clean_mean"]) for k, h in measured if h["clean_mean"] is not None]
+            if clean:
+                ax.plot(*zip(*clean), marker="s", linestyle=":", label="held-out, clean answers")
         for label, idx in (("initial (Generator)", 1), ("extended (Extender)", 2)):
             pts = [(r[0], statistics.mean(r[idx])) for r in rows if r[idx]]
             if pts:

@@ -100,10 +100,11 @@ def test_the_run_report_leads_with_the_held_out_curve(tmp_path):
     assert report.index("held-out") < report.index("## Synthesis")
     assert "| 1 | base | 3 | 120 |" in report and "| 2 | gen_sft | 3 | 340 |" in report
     assert "| 33.3 |" in report  # one of three ended unfinished
+    assert "| 2, 130 |" in report and "| 2, 360 |" in report  # the clean answers: the two that ended
     # following: (1 + (2 x 250 / 400 - 1)) / 2; S_l: (100 + 100 x (1 - (500 / 250 - 1) / 2)) / 2
     assert "| 0.625 | 75.0 |" in report
     row_2 = next(line for line in report.splitlines() if line.startswith("| 2 | gen_sft |"))
-    assert row_2.endswith("| 33.3 | 0.0 | 0.0 | - | - |")  # iteration 2 has no LonGen answers
+    assert row_2.endswith("| 33.3 | 0.0 | 0.0 | 2, 360 | - | - |")  # iteration 2 has no LonGen answers
     assert (results / "growth.png").stat().st_size > 0
 
 
