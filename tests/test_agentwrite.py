@@ -179,3 +179,22 @@ def test_agentwrite_on_the_served_model_survives_kill_9(served, tmp_path):
     assert summary["accepted"] + summary["exhausted"] == 3
     for row in load_rows(it / "agentwrite_responses"):
         assert row["sections"] >= 2 and row["agentwrite_response"].count("\n\n") >= row["sections"] - 1
+
+
+def test_a_chain_whose_text_fills_the_context_ends_unkept(tmp_path):
+    """Sections of 3,000 words: the text so far soon leaves no room in the default model's 8,192-token context."""
+    write_instructions(tmp_path, SHORT_PROMPTS[:1])
+
+    def answer(payload):
+        content = payload["messages"][-1]["content"]
+        if "Do not write the text yet" in content:
+            return "\n".join(f"Section {i}: part {i} (3000 words)" for i in range(1, 6))
+        assert payload["max_tokens"] <= 8192  # never asks for more than the context leaves
+        return " ".join(["word"] * 3000)
+
+    with FakeEndpoint(text=answer, delay=0) as fake:
+        proc = step(AGENTWRITE, tmp_path, "--max_tokens", "4000", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 2 <= fake.requests < 6  # the plan and the sections that fit
+    summary = json.loads((tmp_path / "results" / "iter_1" / "agentwrite_responses.summary.json").read_text())
+    assert summary["reject_reasons"] == {"context_full": 1} and summary["rows"] == 0

@@ -3,9 +3,10 @@
 Per instruction, a chain of chat requests to one served model: first a plan (sections, each with what it covers and
 a word count), then each section in turn, given the instruction, the plan and the text written so far. The sections,
 joined by blank lines, are the response. A plan that cannot be used is rejected with a reason and asked for again
-(up to --max_tries plans); an empty section is asked for again (up to --max_tries times). Every finished request is
-journaled, so a stop (Ctrl-C, kill -9, a time budget) loses at most the requests in flight and a rerun continues
-each chain from its last finished section.
+(up to --max_tries plans); an empty section is asked for again (up to --max_tries times); a chain whose text so far
+leaves no room in the model's context ends as context_full, unkept. Every finished request is journaled, so a stop
+(Ctrl-C, kill -9, a time budget) loses at most the requests in flight and a rerun continues each chain from its last
+finished section.
 
 Instructions: step0's of the iteration (results/iter_K/instructions), or --instructions (a JSONL with `prompt`,
 `instruction` or `query`, or a dataset dir with `prompt`). Output: results/iter_K/agentwrite_responses (prompt,
@@ -31,6 +32,7 @@ from .runner import Journal
 NAME = "agentwrite_responses"
 MAX_TRIES = 3          # plans per instruction, and requests per section
 MAX_SECTIONS = 40
+MIN_ROOM = 128         # tokens a request needs left in the context; with less, the chain ends as context_full
 TEMPLATES = {"plan": ("agentwrite_plan.txt", ("instruction",)),
              "write": ("agentwrite_write.txt", ("instruction", "plan", "written", "number", "section", "words"))}
 NOTHING_WRITTEN = "-"
@@ -95,9 +97,28 @@ def fresh_state() -> dict:
             "reasons": {}, "tokens": 0}
 
 
-def make_work(ctx: StageContext, model: str, journal: Journal, templates: dict[str, string.Template]):
+def context_length(base_model: str) -> int | None:
+    """The served model's context in tokens (its config's max_position_embeddings), if it says."""
+    from transformers import AutoConfig
+
+    from ..default_model import resolve_base_model
+
+    value = getattr(AutoConfig.from_pretrained(str(resolve_base_model(base_model))), "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def make_work(ctx: StageContext, model: str, journal: Journal, templates: dict[str, string.Template],
+              context: int | None):
     tries = ctx.args.max_tries or MAX_TRIES
-    request = {"max_tokens": ctx.args.max_tokens}  # LongWriter's method: no stop strings
+
+    def request(user_text: str) -> dict | None:
+        """A request's sampling (LongWriter's method: no stop strings), its max_tokens within the context left
+        after the prompt; None if less than MIN_ROOM tokens are left (the text so far fills the context)."""
+        if context is None:
+            return {"max_tokens": ctx.args.max_tokens}
+        prompt = ctx.prompts.tokenizer(ctx.prompts.chat(user_text), add_special_tokens=False)["input_ids"]
+        room = context - len(prompt)
+        return {"max_tokens": min(ctx.args.max_tokens, room)} if room >= MIN_ROOM else None
 
     def work(key: str, prompt: str, stop: threading.Event) -> dict | None:
         state = dict(journal.records.get(key) or fresh_state())
@@ -121,8 +142,11 @@ def make_work(ctx: StageContext, model: str, journal: Journal, templates: dict[s
                 return done("exhausted")
             if stop.is_set():
                 return None
-            answer = ctx.client.chat(model, ctx.prompts.messages(templates["plan"].substitute(instruction=prompt)),
-                                     **request)
+            text = templates["plan"].substitute(instruction=prompt)
+            if (sampling := request(text)) is None:
+                reasons["context_full"] += 1
+                return done("exhausted")
+            answer = ctx.client.chat(model, ctx.prompts.messages(text), **sampling)
             plan, reason = parse_plan(answer.text)
             if plan is None:
                 reasons[reason] += 1
@@ -139,7 +163,10 @@ def make_work(ctx: StageContext, model: str, journal: Journal, templates: dict[s
             text = templates["write"].substitute(
                 instruction=prompt, plan=state["plan"], written="\n\n".join(state["written"]) or NOTHING_WRITTEN,
                 number=i + 1, section=state["sections"][i], words=state["words"][i])
-            answer = ctx.client.chat(model, ctx.prompts.messages(text), **request)
+            if (sampling := request(text)) is None:  # an unfinished text is not kept
+                reasons["context_full"] += 1
+                return done("exhausted")
+            answer = ctx.client.chat(model, ctx.prompts.messages(text), **sampling)
             section = answer.text.strip()
             if section:
                 state["written"] = state["written"] + [section]
@@ -188,11 +215,12 @@ def run(ctx: StageContext, instructions: Path | None, count: int | None, model: 
         raise UsageError(f"{source}: no instructions")
     templates = load_templates(ctx.flavour.dir)
     ctx.check_model_served(model)
+    context = context_length(ctx.args.base_model)
     items = {stable_key(p): p for p in prompts}
     columns = ["prompt", "plan", "sections", "agentwrite_response"]
     journal = Journal(journal_path(ctx, NAME))
     try:
-        return run_stage(ctx, NAME, items, make_work(ctx, model, journal, templates), columns=columns,
+        return run_stage(ctx, NAME, items, make_work(ctx, model, journal, templates, context), columns=columns,
                          rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs], length_column=None,
                          model=model, journal=journal, types={"sections": "int64"})
     finally:
