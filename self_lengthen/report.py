@@ -90,7 +90,7 @@ def iteration_report(iter_dir: Path) -> Path:
             if xs:
                 ax.hist(xs, bins=bins, alpha=0.6, label=f"{name} (n={len(xs)})")
         ax.set(xlabel="words", ylabel="responses", title=f"{iter_dir.name}: response length")
-        ax.legend()
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
         fig.tight_layout()
         fig.savefig(iter_dir / "words_hist.png", dpi=110)
         plt.close(fig)
@@ -156,7 +156,8 @@ def run_report(results: Path) -> Path:
         lines += ["", "## Synthesis", ""]
     lines += ["| iteration | initial mean | initial median | extended mean | extended median |", "|---|---|---|---|---|"]
     for k, initial, extended in rows:
-        lines.append(f"| {k} | {' | '.join(_stats(initial))} | {' | '.join(_stats(extended))} |")
+        if initial or extended:  # not the final Generator's held-out-only iteration
+            lines.append(f"| {k} | {' | '.join(_stats(initial))} | {' | '.join(_stats(extended))} |")
     if rows:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -174,8 +175,8 @@ def run_report(results: Path) -> Path:
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=label)
         ax.set(xlabel="iteration", ylabel="mean words", title="Response length growth")
-        ax.set_xticks([r[0] for r in rows])
-        ax.legend()
+        ax.set_xticks(sorted({r[0] for r in rows} | {k for k, _ in measured}))
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
         fig.tight_layout()
         fig.savefig(results / "growth.png", dpi=110)
         plt.close(fig)
