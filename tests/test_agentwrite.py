@@ -41,6 +41,15 @@ def test_an_unusable_plan_gets_a_reason(text, reason):
     assert parse_plan(text) == (None, reason)
 
 
+def test_a_plan_without_word_counts_shares_the_length_the_instruction_asks_for():
+    from self_lengthen.stages.agentwrite import asked_length
+
+    plan, reason = parse_plan("1. The opening\n2. The middle\n3. The end", total_words=asked_length(
+        "Write a 1500-word essay on tea."))
+    assert reason is None and plan.words == [500, 500, 500]
+    assert asked_length("写一篇两千字的文章，谈谈茶。") == 2000 and asked_length("Write an essay on tea.") is None
+
+
 def fake_model(bad_plans: int = 0, delay: float = 0.0):
     """Answers plan requests with PLAN (after `bad_plans` unusable ones per instruction) and section requests with
     a sentence naming the section."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..client import Completion
 from ..errors import UsageError, cli_main
+from ..evaluation import parse_numbers
 from ..io import read_jsonl
 from ..text import count_words
 from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
@@ -51,9 +52,11 @@ class Plan:
     words: list[int]      # each section's word count
 
 
-def parse_plan(text: str, max_sections: int = MAX_SECTIONS) -> tuple[Plan | None, str | None]:
+def parse_plan(text: str, max_sections: int = MAX_SECTIONS,
+               total_words: int | None = None) -> tuple[Plan | None, str | None]:
     """A plan from the model's answer, leniently: any numbered list of sections, a word count anywhere in a
-    section's lines; a section without one gets the mean of the others. (plan, None) or (None, reason)."""
+    section's lines; a section without one gets the mean of the others. A plan with no word count at all shares
+    `total_words` (the length the instruction asks for, if it names one) evenly. (plan, None) or (None, reason)."""
     blocks: list[list[str]] = []
     for line in text.splitlines():
         if _HEADER.match(line):
@@ -69,10 +72,18 @@ def parse_plan(text: str, max_sections: int = MAX_SECTIONS) -> tuple[Plan | None
         found = [int((a or b).replace(",", "")) for a, b in _WORDS.findall(" ".join(block))]
         counts.append(found[-1] if found and found[-1] > 0 else None)
     known = [c for c in counts if c]
+    if not known and total_words:
+        known = counts = [max(1, round(total_words / len(blocks)))] * len(blocks)
     if not known:
         return None, "plan_no_word_counts"
     mean = round(sum(known) / len(known))
     return Plan(["\n".join(b) for b in blocks], [c or mean for c in counts]), None
+
+
+def asked_length(instruction: str) -> int | None:
+    """The length an instruction asks for, in words, if it names one ("a 1500-word essay", "写一篇两千字的文章")."""
+    numbers = parse_numbers(instruction)
+    return numbers[0] if numbers else None
 
 
 def load_templates(flavour_dir: Path) -> dict[str, string.Template]:
@@ -147,7 +158,7 @@ def make_work(ctx: StageContext, model: str, journal: Journal, templates: dict[s
                 reasons["context_full"] += 1
                 return done("exhausted")
             answer = ctx.client.chat(model, ctx.prompts.messages(text), **sampling)
-            plan, reason = parse_plan(answer.text)
+            plan, reason = parse_plan(answer.text, total_words=asked_length(prompt))
             if plan is None:
                 reasons[reason] += 1
                 state["try"] += 1
