@@ -72,13 +72,17 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def fmt(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def render(iter_dir: Path, results: list[dict], png: Path) -> str:
-    fmt = (lambda v: "-" if v is None else v)
     lines = [f"# Self-Lengthen and AgentWrite on the same instructions ({iter_dir.name})", "",
              "Kept: Self-Lengthen's extended responses, AgentWrite's joined sections. Tokens: everything each method "
              "generated from the instructions on (step1 and step2; plans and sections). Not kept: the share of the "
              "final stage's items (step2's extensions; AgentWrite's instructions) that produced no kept text.", "",
-             "| method | instructions | kept | mean words | median words | tokens generated | tokens per kept word "
+             "| method | instructions with a kept text | kept | mean words | median words | tokens generated "
+             "| tokens per kept word "
              "| not kept % | repetition % |" + (" S_q |" if any("s_q" in r for r in results) else ""),
              "|---|---|---|---|---|---|---|---|---|" + ("---|" if any("s_q" in r for r in results) else "")]
     for r in results:
@@ -114,7 +118,8 @@ def main(argv=None):
 
         client = judge_client(args.judge_base_url)
         for r in results:
-            r["s_q"] = score_quality(r["_rows"], client, args.judge_model, args.workers)["s_q"]
+            quality = score_quality(r["_rows"], client, args.judge_model, args.workers) if r["_rows"] else None
+            r["s_q"] = f"{fmt(quality and quality['s_q'])} ({quality['judged'] if quality else 0} of {r['kept']} judged)"
     out = Path(args.output) if args.output else iter_dir / "methods.md"
     png = out.with_suffix(".png")
     plot(results, png)

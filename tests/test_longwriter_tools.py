@@ -166,3 +166,19 @@ def test_ruler_and_s_q_on_the_served_model_with_small_caps(served, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["judged"] + result["unjudged"] == 4 and result["bands"]["overall"]["rows"] == 4
+
+
+def test_the_comparison_scores_quality_with_a_judge_and_counts_what_it_judged(tmp_path):
+    it = tmp_path / "iter_1"
+    save_dataset([{"prompt": "p", "initial_response": "a"}], ["prompt", "initial_response"], it / "initial_responses")
+    save_dataset([{"prompt": "p", "initial_response": "a", "extended_response": "one two three four"}],
+                 ["prompt", "initial_response", "extended_response"], it / "extended_responses")
+    save_dataset([], ["prompt", "plan", "sections", "agentwrite_response"], it / "agentwrite_responses",
+                 {"sections": "int64"})
+    for name in ("initial_responses", "extended_responses", "agentwrite_responses"):
+        (it / f"{name}.summary.json").write_text(json.dumps({"items": 1, "tokens_generated": 10}))
+    with FakeEndpoint(text=json.dumps({d: 6 for d in SIX}), delay=0) as fake:
+        proc = run_eval("compare_methods.py", it, "--judge_model", "judge", "--judge_base_url", fake.base_url)
+    assert proc.returncode == 0, proc.stderr
+    report = (it / "methods.md").read_text()
+    assert "| 60.0 (1 of 1 judged) |" in report and "| - (0 of 0 judged) |" in report
