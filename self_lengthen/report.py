@@ -190,4 +190,7 @@ def run_report(results: Path) -> Path:
 if __name__ == "__main__":  # python -m self_lengthen.report RESULTS_DIR: the run's report again
     import sys
 
-    print(run_report(Path(sys.argv[1] if len(sys.argv) > 1 else "results")))
+    results_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
+    if not results_dir.is_dir():
+        sys.exit(f"error: {results_dir}: no such directory (pass a run's results/ dir)")
+    print(run_report(results_dir))

@@ -122,3 +122,13 @@ def test_the_iteration_report_shows_whether_training_moved_the_loss(tmp_path):
     report = iteration_report(it).read_text()
     assert "| gen_sft | 2 | 4 | 2 | 1.9 | 1.3 |" in report
     assert "ext_sft" not in report  # not trained: no row
+
+
+def test_the_report_command_on_a_missing_dir_says_so_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "self_lengthen.report", str(tmp_path / "nope")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {tmp_path / 'nope'}: no such directory (pass a run's results/ dir)"
