@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.judge import add_judge_arguments, check_judge_arguments, judge_client  # noqa: E402
 from self_lengthen.text import count_words, has_repeated_ngram  # noqa: E402
 
 # method: (datasets whose generation it paid for, the dataset it keeps, that dataset's text column)
@@ -103,10 +104,9 @@ def main(argv=None):
     p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("iter_dir")
     p.add_argument("--output", default=None, help="the report (default: ITER_DIR/methods.md)")
-    p.add_argument("--judge_model", default=None, help="score S_q with this judge (default: no quality score)")
-    p.add_argument("--judge_base_url", default=None, help="the judge's endpoint (default: the local one)")
-    p.add_argument("--workers", type=int, default=4)
+    add_judge_arguments(p, model=None, model_help="score S_q with this judge (default: no quality score)")
     args = p.parse_args(argv)
+    check_judge_arguments(args)
     iter_dir = Path(args.iter_dir)
     if not iter_dir.is_dir():
         raise UsageError(f"{iter_dir}: no such directory (pass a results/iter_K dir)")
@@ -114,12 +114,12 @@ def main(argv=None):
     if args.judge_model:
         from longbench_write_quality import score_quality
 
-        from self_lengthen.judge import judge_client
-
         client = judge_client(args.judge_base_url)
         for r in results:
-            quality = score_quality(r["_rows"], client, args.judge_model, args.workers) if r["_rows"] else None
-            r["s_q"] = f"{fmt(quality and quality['s_q'])} ({quality['judged'] if quality else 0} of {r['kept']} judged)"
+            quality = (score_quality(r["_rows"], client, args.judge_model, args.workers, args.tries)
+                       if r["_rows"] else None)
+            judged = quality["judged"] if quality else 0
+            r["s_q"] = f"{fmt(quality and quality['s_q'])} ({judged} of {r['kept']} judged)"
     out = Path(args.output) if args.output else iter_dir / "methods.md"
     png = out.with_suffix(".png")
     plot(results, png)

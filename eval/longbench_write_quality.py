@@ -20,7 +20,8 @@ from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import longbench_length_score, longwriter_words  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
-from self_lengthen.judge import judge_client, judge_rows, parse_scores  # noqa: E402
+from self_lengthen.judge import (add_judge_arguments, check_judge_arguments, judge_client, judge_rows,  # noqa: E402
+                                 parse_scores)
 
 DIMENSIONS = ("relevance", "accuracy", "coherence", "clarity", "breadth and depth", "reading experience")
 PROMPT = string.Template((Path(__file__).with_name("longbench_write_quality.md")).read_text())
@@ -72,14 +73,10 @@ def score_file(rows: list[dict], quality: dict | None) -> dict:
 def main(argv=None):
     p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("file")
-    p.add_argument("--judge_model", default="base", help="the judge's model name; 'none' for S_l only")
-    p.add_argument("--judge_base_url", default=None, help="default: the local endpoint")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--tries", type=int, default=3, help="judge calls per row before it counts as unjudged")
+    add_judge_arguments(p, model_help="the judge's model name; 'none' for S_l only")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    if args.tries < 1 or args.workers < 1:
-        raise UsageError("--tries and --workers must be at least 1")
+    check_judge_arguments(args)
     rows = read_jsonl(args.file, required=("prompt", "length"))
     check_rows(rows, args.file)
     quality = None

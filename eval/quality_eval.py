@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
-from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
-from self_lengthen.judge import judge_client, judge_rows, parse_scores  # noqa: E402
+from self_lengthen.errors import ArgParser, cli_main  # noqa: E402
+from self_lengthen.judge import (add_judge_arguments, check_judge_arguments, judge_client, judge_rows,  # noqa: E402
+                                 parse_scores)
 
 DIMENSIONS = ("relevance", "coherence", "accuracy", "consistency", "clarity", "creativity", "engagement")
 PROMPT = string.Template((Path(__file__).with_name("quality_eval.md")).read_text())
@@ -38,14 +39,10 @@ def evaluate(rows, client: Client, model: str, workers: int, tries: int) -> dict
 def main(argv=None):
     p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("file")
-    p.add_argument("--judge_base_url", default=None, help="default: the local endpoint")
-    p.add_argument("--judge_model", default="base")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--tries", type=int, default=3, help="judge calls per row before it counts as unparseable")
+    add_judge_arguments(p)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    if args.tries < 1 or args.workers < 1:
-        raise UsageError("--tries and --workers must be at least 1")
+    check_judge_arguments(args)
     rows = read_jsonl(args.file, required=("query", "response"))
     result = evaluate(rows, judge_client(args.judge_base_url), args.judge_model, args.workers, args.tries)
     if args.json:

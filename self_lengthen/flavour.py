@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
-from .io import read_jsonl
+from .io import dataset_prompts, read_jsonl
 
 OUR_FILES = {"self_instruct": "self_instruct.txt", "judge": "judge.txt", "extend": "extend.txt"}
 ORIGINAL_FILES = {"self_instruct": "self_instruct.md", "judge": "judge_prompt.md", "extend": "extend_response.md"}
@@ -107,15 +107,7 @@ def load_seeds(source: Path) -> list[str]:
     """Seed instructions from a JSONL file with `prompt`, or a `datasets.save_to_disk` dir with a `prompt` column."""
     source = Path(source)
     if source.is_dir():
-        try:
-            from datasets import load_from_disk
-
-            data = load_from_disk(str(source))
-        except Exception as exc:  # datasets raises several types for a dir that is not a dataset
-            raise UsageError(f"--seeds {source}: not a dataset saved with save_to_disk ({exc})") from None
-        if "prompt" not in data.column_names:
-            raise UsageError(f"--seeds {source}: the dataset has no 'prompt' column (columns: {data.column_names})")
-        seeds = [p for p in data["prompt"] if isinstance(p, str) and p.strip()]
+        seeds = dataset_prompts(source, "--seeds")
     elif source.is_file():
         rows = read_jsonl(source, required=("prompt",), allow_empty=True)
         bad = next((r["_line"] for r in rows if not isinstance(r["prompt"], str)), None)

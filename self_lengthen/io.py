@@ -35,3 +35,17 @@ def read_jsonl(path, required: tuple[str, ...] = (), allow_empty: bool = False) 
     if not rows and not allow_empty:
         raise UsageError(f"{path}: no rows")
     return rows
+
+
+def dataset_prompts(source: Path, option: str) -> list[str]:
+    """The non-empty `prompt` texts of a dataset dir written by `datasets.save_to_disk`; `option` names the
+    command-line option in the one-line error for a dir that is not such a dataset or has no `prompt` column."""
+    from datasets import load_from_disk
+
+    try:
+        data = load_from_disk(str(source))
+    except Exception as exc:  # datasets raises several types for a dir that is not a dataset
+        raise UsageError(f"{option} {source}: not a dataset saved with save_to_disk ({exc})") from None
+    if "prompt" not in data.column_names:
+        raise UsageError(f"{option} {source}: the dataset has no 'prompt' column (columns: {data.column_names})")
+    return [p for p in data["prompt"] if isinstance(p, str) and p.strip()]

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..client import Completion
 from ..errors import UsageError, cli_main
 from ..evaluation import parse_numbers
-from ..io import read_jsonl
+from ..io import dataset_prompts, read_jsonl
 from ..text import count_words
 from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
 from .runner import Journal
@@ -195,15 +195,7 @@ def make_work(ctx: StageContext, model: str, journal: Journal, templates: dict[s
 def load_instructions(source: Path) -> list[str]:
     """Instructions from a dataset dir (`prompt`) or a JSONL (`prompt`, `instruction` or `query`)."""
     if source.is_dir():
-        from datasets import load_from_disk
-
-        try:
-            data = load_from_disk(str(source))
-        except Exception as exc:  # datasets raises several types for a dir that is not a dataset
-            raise UsageError(f"--instructions {source}: not a dataset saved with save_to_disk ({exc})") from None
-        if "prompt" not in data.column_names:
-            raise UsageError(f"--instructions {source}: no 'prompt' column (columns: {data.column_names})")
-        return [p for p in data["prompt"] if isinstance(p, str) and p.strip()]
+        return dataset_prompts(source, "--instructions")
     out = []
     for row in read_jsonl(source):
         text = next((row[f] for f in ("prompt", "instruction", "query") if isinstance(row.get(f), str)), None)

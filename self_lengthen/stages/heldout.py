@@ -14,7 +14,6 @@ import json
 import statistics
 import threading
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UsageError, cli_main
 from ..evaluation import check_constraints
@@ -48,22 +47,21 @@ def longen_sample() -> list[dict]:
     return rows
 
 
-def make_work(ctx: StageContext, model: str, extra: Callable[[dict], dict] = lambda item: {}):
-    """One answer per item (a held-out prompt, or a LonGen row with its `query`), no retries."""
-    def work(key: str, item, stop: threading.Event) -> dict | None:
+def make_work(ctx: StageContext, model: str):
+    """One answer per item (its `prompt`, and any fields to keep beside the answer), no retries."""
+    def work(key: str, item: dict, stop: threading.Event) -> dict | None:
         if stop.is_set():
             return None
-        prompt = item if isinstance(item, str) else item["query"]
-        out = ctx.client.chat(model, ctx.prompts.messages(prompt), **ctx.sampling())
+        out = ctx.client.chat(model, ctx.prompts.messages(item["prompt"]), **ctx.sampling())
         text = out.text.strip()
-        return {"status": "accepted", "prompt": prompt, "response": text, "words": count_words(text),
+        return {"status": "accepted", **item, "response": text, "words": count_words(text),
                 "unfinished": not ends_a_sentence(text), "repetition": has_repeated_ngram(text),
-                "capped": out.finish_reason == "length", "tries": 1, "tokens": out.completion_tokens,
-                **extra(item)}
+                "capped": out.finish_reason == "length", "tries": 1, "tokens": out.completion_tokens}
 
     return work
 
 
+COLUMNS = ["prompt", "response", "words", "unfinished", "repetition", "capped"]
 CHECK_TYPES = {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"}
 
 
@@ -72,17 +70,17 @@ def run(ctx: StageContext, count: int | None) -> Path:
     model = ctx.model("gen_sft")
     if not (is_complete(ctx.iter_dir / NAME) and is_complete(ctx.iter_dir / LONGEN_NAME)):
         ctx.check_model_served(model)
-    items = {f"{i:04d}": p for i, p in enumerate(heldout_prompts(ctx.flavour)[:count])}
-    columns = ["prompt", "response", "words", "unfinished", "repetition", "capped"]
-    out = run_stage(ctx, NAME, items, make_work(ctx, model), columns=columns,
-                    rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs], length_column=None, model=model,
-                    types=CHECK_TYPES)
-    sample = {f"{r['_line']:04d}": r for r in longen_sample()[:count]}
-    longen_columns = columns + ["type", "constraint"]
-    run_stage(ctx, LONGEN_NAME, sample, make_work(ctx, model, lambda r: {"type": r["type"],
-                                                                         "constraint": r["constraint"]}),
-              columns=longen_columns, rows_of=lambda recs: [{c: r[c] for c in longen_columns} for r in recs],
-              length_column=None, model=model, types=CHECK_TYPES)
+
+    def answer(name: str, items: dict, columns: list[str]) -> Path:
+        return run_stage(ctx, name, items, make_work(ctx, model), columns=columns,
+                         rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs], length_column=None,
+                         model=model, types=CHECK_TYPES)
+
+    out = answer(NAME, {f"{i:04d}": {"prompt": p} for i, p in enumerate(heldout_prompts(ctx.flavour)[:count])},
+                 COLUMNS)
+    sample = {f"{r['_line']:04d}": {"prompt": r["query"], "type": r["type"], "constraint": r["constraint"]}
+              for r in longen_sample()[:count]}
+    answer(LONGEN_NAME, sample, COLUMNS + ["type", "constraint"])
     return out
 
 
