@@ -100,10 +100,11 @@ def iteration_report(iter_dir: Path) -> Path:
     return report
 
 
-def heldout_row(iter_dir: Path) -> dict | None:
-    """The Generator of `iter_dir`'s iteration on the held-out instructions: its name, length statistics and the
-    shares of answers that end unfinished, repeat an n-gram, or hit max_tokens. None if not measured."""
-    out = iter_dir / "heldout"
+def heldout_row(iter_dir: Path, name: str = "heldout") -> dict | None:
+    """The Generator of `iter_dir`'s iteration on the held-out instructions (or another stage of answers in their
+    columns, `name`): its name, length statistics and the shares of answers that end unfinished, repeat an n-gram,
+    or hit max_tokens. None if not measured."""
+    out = iter_dir / name
     if not (out / "_COMPLETE").exists():
         return None
     from datasets import load_from_disk
@@ -111,12 +112,12 @@ def heldout_row(iter_dir: Path) -> dict | None:
     from .stages.heldout import length_stats
 
     data = load_from_disk(str(out))
-    summary_path = iter_dir / "heldout.summary.json"
+    summary_path = iter_dir / f"{name}.summary.json"
     model = json.loads(summary_path.read_text()).get("model", "?") if summary_path.exists() else "?"
     n = len(data)
     share = (lambda col: round(100 * sum(data[col]) / n, 1) if n else 0.0)
     longen = {}
-    if (iter_dir / "heldout_longen" / "_COMPLETE").exists():
+    if name == "heldout" and (iter_dir / "heldout_longen" / "_COMPLETE").exists():
         scores = longen_scores(load_from_disk(str(iter_dir / "heldout_longen")).to_list())
         longen = {"longen_following": scores.get("following"), "longen_s_l": scores.get("s_l")}
     # Clean answers end a sentence, repeat no n-gram and stop before max_tokens: a loop run to the cap is not

@@ -1,0 +1,99 @@
+"""Does training move the Generator to its targets' length? Retrain one iteration's gen_sft of a finished run with a
+given number of epochs (same rows, same starting adapter, same settings otherwise), then serve it and measure it on
+the held-out instructions and on its own training prompts, beside the length of the targets it trained on.
+
+Run it once with the run's own epochs (the baseline, which reproduces the run's adapter) and once with more: if the
+Generator's length on its training prompts stays well under its targets' at the run's epochs and nears them with
+more, the run underfits. Each part is resumable (a rerun skips a finished training and finished answers).
+
+Usage: .venv/bin/python bench/fit_check.py --results llama/study/results --iter 3 --epochs 10 --workdir /tmp/fit10
+Needs the machine to itself (training, then serving, on every core).
+"""
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.report import heldout_row  # noqa: E402
+from self_lengthen.stages import heldout  # noqa: E402
+from self_lengthen.stages.common import StageContext, run_stage  # noqa: E402
+from self_lengthen.text import count_words  # noqa: E402
+from self_lengthen.train import adapter_done, publish_adapter, run_logged, train_env, train_python  # noqa: E402
+
+LLAMA = ROOT / "llama"
+TRAINING_PROMPTS = "training_prompts"
+
+
+def train(results: Path, k: int, epochs: int, work: Path) -> dict:
+    """gen_sft of iteration k retrained with `epochs` epochs into work/results/iter_k/lora; ext_sft copied as is."""
+    src, dst = results / f"iter_{k}", work / "results" / f"iter_{k}"
+    if not adapter_done(dst, "gen_sft"):
+        config = yaml.safe_load((src / "data" / "train_gen_sft.yaml").read_text())
+        config["num_train_epochs"] = epochs
+        config["output_dir"] = str(dst / "lora" / ".gen_sft.training")
+        path = work / f"train_gen_sft_{epochs}ep.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        shutil.rmtree(config["output_dir"], ignore_errors=True)
+        run_logged([str(train_python().parent / "llamafactory-cli"), "train", str(path)], work / "train.log",
+                   env=train_env(), what=f"training gen_sft ({epochs} epochs)")
+        publish_adapter(dst, "gen_sft")
+    if not adapter_done(dst, "ext_sft"):
+        shutil.copytree(src / "lora" / "ext_sft", dst / "lora" / "ext_sft")
+    return json.loads((dst / "lora" / "gen_sft" / "all_results.json").read_text())
+
+
+def answer_training_prompts(ctx: StageContext, rows: list[dict]) -> None:
+    """gen_sft on the instructions it trained on, with the method's sampling (as the held-out step answers)."""
+    items = {f"{i:04d}": {"prompt": r["instruction"]} for i, r in enumerate(rows)}
+    run_stage(ctx, TRAINING_PROMPTS, items, heldout.make_work(ctx, "gen_sft"), columns=heldout.COLUMNS,
+              rows_of=lambda recs: [{c: r[c] for c in heldout.COLUMNS} for r in recs], length_column=None,
+              model="gen_sft", types=heldout.CHECK_TYPES)
+
+
+@cli_main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, required=True, help="a finished run's results dir")
+    p.add_argument("--iter", type=int, required=True, help="the iteration whose gen_sft is retrained")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--workdir", type=Path, required=True, help="where the retrained adapter and answers go")
+    p.add_argument("--max_tokens", type=int, default=2048, help="per answer (the study's final evaluation: 2048)")
+    args = p.parse_args(argv)
+    results, work, k = args.results.resolve(), args.workdir.resolve(), args.iter
+    data = results / f"iter_{k}" / "data" / "gen_sft.json"
+    if not data.is_file():
+        raise UsageError(f"{data} is missing: --results must be a run whose iteration {k} trained")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs={args.epochs} must be at least 1")
+    trained = train(results, k, args.epochs, work)
+    rows = json.loads(data.read_text(encoding="utf-8"))
+    serve = ["bash", str(LLAMA / "run_server.sh"), "--base_model=default", f"--iter={k}", f"--workdir={work}"]
+    try:
+        if subprocess.run(serve, timeout=1800).returncode != 0:
+            raise UsageError(f"run_server.sh failed; see {work}/run")
+        stage_args = [f"--iter={k + 1}", f"--workdir={work}", f"--max_tokens={args.max_tokens}", "--workers=32",
+                      "--no-drop_short"]
+        heldout.main(LLAMA, stage_args)
+        ctx = StageContext.create(heldout.parser().parse_args(stage_args), LLAMA)
+        answer_training_prompts(ctx, rows)
+    finally:
+        subprocess.run(["bash", str(LLAMA / "stop_server.sh"), f"--workdir={work}"], timeout=600)
+    report = {"iter": k, "epochs": args.epochs, "rows": len(rows), "train_loss": round(trained["train_loss"], 3),
+              "target_mean_words": round(statistics.mean(count_words(r["output"]) for r in rows), 1),
+              "training_prompts": heldout_row(ctx.iter_dir, TRAINING_PROMPTS), "heldout": heldout_row(ctx.iter_dir)}
+    (work / "fit_check.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
