@@ -46,9 +46,8 @@ demo: setup
 	$(call final_evaluation,.,$(DEMO_ITER),$(DEMO_HELDOUT_ARGS))
 
 # The study (issue 14): does the Generator lengthen? 3 iterations on the embedded SmolLM2 with room to grow
-# (profile `study`), in llama/study, resumable: run it again after a stop and it continues. With 3 epochs it
-# took about 1.5 h on 2 cores with the machine to itself (2026-12-01; bench/RESULTS.md); 10 epochs add about 15 min
-# of training per iteration.
+# (profile `study`), in llama/study, resumable: run it again after a stop and it continues. About 1 h 50 min on
+# 2 cores with the machine to itself (2026-12-01, 10 epochs; bench/RESULTS.md).
 STUDY_ITER ?= 3
 STUDY_ARGS ?= --instruct_count=16 --max_iter=$(STUDY_ITER)
 STUDY_HELDOUT_ARGS ?= --max_tokens=2048 --workers=32 --no-drop_short
