@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from self_lengthen.errors import UsageError, cli_main  # noqa: E402
 from self_lengthen.report import heldout_row  # noqa: E402
 from self_lengthen.stages import heldout  # noqa: E402
-from self_lengthen.stages.common import StageContext, run_stage  # noqa: E402
+from self_lengthen.stages.common import StageContext  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 from self_lengthen.train import adapter_done, publish_adapter, run_logged, train_env, train_python  # noqa: E402
 
@@ -55,9 +55,7 @@ def train(results: Path, k: int, epochs: int, work: Path) -> dict:
 def answer_training_prompts(ctx: StageContext, rows: list[dict]) -> None:
     """gen_sft on the instructions it trained on, with the method's sampling (as the held-out step answers)."""
     items = {f"{i:04d}": {"prompt": r["instruction"]} for i, r in enumerate(rows)}
-    run_stage(ctx, TRAINING_PROMPTS, items, heldout.make_work(ctx, "gen_sft"), columns=heldout.COLUMNS,
-              rows_of=lambda recs: [{c: r[c] for c in heldout.COLUMNS} for r in recs], length_column=None,
-              model="gen_sft", types=heldout.CHECK_TYPES)
+    heldout.answer(ctx, "gen_sft", TRAINING_PROMPTS, items)
 
 
 @cli_main

@@ -103,7 +103,7 @@ def iteration_report(iter_dir: Path) -> Path:
 def heldout_row(iter_dir: Path, name: str = "heldout") -> dict | None:
     """The Generator of `iter_dir`'s iteration on the held-out instructions (or another stage of answers in their
     columns, `name`): its name, length statistics and the shares of answers that end unfinished, repeat an n-gram,
-    or hit max_tokens. None if not measured."""
+    or hit max_tokens, and its LonGen-style scores where `{name}_longen` was answered. None if not measured."""
     out = iter_dir / name
     if not (out / "_COMPLETE").exists():
         return None
@@ -117,8 +117,8 @@ def heldout_row(iter_dir: Path, name: str = "heldout") -> dict | None:
     n = len(data)
     share = (lambda col: round(100 * sum(data[col]) / n, 1) if n else 0.0)
     longen = {}
-    if name == "heldout" and (iter_dir / "heldout_longen" / "_COMPLETE").exists():
-        scores = longen_scores(load_from_disk(str(iter_dir / "heldout_longen")).to_list())
+    if (iter_dir / f"{name}_longen" / "_COMPLETE").exists():
+        scores = longen_scores(load_from_disk(str(iter_dir / f"{name}_longen")).to_list())
         longen = {"longen_following": scores.get("following"), "longen_s_l": scores.get("s_l")}
     # Clean answers end a sentence, repeat no n-gram and stop before max_tokens: a loop run to the cap is not
     # writing longer, and it can carry the mean.

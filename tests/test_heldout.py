@@ -4,7 +4,7 @@ import shutil
 
 from conftest import ROOT
 from fake_endpoint import FakeEndpoint
-from self_lengthen.report import run_report
+from self_lengthen.report import heldout_row, run_report
 from self_lengthen.stages.heldout import length_stats
 from self_lengthen.stages.runner import save_dataset
 from test_stages import STEP0, load_rows, step
@@ -106,6 +106,11 @@ def test_the_run_report_leads_with_the_held_out_curve(tmp_path):
     row_2 = next(line for line in report.splitlines() if line.startswith("| 2 | gen_sft |"))
     assert row_2.endswith("| 33.3 | 0.0 | 0.0 | 2, 360 | - | - |")  # iteration 2 has no LonGen answers
     assert (results / "growth.png").stat().st_size > 0
+    # another stage of answers in the same columns gets LonGen scores only from its own `{name}_longen`
+    shutil.copytree(results / "iter_1" / "heldout", results / "iter_1" / "training_prompts")
+    assert heldout_row(results / "iter_1")["longen_following"] == 0.625
+    assert heldout_row(results / "iter_1", "training_prompts")["mean"] == 120
+    assert "longen_following" not in heldout_row(results / "iter_1", "training_prompts")
 
 
 def test_the_iteration_report_shows_whether_training_moved_the_loss(tmp_path):

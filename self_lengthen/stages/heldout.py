@@ -70,18 +70,19 @@ def run(ctx: StageContext, count: int | None) -> Path:
     model = ctx.model("gen_sft")
     if not (is_complete(ctx.iter_dir / NAME) and is_complete(ctx.iter_dir / LONGEN_NAME)):
         ctx.check_model_served(model)
-
-    def answer(name: str, items: dict, columns: list[str]) -> Path:
-        return run_stage(ctx, name, items, make_work(ctx, model), columns=columns,
-                         rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs], length_column=None,
-                         model=model, types=CHECK_TYPES)
-
-    out = answer(NAME, {f"{i:04d}": {"prompt": p} for i, p in enumerate(heldout_prompts(ctx.flavour)[:count])},
-                 COLUMNS)
+    out = answer(ctx, model, NAME,
+                 {f"{i:04d}": {"prompt": p} for i, p in enumerate(heldout_prompts(ctx.flavour)[:count])})
     sample = {f"{r['_line']:04d}": {"prompt": r["query"], "type": r["type"], "constraint": r["constraint"]}
               for r in longen_sample()[:count]}
-    answer(LONGEN_NAME, sample, COLUMNS + ["type", "constraint"])
+    answer(ctx, model, LONGEN_NAME, sample, COLUMNS + ["type", "constraint"])
     return out
+
+
+def answer(ctx: StageContext, model: str, name: str, items: dict, columns: list[str] = COLUMNS) -> Path:
+    """The resumable stage `name`: `model`'s one answer to each item, kept in `columns`."""
+    return run_stage(ctx, name, items, make_work(ctx, model), columns=columns,
+                     rows_of=lambda recs: [{c: r[c] for c in columns} for r in recs], length_column=None,
+                     model=model, types=CHECK_TYPES)
 
 
 def length_stats(words: list[int]) -> dict:
