@@ -21,10 +21,11 @@ from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import longbench_length_score, longwriter_words  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.judge import (add_judge_arguments, check_judge_arguments, judge_client, judge_rows,  # noqa: E402
-                                 parse_scores)
+                                 verdict_parser)
 
 DIMENSIONS = ("relevance", "accuracy", "coherence", "clarity", "breadth and depth", "reading experience")
 PROMPT = string.Template((Path(__file__).with_name("longbench_write_quality.md")).read_text())
+PARSE = verdict_parser(PROMPT.template, DIMENSIONS, 0, 10)
 BANDS = (("0-500", 0, 500), ("500-2000", 500, 2000), ("2000-4000", 2000, 4000), ("4000+", 4000, float("inf")))
 
 
@@ -45,7 +46,7 @@ def score_quality(rows: list[dict], client: Client, model: str, workers: int, tr
     """S_q over rows with prompt (or query) and response; per-row quality in `per_row` (None: unjudged)."""
     verdicts = judge_rows(rows, client, model,
                           lambda r: PROMPT.substitute(prompt=r.get("prompt") or r["query"], response=r["response"]),
-                          lambda text: parse_scores(text, DIMENSIONS, 0, 10), workers, tries)
+                          PARSE, workers, tries)
     per_row = [sum(v.values()) / len(v) * 10 if v else None for v in verdicts]
     judged = [q for q in per_row if q is not None]
     means = {d: round(sum(v[d] for v in verdicts if v) / len(judged), 2) if judged else None for d in DIMENSIONS}

@@ -15,15 +15,14 @@ from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, cli_main  # noqa: E402
 from self_lengthen.judge import (add_judge_arguments, check_judge_arguments, judge_client, judge_rows,  # noqa: E402
-                                 parse_scores)
+                                 verdict_parser)
 
 DIMENSIONS = ("relevance", "coherence", "accuracy", "consistency", "clarity", "creativity", "engagement")
 PROMPT = string.Template((Path(__file__).with_name("quality_eval.md")).read_text())
 
 
-def parse_verdict(text: str) -> dict[str, float] | None:
-    """The first JSON object in `text` that scores all 7 dimensions in [1, 10]; tolerant of fences and prose."""
-    return parse_scores(text, DIMENSIONS, 1, 10)
+# The first JSON object in an answer that scores all 7 dimensions in [1, 10], and is not the prompt's example.
+parse_verdict = verdict_parser(PROMPT.template, DIMENSIONS, 1, 10)
 
 
 def evaluate(rows, client: Client, model: str, workers: int, tries: int) -> dict:

@@ -43,6 +43,19 @@ def parse_scores(text: str, dimensions: tuple[str, ...], lo: float, hi: float) -
     return None
 
 
+def verdict_parser(prompt_text: str, dimensions: tuple[str, ...], lo: float, hi: float) -> Callable[[str], dict | None]:
+    """parse_scores for answers to the judge prompt `prompt_text`, where a verdict equal to the prompt's own example
+    counts as unreadable: a judge that copies the example has not judged (the 135M default model does, most often
+    with one dimension left out; bench/RESULTS.md)."""
+    example = parse_scores(prompt_text, dimensions, lo, hi)
+
+    def parse(text: str) -> dict | None:
+        verdict = parse_scores(text, dimensions, lo, hi)
+        return None if verdict is not None and verdict == example else verdict
+
+    return parse
+
+
 def judge_rows(rows: list[dict], client: Client, model: str, prompt_of: Callable[[dict], str],
                parse: Callable[[str], dict | None], workers: int, tries: int) -> list[dict | None]:
     """One verdict per row (None where `tries` answers could not be parsed), `workers` rows at a time."""

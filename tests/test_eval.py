@@ -242,6 +242,8 @@ def test_quality_eval_handles_and_counts_malformed_verdicts(tmp_path):
 def test_parse_verdict_is_lenient_but_checks_range():
     assert quality_eval.parse_verdict('{"Relevance": "7", ' + ", ".join(f'"{d}": 5' for d in quality_eval.DIMENSIONS[1:]) + "}")
     assert quality_eval.parse_verdict("{}") is None and quality_eval.parse_verdict("") is None
+    example = '{"relevance": 7, "coherence": 6, "accuracy": 8, "consistency": 7, "clarity": 6, "creativity": 5, "engagement": 6}'
+    assert example in quality_eval.PROMPT.template and quality_eval.parse_verdict(example) is None  # copied, not judged
 
 
 # --- generate.py on the real model, with a kill -9 and a resume -----------------------------------------------------

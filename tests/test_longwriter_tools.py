@@ -31,6 +31,23 @@ def test_a_verdict_is_read_leniently_but_must_score_every_dimension_in_range():
     assert parse_scores("no verdict at all", SIX, 0, 10) is None
 
 
+def test_a_judge_that_copies_the_prompts_example_verdict_has_not_judged():
+    import string
+
+    from self_lengthen.judge import verdict_parser
+
+    prompt = (ROOT / "eval" / "longbench_write_quality.md").read_text()
+    example = {"relevance": 7, "accuracy": 8, "coherence": 6, "clarity": 7, "breadth and depth": 5,
+               "reading experience": 6}
+    assert json.dumps(example) in prompt
+    parse = verdict_parser(prompt, SIX, 0, 10)
+    assert parse("```json\n" + json.dumps(example) + "\n```") is None
+    assert parse(json.dumps({**example, "clarity": 3}))["clarity"] == 3
+    # as the 135M model answers: the example with `coherence` left out
+    assert parse(json.dumps({k: v for k, v in example.items() if k != "coherence"})) is None
+    assert string.Template(prompt).substitute(prompt="p", response="r").count(json.dumps(example)) == 1
+
+
 def test_s_q_and_s_l_per_band_with_a_judge_that_sometimes_cannot_be_read(tmp_path):
     rows = [{"prompt": "short piece", "length": 300, "response": " ".join(["word"] * 300)},
             {"prompt": "long piece", "length": 3000, "response": " ".join(["word"] * 1500)},
