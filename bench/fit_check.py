@@ -7,6 +7,7 @@ Generator's length on its training prompts stays well under its targets' at the 
 more, the run underfits. Each part is resumable (a rerun skips a finished training and finished answers).
 
 Usage: .venv/bin/python bench/fit_check.py --results llama/study/results --iter 3 --epochs 10 --workdir /tmp/fit10
+       [--learning_rate 1e-3] [--max_tokens 800]
 Needs the machine to itself (training, then serving, on every core).
 """
 import argparse
@@ -33,12 +34,15 @@ LLAMA = ROOT / "llama"
 TRAINING_PROMPTS = "training_prompts"
 
 
-def train(results: Path, k: int, epochs: int, work: Path) -> dict:
-    """gen_sft of iteration k retrained with `epochs` epochs into work/results/iter_k/lora; ext_sft copied as is."""
+def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float | None = None) -> dict:
+    """gen_sft of iteration k retrained with `epochs` epochs (and `learning_rate`, if given) into
+    work/results/iter_k/lora; ext_sft copied as is."""
     src, dst = results / f"iter_{k}", work / "results" / f"iter_{k}"
     if not adapter_done(dst, "gen_sft"):
         config = yaml.safe_load((src / "data" / "train_gen_sft.yaml").read_text())
         config["num_train_epochs"] = epochs
+        if learning_rate is not None:
+            config["learning_rate"] = learning_rate
         config["output_dir"] = str(dst / "lora" / ".gen_sft.training")
         path = work / f"train_gen_sft_{epochs}ep.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,7 @@ def main(argv=None):
     p.add_argument("--results", type=Path, required=True, help="a finished run's results dir")
     p.add_argument("--iter", type=int, required=True, help="the iteration whose gen_sft is retrained")
     p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--learning_rate", type=float, default=None, help="default: the run's")
     p.add_argument("--workdir", type=Path, required=True, help="where the retrained adapter and answers go")
     p.add_argument("--max_tokens", type=int, default=2048, help="per answer (the study's final evaluation: 2048)")
     args = p.parse_args(argv)
@@ -73,7 +78,7 @@ def main(argv=None):
         raise UsageError(f"{data} is missing: --results must be a run whose iteration {k} trained")
     if args.epochs < 1:
         raise UsageError(f"--epochs={args.epochs} must be at least 1")
-    trained = train(results, k, args.epochs, work)
+    trained = train(results, k, args.epochs, work, args.learning_rate)
     rows = json.loads(data.read_text(encoding="utf-8"))
     serve = ["bash", str(LLAMA / "run_server.sh"), "--base_model=default", f"--iter={k}", f"--workdir={work}"]
     try:
@@ -86,7 +91,8 @@ def main(argv=None):
         answer_training_prompts(ctx, rows)
     finally:
         subprocess.run(["bash", str(LLAMA / "stop_server.sh"), f"--workdir={work}"], timeout=600)
-    report = {"iter": k, "epochs": args.epochs, "rows": len(rows), "train_loss": round(trained["train_loss"], 3),
+    lr = yaml.safe_load((work / f"train_gen_sft_{args.epochs}ep.yaml").read_text())["learning_rate"]
+    report = {"iter": k, "epochs": args.epochs, "learning_rate": lr, "rows": len(rows), "train_loss": round(trained["train_loss"], 3),
               "target_mean_words": round(statistics.mean(count_words(r["output"]) for r in rows), 1),
               "training_prompts": heldout_row(ctx.iter_dir, TRAINING_PROMPTS), "heldout": heldout_row(ctx.iter_dir)}
     (work / "fit_check.json").write_text(json.dumps(report, indent=1))
