@@ -34,6 +34,11 @@ LLAMA = ROOT / "llama"
 TRAINING_PROMPTS = "training_prompts"
 
 
+def config_path(work: Path, epochs: int) -> Path:
+    """The retrained gen_sft's LLaMA-Factory config."""
+    return work / f"train_gen_sft_{epochs}ep.yaml"
+
+
 def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float | None = None) -> dict:
     """gen_sft of iteration k retrained with `epochs` epochs (and `learning_rate`, if given) into
     work/results/iter_k/lora; ext_sft copied as is."""
@@ -44,7 +49,7 @@ def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float |
         if learning_rate is not None:
             config["learning_rate"] = learning_rate
         config["output_dir"] = str(dst / "lora" / ".gen_sft.training")
-        path = work / f"train_gen_sft_{epochs}ep.yaml"
+        path = config_path(work, epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         shutil.rmtree(config["output_dir"], ignore_errors=True)
@@ -91,8 +96,9 @@ def main(argv=None):
         answer_training_prompts(ctx, rows)
     finally:
         subprocess.run(["bash", str(LLAMA / "stop_server.sh"), f"--workdir={work}"], timeout=600)
-    lr = yaml.safe_load((work / f"train_gen_sft_{args.epochs}ep.yaml").read_text())["learning_rate"]
-    report = {"iter": k, "epochs": args.epochs, "learning_rate": lr, "rows": len(rows), "train_loss": round(trained["train_loss"], 3),
+    lr = yaml.safe_load(config_path(work, args.epochs).read_text())["learning_rate"]
+    report = {"iter": k, "epochs": args.epochs, "learning_rate": lr, "rows": len(rows),
+              "train_loss": round(trained["train_loss"], 3),
               "target_mean_words": round(statistics.mean(count_words(r["output"]) for r in rows), 1),
               "training_prompts": heldout_row(ctx.iter_dir, TRAINING_PROMPTS), "heldout": heldout_row(ctx.iter_dir)}
     (work / "fit_check.json").write_text(json.dumps(report, indent=1))

@@ -9,26 +9,24 @@ Needs the machine to itself.
 import argparse
 import json
 import os
-import string
 import sys
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "eval")]
+
+import longbench_write_quality as lbw  # noqa: E402
 
 from self_lengthen.judge import parse_scores  # noqa: E402
 
-PROMPT = (ROOT / "eval" / "longbench_write_quality.md").read_text()
-SIX = ("relevance", "accuracy", "coherence", "clarity", "breadth and depth", "reading experience")
 
-
-def kind(text: str, example: dict) -> str:
+def kind(text: str) -> str:
     """own verdict, the example copied (all six or some), or other."""
-    if (verdict := parse_scores(text, SIX, 0, 10)) is not None:
-        return "the example, copied" if verdict == example else "a verdict of its own"
-    for left_out in SIX:
-        if parse_scores(text, tuple(d for d in SIX if d != left_out), 0, 10) is not None:
+    if parse_scores(text, lbw.DIMENSIONS, 0, 10) is not None:
+        return "a verdict of its own" if lbw.PARSE(text) is not None else "the example, copied"
+    for left_out in lbw.DIMENSIONS:
+        if parse_scores(text, tuple(d for d in lbw.DIMENSIONS if d != left_out), 0, 10) is not None:
             return f"a verdict without `{left_out}` (copied from the example or not)"
     return "other text"
 
@@ -49,16 +47,14 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     rows = load_from_disk(str(args.heldout)).to_list()[:args.count]
-    template = string.Template(PROMPT)
     llm = LLM(str(ensure_default_model()), max_model_len=8192, dtype="bfloat16")
-    messages = [[{"role": "user", "content": template.substitute(prompt=r["prompt"], response=r["response"])}]
+    messages = [[{"role": "user", "content": lbw.PROMPT.substitute(prompt=r["prompt"], response=r["response"])}]
                 for r in rows]
     outs = llm.chat(messages, SamplingParams(temperature=0.2, max_tokens=300, n=3))
     answers = [c.text for o in outs for c in o.outputs]
     llm.llm_engine.engine_core.shutdown()
     args.out.write_text(json.dumps(answers, indent=1, ensure_ascii=False))
-    example = parse_scores(PROMPT, SIX, 0, 10)
-    for name, n in Counter(kind(a, example) for a in answers).most_common():
+    for name, n in Counter(kind(a) for a in answers).most_common():
         print(f"| {name} | {n} of {len(answers)} |")
     sys.stdout.flush()
     os._exit(0)  # the engine's threads can outlive main otherwise

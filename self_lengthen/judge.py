@@ -51,7 +51,7 @@ def verdict_parser(prompt_text: str, dimensions: tuple[str, ...], lo: float, hi:
 
     def parse(text: str) -> dict | None:
         verdict = parse_scores(text, dimensions, lo, hi)
-        return None if verdict is not None and verdict == example else verdict
+        return None if verdict == example else verdict
 
     return parse
 
