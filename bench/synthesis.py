@@ -265,17 +265,38 @@ def step2_fixture(args) -> str:
     return f"step2 fixture: {len(rows)} initial responses from {args.instructions} instructions -> {FIXTURE}"
 
 
-def step2(args) -> str:
-    from self_lengthen.default_model import ensure_default_model
+def step2_requests(rows: list[dict], model: Path, n: int = 32) -> tuple[list[list[dict]], list[str]]:
+    """The requests that saturate the engine: n of step2's own chat requests (the first half of an initial response,
+    to expand), as messages; and n of the mix step2 sends, n/2 such chat requests and n/2 completions over the whole
+    text (a round's second request, with its long prompt), as formatted prompts."""
     from self_lengthen.flavour import Flavour, PromptBuilder
     from self_lengthen.text import split_blocks
     from transformers import AutoTokenizer
 
-    from serving import offline
+    prompts = PromptBuilder(Flavour(FLAVOUR), AutoTokenizer.from_pretrained(str(model)))
+    messages, mix = [], []
+    for i in range(n):
+        row = rows[i % len(rows)]
+        blocks = split_blocks(row["initial_response"])
+        request = prompts.extend_request(row["prompt"], "\n\n".join(blocks[: len(blocks) // 2]))
+        messages.append(prompts.messages(request))
+        mix.append(prompts.chat(request) if i % 2 == 0
+                   else prompts.extend_completion(row["prompt"], row["initial_response"], ""))
+    return messages, mix
 
+
+def fixture_rows() -> list[dict]:
     if not FIXTURE.is_file():
         raise SystemExit(f"{FIXTURE} is missing: run `bench/synthesis.py step2-fixture` first")
-    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+
+
+def step2(args) -> str:
+    from self_lengthen.default_model import ensure_default_model
+
+    from serving import offline
+
+    rows = fixture_rows()
     model = ensure_default_model()
     workdir = new_workdir("step2", [])
     iteration = 1 if args.engines == 1 else 2  # 3 engines: iteration 2 through iteration 1's (zero) adapters
@@ -306,18 +327,7 @@ def step2(args) -> str:
           f"tokens in capped requests {summary['tokens_capped_this_run']}, in rejected ones "
           f"{summary['tokens_rejected_this_run']}; reasons {summary['reject_reasons']}", flush=True)
 
-    # The engine saturated: 32 of step2's own chat requests (the first half of an initial response, to expand);
-    # then 32 of the mix step2 sends, 16 such chat requests and 16 completions over the whole text (a round's second
-    # request, with its long prompt), as formatted prompts.
-    prompts = PromptBuilder(Flavour(FLAVOUR), AutoTokenizer.from_pretrained(str(model)))
-    messages, mix = [], []
-    for i in range(32):
-        row = rows[i % len(rows)]
-        blocks = split_blocks(row["initial_response"])
-        request = prompts.extend_request(row["prompt"], "\n\n".join(blocks[: len(blocks) // 2]))
-        messages.append(prompts.messages(request))
-        mix.append(prompts.chat(request) if i % 2 == 0
-                   else prompts.extend_completion(row["prompt"], row["initial_response"], ""))
+    messages, mix = step2_requests(rows, model)
     saturated, saturated_mix = offline(model, messages, args.saturate_tokens, raw_prompts=mix)
     return (f"(c) step2 on {len(rows)} fixed initial responses ({args.profile} sizes{', ' + ' '.join(extra) if extra else ''}, "
             f"{args.engines} engine{'s' if args.engines > 1 else ''} loaded): "

@@ -168,9 +168,35 @@ def test_a_merged_copy_equals_the_adapter_applied_and_is_made_once(tmp_path, def
         plain = load(default_model)(ids).logits
         expected = PeftModel.from_pretrained(load(default_model), str(adapter))(ids).logits
         got = load(merged)(ids).logits
-    # The adapter moves the logits far; the merged copy lands where the adapter does, up to bf16 rounding.
+    # The adapter moves the logits far; the merged copy (float32) lands where the adapter does.
     assert (got - expected).abs().max() < 0.1 * (plain - expected).abs().max()
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_a_merged_copy_keeps_a_small_trained_size_change(tmp_path, default_model):
+    """A trained adapter changes the weights by about 1e-4 (one epoch at lr 1e-4). In bfloat16, most such changes
+    round back to the base's weights, so the copy must be kept in float32 to do what the adapter does."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import make_random_adapter
+    from self_lengthen.serve.worker import merged_model
+
+    adapter = make_random_adapter(default_model, tmp_path / "a", seed=5)
+    weights = adapter / "adapter_model.safetensors"
+    save_file({k: v * 1e-3 if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
+    merged = merged_model(default_model, adapter, tmp_path / "merged")
+    ids = AutoTokenizer.from_pretrained(default_model)("The lighthouse keeper climbed the stairs",
+                                                       return_tensors="pt").input_ids
+    load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype="auto").float().eval()  # noqa: E731
+    with torch.no_grad():
+        plain = load(default_model)(ids).logits
+        expected = PeftModel.from_pretrained(load(default_model), str(adapter))(ids).logits
+        got = load(merged)(ids).logits
+    assert (plain - expected).abs().max() > 1e-3  # the adapter does change the logits, a little
+    assert (got - expected).abs().max() < 0.01 * (plain - expected).abs().max()
 
 
 def test_merged_engines_share_the_kv_budget_but_get_at_least_2_gib():

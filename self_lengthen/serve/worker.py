@@ -9,7 +9,9 @@ Adapters are served in one of two ways (--adapter-mode):
 - lora: one engine, each adapter a `LoRARequest` (vLLM's multi-LoRA batching). The choice on GPU.
 - merged: each adapter merged into a copy of the base weights, one engine per name. On CPU, vLLM turns torch.compile
   off for an engine with LoRA enabled, which halves its throughput; merged engines keep it. The copies are made once
-  per adapter (keyed by its content) in --merge-dir, and the KV-cache budget is shared between the engines.
+  per adapter (keyed by its content) in --merge-dir, and the KV-cache budget is shared between the engines. A copy
+  is kept and served in float32: in bfloat16 most of a trained adapter's small weight changes round back to the
+  base's (bench/RESULTS.md, 2026-12-01 night).
 `auto` picks merged on CPU and lora elsewhere.
 
 Run: python -m self_lengthen.serve.worker --model-path DIR --lora gen_sft=DIR --lora ext_sft=DIR ...
@@ -81,17 +83,22 @@ def sampling_params(params: dict, eos_ids: list[int]):
     )
 
 
+MERGED_DTYPE = "float32"  # a merged copy's weights and engine (see the module's docstring)
+
+
 def merged_kv_space(total_gib: int, engines: int) -> int:
     """Each merged engine's KV cache (GiB). A stage uses one engine at a time, so each gets a share of the budget
     but no less than 2 GiB (within the budget). The default model's cache holds about 46k tokens per GiB (30 layers x
-    3 KV heads x 64 x 2 x 2 bytes a token): at 1 GiB, 32 step2 requests of about 2k tokens would not fit at once."""
+    3 KV heads x 64 x 2 x 2 bytes a token): at 1 GiB, 32 step2 requests of about 2k tokens would not fit at once. A
+    float32 copy's cache holds half as many tokens in the same bytes; twice the bytes for the copies ran this 24 GiB
+    machine out of memory with three engines (test_training.py)."""
     return max(total_gib // engines, min(total_gib, 2), 1)
 
 
 def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
-    """`base` with `adapter` merged into its weights, saved once under `merge_dir` (keyed by the base path and the
-    adapter's content)."""
-    digest = hashlib.sha256(str(base.resolve()).encode())
+    """`base` with `adapter` merged into its weights, in float32, saved once under `merge_dir` (keyed by the base
+    path and the adapter's content)."""
+    digest = hashlib.sha256(f"{base.resolve()} {MERGED_DTYPE}".encode())  # a copy of another dtype is not reused
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         digest.update((adapter / name).read_bytes())
     out = merge_dir / digest.hexdigest()[:16]
@@ -107,7 +114,7 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        model.to(torch.bfloat16).save_pretrained(tmp)
+        model.save_pretrained(tmp)
         try:
             os.replace(tmp, out)  # a finished copy appears whole, or not at all
         except OSError:
@@ -347,8 +354,10 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
         if kv_space:  # each engine's core process reads it when it starts
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(merged_kv_space(int(float(kv_space)), len(models)))
         for name, path in models.items():
+            copy = name != args.base_name
             log.info("starting the engine for %s (%s)", name, path)
-            engines[name] = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(path), **common))
+            engines[name] = AsyncLLM.from_engine_args(
+                AsyncEngineArgs(model=str(path), **{**common, **({"dtype": MERGED_DTYPE} if copy else {})}))
     else:
         engine_kwargs = dict(model=args.model_path, **common)
         if adapters:

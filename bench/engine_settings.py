@@ -1,0 +1,79 @@
+"""The engine's settings (scheduler, dtype) on step2's own requests: vLLM offline on the mix step2 sends (bench/synthesis.py
+(c): half chat requests over the first half of an initial response, half completions over the whole text), each
+request generating --tokens, once per setting, in tok/s and as a ratio against the settings our worker's engine gets
+(vLLM's defaults for an engine it does not start itself: on CPU 2,048 batched tokens and 128 sequences).
+
+Usage: .venv/bin/python bench/engine_settings.py [--tokens 512] [--requests 32]
+Each setting runs in its own process, one after the other; needs the machine to itself.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+# The worker's engine (AsyncLLM.from_engine_args) gets vLLM's plain defaults; LLM() gets its offline ones.
+WORKER = {"dtype": "bfloat16", "max_num_batched_tokens": 2048, "max_num_seqs": 128}
+SETTINGS = {
+    "worker's (bfloat16, 2048 batched tokens, 128 sequences)": WORKER,
+    "vLLM offline's (4096, 256)": {**WORKER, "max_num_batched_tokens": 4096, "max_num_seqs": 256},
+    "8192 batched tokens": {**WORKER, "max_num_batched_tokens": 8192, "max_num_seqs": 256},
+    "float32": {**WORKER, "dtype": "float32"},
+}
+
+
+def one(setting: dict, tokens: int, requests: int) -> float:
+    """tok/s of the engine with `setting` over `requests` of step2's mix, after a warm-up request."""
+    from self_lengthen.default_model import ensure_default_model
+    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+    from synthesis import fixture_rows, step2_requests
+
+    for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
+        os.environ.setdefault(key, value)
+    from vllm import LLM, SamplingParams
+
+    model = ensure_default_model()
+    _, mix = step2_requests(fixture_rows(), model, requests)
+    llm = LLM(model=str(model), **setting)
+    try:
+        llm.generate(mix[:1], SamplingParams(max_tokens=8))
+        params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
+                                ignore_eos=True)
+        start = time.monotonic()
+        outs = llm.generate(mix, params)
+        return sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=512)
+    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a setting (JSON), run in this process
+    args = p.parse_args()
+    if args.one is not None:
+        print("RATE", one(json.loads(args.one), args.tokens, args.requests), flush=True)
+        os._exit(0)  # the engine's threads can outlive main otherwise
+    rates = {}
+    for name, setting in SETTINGS.items():
+        out = subprocess.run([sys.executable, __file__, "--tokens", str(args.tokens), "--requests",
+                              str(args.requests), "--one", json.dumps(setting)],
+                             capture_output=True, text=True, timeout=1800)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RATE ")]
+        if out.returncode != 0 or not lines:
+            raise SystemExit(f"{name}: the engine failed (exit {out.returncode}): {out.stderr[-500:]}")
+        rates[name] = float(lines[-1].split()[1])
+        print(f"{name}: {rates[name]:.1f} tok/s", flush=True)
+    baseline = next(iter(rates.values()))
+    print(f"step2's mix, {args.requests} requests x {args.tokens} tokens: " + "; ".join(
+        f"{name} {rate:.1f} tok/s ({rate / baseline:.2f})" for name, rate in rates.items()))
+
+
+if __name__ == "__main__":
+    main()

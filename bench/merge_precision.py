@@ -1,0 +1,82 @@
+"""How much of a LoRA adapter's effect survives when it is merged into the base weights and the copy is kept in
+bfloat16 (as the CPU worker served merged copies until 2026-12-01) rather than float32 (as it does now)?
+
+On the first --rows rows of a LLaMA-Factory dataset (alpaca JSON: system, instruction, input, output), the mean loss
+of the outputs under: the base model; the adapter applied unmerged (PEFT, float32); the merged copy in float32; and
+the merged copy rounded to bfloat16. "Effect kept" is the bfloat16 copy's loss gain over the base, as a share of the
+adapter's. Also: the share of the changed weights that bfloat16 rounds back to the base's value.
+
+Usage: .venv/bin/python bench/merge_precision.py ADAPTER_DIR DATASET_JSON [--rows 12]
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def examples(tokenizer, rows: list[dict], cutoff: int = 1024):
+    """(input_ids, labels) per row: the chat-formatted prompt, then the output and EOS, whose tokens are scored."""
+    import torch
+
+    for r in rows:
+        user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        messages = ([{"role": "system", "content": r["system"]}] if r.get("system") else []) + \
+            [{"role": "user", "content": user}]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        o = tokenizer(r["output"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        yield torch.tensor([(p + o)[:cutoff]]), torch.tensor([([-100] * len(p) + o)[:cutoff]])
+
+
+def mean_loss(model, batches: list) -> float:
+    import torch
+
+    total = count = 0
+    with torch.no_grad():
+        for ids, labels in batches:
+            n = int((labels[:, 1:] != -100).sum())
+            total += model(input_ids=ids, labels=labels).loss.item() * n
+            count += n
+    return total / count
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("adapter", type=Path)
+    p.add_argument("dataset", type=Path, help="LLaMA-Factory alpaca JSON, e.g. results/iter_1/data/gen_sft.json")
+    p.add_argument("--rows", type=int, default=12)
+    args = p.parse_args()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from self_lengthen.default_model import ensure_default_model
+
+    base = ensure_default_model()
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    batches = list(examples(tokenizer, json.loads(args.dataset.read_text())[: args.rows]))
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_base = mean_loss(model, batches)
+    peft = PeftModel.from_pretrained(model, str(args.adapter))
+    loss_adapter = mean_loss(peft, batches)
+    merged = peft.merge_and_unload()
+    loss_fp32 = mean_loss(merged, batches)
+    changed = rounded_back = 0
+    for name, weight in merged.state_dict().items():
+        delta = weight - before[name]
+        rounded = weight.to(torch.bfloat16).float() - before[name]
+        changed += int((delta != 0).sum())
+        rounded_back += int(((rounded == 0) & (delta != 0)).sum())
+    loss_bf16 = mean_loss(merged.to(torch.bfloat16).float(), batches)
+    print(f"{args.adapter} on {len(batches)} rows of {args.dataset.name}: loss base {loss_base:.4f}, adapter "
+          f"(unmerged, float32) {loss_adapter:.4f}, merged float32 {loss_fp32:.4f}, merged bfloat16 {loss_bf16:.4f}; "
+          f"effect kept in bfloat16 {(loss_base - loss_bf16) / (loss_base - loss_adapter):.2f}; changed weights "
+          f"rounded back to the base's in bfloat16 {rounded_back / max(changed, 1):.1%}")
+
+
+if __name__ == "__main__":
+    main()
