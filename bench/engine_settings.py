@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,25 +29,12 @@ SETTINGS = {
 def one(setting: dict, tokens: int, requests: int) -> float:
     """tok/s of the engine with `setting` over `requests` of step2's mix, after a warm-up request."""
     from self_lengthen.default_model import ensure_default_model
-    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+    from serving import offline
     from synthesis import fixture_rows, step2_requests
-
-    for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
-        os.environ.setdefault(key, value)
-    from vllm import LLM, SamplingParams
 
     model = ensure_default_model()
     _, mix = step2_requests(fixture_rows(), model, requests)
-    llm = LLM(model=str(model), **setting)
-    try:
-        llm.generate(mix[:1], SamplingParams(max_tokens=8))
-        params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
-                                ignore_eos=True)
-        start = time.monotonic()
-        outs = llm.generate(mix, params)
-        return sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
+    return offline(model, None, tokens, raw_prompts=mix, engine_args=setting)
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 """How much of a LoRA adapter's effect survives when it is merged into the base weights and the copy is kept in
 bfloat16 (as the CPU worker served merged copies until 2026-12-01) rather than float32 (as it does now)?
 
-On the first --rows rows of a LLaMA-Factory dataset (alpaca JSON: system, instruction, input, output), the mean loss
+On the first --rows rows of a LLaMA-Factory dataset of this project (alpaca JSON: instruction, output), the mean loss
 of the outputs under: the base model; the adapter applied unmerged (PEFT, float32); the merged copy in float32; and
 the merged copy rounded to bfloat16. "Effect kept" is the bfloat16 copy's loss gain over the base, as a share of the
 adapter's. Also: the share of the changed weights that bfloat16 rounds back to the base's value.
 
-Usage: .venv/bin/python bench/merge_precision.py ADAPTER_DIR DATASET_JSON [--rows 12]
+Usage: .venv/bin/python bench/merge_precision.py ADAPTER_DIR DATASET_JSON [--rows 12] [--flavour llama]
 """
 import argparse
 import json
@@ -17,16 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def examples(tokenizer, rows: list[dict], cutoff: int = 1024):
-    """(input_ids, labels) per row: the chat-formatted prompt, then the output and EOS, whose tokens are scored."""
+def examples(prompts, rows: list[dict], cutoff: int = 1024):
+    """(input_ids, labels) per row: the instruction as the flavour's chat request (`prompts`, a PromptBuilder: the
+    system prompt the rows carry, as served), then the output and EOS, whose tokens are scored."""
     import torch
 
+    tokenizer = prompts.tokenizer
     for r in rows:
-        user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        messages = ([{"role": "system", "content": r["system"]}] if r.get("system") else []) + \
-            [{"role": "user", "content": user}]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        p = tokenizer(prompts.chat(r["instruction"]), add_special_tokens=False)["input_ids"]
         o = tokenizer(r["output"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
         yield torch.tensor([(p + o)[:cutoff]]), torch.tensor([([-100] * len(p) + o)[:cutoff]])
 
@@ -48,16 +46,18 @@ def main() -> None:
     p.add_argument("adapter", type=Path)
     p.add_argument("dataset", type=Path, help="LLaMA-Factory alpaca JSON, e.g. results/iter_1/data/gen_sft.json")
     p.add_argument("--rows", type=int, default=12)
+    p.add_argument("--flavour", default="llama", choices=["llama", "qwen"], help="the flavour that made the dataset")
     args = p.parse_args()
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from self_lengthen.default_model import ensure_default_model
+    from self_lengthen.flavour import Flavour, PromptBuilder
 
     base = ensure_default_model()
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    batches = list(examples(tokenizer, json.loads(args.dataset.read_text())[: args.rows]))
+    prompts = PromptBuilder(Flavour(ROOT / args.flavour), AutoTokenizer.from_pretrained(str(base)))
+    batches = list(examples(prompts, json.loads(args.dataset.read_text())[: args.rows]))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss_base = mean_loss(model, batches)

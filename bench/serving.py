@@ -43,28 +43,32 @@ def through_stack(model_dir, messages, tokens):
         subprocess.run(["bash", str(ROOT / "llama" / "stop_server.sh"), f"--workdir={workdir}"], check=False)
 
 
-def offline(model_dir, messages, tokens, raw_prompts=None):
-    """The engine saturated offline: tokens/s over `messages` (chat), each generating `tokens`; with `raw_prompts`
-    (already formatted), a second figure from the same engine over them: (chat rate, raw rate)."""
+def offline(model_dir, messages, tokens, raw_prompts=None, engine_args=None):
+    """The engine saturated offline, each request generating `tokens`: tokens/s over `messages` (chat) and over
+    `raw_prompts` (already formatted), one figure per list given, from one engine built with `engine_args` (vllm.LLM's
+    keywords; default bfloat16). Returns the one figure, or (chat rate, raw rate) when both lists are given."""
     from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
 
     for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
         os.environ.setdefault(key, value)
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(model_dir), dtype="bfloat16")
+    llm = LLM(model=str(model_dir), **(engine_args or {"dtype": "bfloat16"}))
     params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
                             ignore_eos=True)
+    runs = ([lambda p: llm.chat(messages, p)] if messages else []) + \
+        ([lambda p: llm.generate(raw_prompts, p)] if raw_prompts else [])
     try:
-        llm.chat(messages[0], SamplingParams(max_tokens=8))
-        start = time.monotonic()
-        outs = llm.chat(messages, params)
-        rate = sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start)
-        if raw_prompts is None:
-            return rate
-        start = time.monotonic()
-        outs = llm.generate(raw_prompts, params)
-        return rate, sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start)
+        if messages:  # a warm-up request
+            llm.chat(messages[0], SamplingParams(max_tokens=8))
+        else:
+            llm.generate(raw_prompts[:1], SamplingParams(max_tokens=8))
+        rates = []
+        for run in runs:
+            start = time.monotonic()
+            outs = run(params)
+            rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start))
+        return rates[0] if len(rates) == 1 else tuple(rates)
     finally:
         llm.llm_engine.engine_core.shutdown()  # its core process outlives the os._exit below otherwise
 

@@ -96,8 +96,8 @@ def merged_kv_space(total_gib: int, engines: int) -> int:
 
 
 def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
-    """`base` with `adapter` merged into its weights, in float32, saved once under `merge_dir` (keyed by the base
-    path and the adapter's content)."""
+    """`base` with `adapter` merged into its weights, in MERGED_DTYPE, saved once under `merge_dir` (keyed by the
+    base path, the dtype and the adapter's content)."""
     digest = hashlib.sha256(f"{base.resolve()} {MERGED_DTYPE}".encode())  # a copy of another dtype is not reused
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         digest.update((adapter / name).read_bytes())
@@ -112,7 +112,7 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
     merge_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=merge_dir, prefix=".partial-"))
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, MERGED_DTYPE))
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         model.save_pretrained(tmp)
         try:
