@@ -23,6 +23,7 @@ SETTINGS = {
     "vLLM offline's (4096, 256)": {**WORKER, "max_num_batched_tokens": 4096, "max_num_seqs": 256},
     "8192 batched tokens": {**WORKER, "max_num_batched_tokens": 8192, "max_num_seqs": 256},
     "float32": {**WORKER, "dtype": "float32"},
+    "float16": {**WORKER, "dtype": "float16"},
 }
 
 

@@ -1,14 +1,15 @@
-"""How much of a LoRA adapter's effect survives when it is merged into the base weights and the copy is kept in
-bfloat16 (as the CPU worker served merged copies until 2026-12-01) rather than float32 (as it does now)?
+"""How much of a LoRA adapter's effect survives when it is merged into the base weights and the copy is kept in a
+16-bit float (bfloat16, as the CPU worker served merged copies until 2026-12-01, or float16) rather than float32?
 
 On the first --rows rows of a LLaMA-Factory dataset of this project (alpaca JSON: instruction, output), the mean loss
 of the outputs under: the base model; the adapter applied unmerged (PEFT, float32); the merged copy in float32; and
-the merged copy rounded to bfloat16. "Effect kept" is the bfloat16 copy's loss gain over the base, as a share of the
-adapter's. Also: the share of the changed weights that bfloat16 rounds back to the base's value.
+the merged copy rounded to bfloat16 and to float16. "Effect kept" is a rounded copy's loss gain over the base, as a
+share of the adapter's. Also: the share of the changed weights that the rounding takes back to the base's value.
 
 Usage: .venv/bin/python bench/merge_precision.py ADAPTER_DIR DATASET_JSON [--rows 12] [--flavour llama]
 """
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -65,18 +66,20 @@ def main() -> None:
     loss_adapter = mean_loss(peft, batches)
     merged = peft.merge_and_unload()
     loss_fp32 = mean_loss(merged, batches)
-    changed = rounded_back = 0
-    for name, weight in merged.state_dict().items():
-        delta = weight - before[name]
-        rounded = weight.to(torch.bfloat16).float() - before[name]
-        changed += int((delta != 0).sum())
-        rounded_back += int(((rounded == 0) & (delta != 0)).sum())
-    loss_bf16 = mean_loss(merged.to(torch.bfloat16).float(), batches)
-    print(f"{args.adapter} on {len(batches)} rows of {args.dataset.name}: loss base {loss_base:.4f}, adapter "
-          f"(unmerged, float32) {loss_adapter:.4f}, merged float32 {loss_fp32:.4f}, merged bfloat16 {loss_bf16:.4f}; "
-          f"effect kept in bfloat16 {(loss_base - loss_bf16) / (loss_base - loss_adapter):.2f}; changed weights "
-          f"rounded back to the base's in bfloat16 {rounded_back / max(changed, 1):.1%}")
-
+    report = [f"{args.adapter} on {len(batches)} rows of {args.dataset.name}: loss base {loss_base:.4f}, adapter "
+              f"(unmerged, float32) {loss_adapter:.4f}, merged float32 {loss_fp32:.4f}"]
+    for dtype in (torch.bfloat16, torch.float16):
+        changed = rounded_back = 0
+        for name, weight in merged.state_dict().items():
+            delta = weight - before[name]
+            rounded = weight.to(dtype).float() - before[name]
+            changed += int((delta != 0).sum())
+            rounded_back += int(((rounded == 0) & (delta != 0)).sum())
+        loss = mean_loss(copy.deepcopy(merged).to(dtype).float(), batches)  # Module.to rounds in place
+        name = str(dtype).removeprefix("torch.")
+        report.append(f"merged {name} {loss:.4f}, effect kept {(loss_base - loss) / (loss_base - loss_adapter):.2f}, "
+                      f"changed weights rounded back to the base's {rounded_back / max(changed, 1):.1%}")
+    print("; ".join(report))
 
 if __name__ == "__main__":
     main()
