@@ -56,17 +56,14 @@ def offline(model_dir, messages, tokens, raw_prompts=None, engine_args=None):
     llm = LLM(model=str(model_dir), **(engine_args or {"dtype": "bfloat16"}))
     params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
                             ignore_eos=True)
-    runs = ([lambda p: llm.chat(messages, p)] if messages else []) + \
-        ([lambda p: llm.generate(raw_prompts, p)] if raw_prompts else [])
+    sends = [(send, batch) for send, batch in ((llm.chat, messages), (llm.generate, raw_prompts)) if batch]
     try:
-        if messages:  # a warm-up request
-            llm.chat(messages[0], SamplingParams(max_tokens=8))
-        else:
-            llm.generate(raw_prompts[:1], SamplingParams(max_tokens=8))
+        send, batch = sends[0]
+        send(batch[:1], SamplingParams(max_tokens=8))  # a warm-up request
         rates = []
-        for run in runs:
+        for send, batch in sends:
             start = time.monotonic()
-            outs = run(params)
+            outs = send(batch, params)
             rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start))
         return rates[0] if len(rates) == 1 else tuple(rates)
     finally:
