@@ -66,20 +66,20 @@ def main() -> None:
     loss_adapter = mean_loss(peft, batches)
     merged = peft.merge_and_unload()
     loss_fp32 = mean_loss(merged, batches)
+    changed = {name: weight != before[name] for name, weight in merged.state_dict().items()}
+    n_changed = max(sum(int(c.sum()) for c in changed.values()), 1)
     report = [f"{args.adapter} on {len(batches)} rows of {args.dataset.name}: loss base {loss_base:.4f}, adapter "
               f"(unmerged, float32) {loss_adapter:.4f}, merged float32 {loss_fp32:.4f}"]
     for dtype in (torch.bfloat16, torch.float16):
-        changed = rounded_back = 0
-        for name, weight in merged.state_dict().items():
-            delta = weight - before[name]
-            rounded = weight.to(dtype).float() - before[name]
-            changed += int((delta != 0).sum())
-            rounded_back += int(((rounded == 0) & (delta != 0)).sum())
-        loss = mean_loss(copy.deepcopy(merged).to(dtype).float(), batches)  # Module.to rounds in place
-        name = str(dtype).removeprefix("torch.")
-        report.append(f"merged {name} {loss:.4f}, effect kept {(loss_base - loss) / (loss_base - loss_adapter):.2f}, "
-                      f"changed weights rounded back to the base's {rounded_back / max(changed, 1):.1%}")
+        rounded = copy.deepcopy(merged).to(dtype).float()  # a copy: Module.to rounds in place
+        back = sum(int((changed[name] & (weight == before[name])).sum())
+                   for name, weight in rounded.state_dict().items())
+        loss = mean_loss(rounded, batches)
+        report.append(f"merged {str(dtype).removeprefix('torch.')} {loss:.4f}, effect kept "
+                      f"{(loss_base - loss) / (loss_base - loss_adapter):.2f}, changed weights rounded back to the "
+                      f"base's {back / n_changed:.1%}")
     print("; ".join(report))
+
 
 if __name__ == "__main__":
     main()
