@@ -1,10 +1,12 @@
 """How much of a LoRA adapter's effect survives when it is merged into the base weights and the copy is kept in a
-16-bit float (bfloat16, as the CPU worker served merged copies until 2026-12-01, or float16) rather than float32?
+16-bit float rather than float32? Rounded to nearest (bfloat16, as the CPU worker served merged copies until
+2026-12-01, or float16), or stochastically to bfloat16, as the worker's `merged_model` serves them since 2026-12-02.
 
 On the first --rows rows of a LLaMA-Factory dataset of this project (alpaca JSON: instruction, output), the mean loss
-of the outputs under: the base model; the adapter applied unmerged (PEFT, float32); the merged copy in float32; and
-the merged copy rounded to bfloat16 and to float16. "Effect kept" is a rounded copy's loss gain over the base, as a
-share of the adapter's. Also: the share of the changed weights that the rounding takes back to the base's value.
+of the outputs under: the base model; the adapter applied unmerged (PEFT, float32); the merged copy in float32; the
+merged copy rounded to nearest bfloat16 and float16; and the worker's copy. "Effect kept" is a rounded copy's loss
+gain over the base, as a share of the adapter's. Also: the share of the changed weights that the rounding takes back
+to the base's value.
 
 Usage: .venv/bin/python bench/merge_precision.py ADAPTER_DIR DATASET_JSON [--rows 12] [--flavour llama]
 """
@@ -12,6 +14,7 @@ import argparse
 import copy
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +58,7 @@ def main() -> None:
 
     from self_lengthen.default_model import ensure_default_model
     from self_lengthen.flavour import Flavour, PromptBuilder
+    from self_lengthen.serve.worker import merged_model
 
     base = ensure_default_model()
     prompts = PromptBuilder(Flavour(ROOT / args.flavour), AutoTokenizer.from_pretrained(str(base)))
@@ -70,14 +74,18 @@ def main() -> None:
     n_changed = max(sum(int(c.sum()) for c in changed.values()), 1)
     report = [f"{args.adapter} on {len(batches)} rows of {args.dataset.name}: loss base {loss_base:.4f}, adapter "
               f"(unmerged, float32) {loss_adapter:.4f}, merged float32 {loss_fp32:.4f}"]
-    for dtype in (torch.bfloat16, torch.float16):
-        rounded = copy.deepcopy(merged).to(dtype).float()  # a copy: Module.to rounds in place
-        back = sum(int((changed[name] & (weight == before[name])).sum())
-                   for name, weight in rounded.state_dict().items())
-        loss = mean_loss(rounded, batches)
-        report.append(f"merged {str(dtype).removeprefix('torch.')} {loss:.4f}, effect kept "
-                      f"{(loss_base - loss) / (loss_base - loss_adapter):.2f}, changed weights rounded back to the "
-                      f"base's {back / n_changed:.1%}")
+    def rounded(name: str, model) -> str:
+        back = sum(int((changed[k] & (weight == before[k])).sum()) for k, weight in model.state_dict().items())
+        loss = mean_loss(model, batches)
+        return (f"{name} {loss:.4f}, effect kept {(loss_base - loss) / (loss_base - loss_adapter):.2f}, changed "
+                f"weights rounded back to the base's {back / n_changed:.1%}")
+
+    for dtype in (torch.bfloat16, torch.float16):  # each on a copy: Module.to rounds in place
+        report.append(rounded(f"merged {str(dtype).removeprefix('torch.')}", copy.deepcopy(merged).to(dtype).float()))
+    with tempfile.TemporaryDirectory() as tmp:
+        served = AutoModelForCausalLM.from_pretrained(str(merged_model(base, args.adapter, Path(tmp))),
+                                                      dtype=torch.float32).eval()
+        report.append(rounded("the worker's copy (bfloat16, rounded stochastically)", served))
     print("; ".join(report))
 
 

@@ -168,35 +168,49 @@ def test_a_merged_copy_equals_the_adapter_applied_and_is_made_once(tmp_path, def
         plain = load(default_model)(ids).logits
         expected = PeftModel.from_pretrained(load(default_model), str(adapter))(ids).logits
         got = load(merged)(ids).logits
-    # The adapter moves the logits far; the merged copy (float32) lands where the adapter does.
+    # The adapter moves the logits far; the merged copy lands where the adapter does.
     assert (got - expected).abs().max() < 0.1 * (plain - expected).abs().max()
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
-def test_a_merged_copy_keeps_a_small_trained_size_change(tmp_path, default_model):
-    """A trained adapter changes the weights by about 1e-4 (one epoch at lr 1e-4). In bfloat16, most such changes
-    round back to the base's weights, so the copy must be kept in float32 to do what the adapter does."""
+def test_a_merged_copy_keeps_a_small_trained_change(tmp_path, default_model):
+    """Trained at lr 1e-4, an adapter moves most weights by less than half a bfloat16 step (about 2e-5 in a demo).
+    Rounded to nearest, they fall back to the base's weights and the copy loses much of what was trained; rounded
+    stochastically, the copy's next-token distributions stay within a few percent of the adapter's."""
     import torch
-    from peft import PeftModel
-    from safetensors.torch import load_file, save_file
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from conftest import make_random_adapter
     from self_lengthen.serve.worker import merged_model
 
-    adapter = make_random_adapter(default_model, tmp_path / "a", seed=5)
-    weights = adapter / "adapter_model.safetensors"
-    save_file({k: v * 1e-3 if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
-    merged = merged_model(default_model, adapter, tmp_path / "merged")
-    ids = AutoTokenizer.from_pretrained(default_model)("The lighthouse keeper climbed the stairs",
-                                                       return_tensors="pt").input_ids
+    text = ("The lighthouse keeper climbed the stairs every evening at dusk. He lit the lamp, wound the clockwork "
+            "that turned the lens, and wrote the weather into his log: wind from the west, a long swell, rain.")
+    ids = AutoTokenizer.from_pretrained(default_model)(text, return_tensors="pt").input_ids
     load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype="auto").float().eval()  # noqa: E731
-    with torch.no_grad():
-        plain = load(default_model)(ids).logits
-        expected = PeftModel.from_pretrained(load(default_model), str(adapter))(ids).logits
-        got = load(merged)(ids).logits
-    assert (plain - expected).abs().max() > 1e-3  # the adapter does change the logits, a little
-    assert (got - expected).abs().max() < 0.01 * (plain - expected).abs().max()
+    torch.manual_seed(0)
+    model = get_peft_model(load(default_model), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=1e-4)
+    for _ in range(5):  # a few steps of real training, as LLaMA-Factory takes them
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(tmp_path / "a")
+
+    def log_probs(m):
+        with torch.no_grad():
+            return torch.log_softmax(m(ids).logits[0], -1)
+
+    def kl(p, q):  # mean over positions of KL(p || q)
+        return float((p.exp() * (p - q)).sum(-1).mean())
+
+    adapter = PeftModel.from_pretrained(load(default_model), str(tmp_path / "a"))
+    expected = log_probs(adapter)
+    moved = kl(expected, log_probs(load(default_model)))
+    nearest = kl(expected, log_probs(adapter.merge_and_unload().to(torch.bfloat16).float()))
+    got = kl(expected, log_probs(load(merged_model(default_model, tmp_path / "a", tmp_path / "merged"))))
+    assert moved > 1e-3  # the training changed the model
+    assert nearest > 0.1 * moved  # rounding to nearest would undo a good part of it (about 30%)
+    assert got < 0.02 * moved  # the served copy keeps it
 
 
 def test_merged_engines_share_the_kv_budget_but_get_at_least_2_gib():

@@ -10,8 +10,10 @@ Adapters are served in one of two ways (--adapter-mode):
 - merged: each adapter merged into a copy of the base weights, one engine per name. On CPU, vLLM turns torch.compile
   off for an engine with LoRA enabled, which halves its throughput; merged engines keep it. The copies are made once
   per adapter (keyed by its content) in --merge-dir, and the KV-cache budget is shared between the engines. A copy
-  is kept and served in float32: in bfloat16 most of a trained adapter's small weight changes round back to the
-  base's (bench/RESULTS.md, 2026-12-01 night).
+  is served in bfloat16, the base's own dtype and this CPU's fast path, with its changed weights rounded
+  stochastically: a trained adapter moves most weights by less than half a bfloat16 step, so rounding to nearest
+  would put them back where the base had them; rounded up or down with odds that keep their mean, the copy keeps
+  the adapter's effect (bench/RESULTS.md, 2026-12-02).
 `auto` picks merged on CPU and lora elsewhere.
 
 Run: python -m self_lengthen.serve.worker --model-path DIR --lora gen_sft=DIR --lora ext_sft=DIR ...
@@ -83,22 +85,31 @@ def sampling_params(params: dict, eos_ids: list[int]):
     )
 
 
-MERGED_DTYPE = "float32"  # a merged copy's weights and engine (see the module's docstring)
+MERGED_DTYPE = "bfloat16"  # a merged copy's weights and engine (see the module's docstring)
+
+
+def round_stochastically(weights, generator):
+    """float32 `weights` rounded to bfloat16 up or down, with the odds that keep each weight's expected value: the
+    16 low bits of the float32 word that bfloat16 drops, plus a uniform random 16-bit number, carry into the kept
+    bits exactly as often as those dropped bits are a share of one bfloat16 step."""
+    import torch
+
+    bits = weights.float().contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, bits.shape, dtype=torch.int32, generator=generator)
+    return ((bits + noise) & -(1 << 16)).view(torch.float32).to(torch.bfloat16)
 
 
 def merged_kv_space(total_gib: int, engines: int) -> int:
     """Each merged engine's KV cache (GiB). A stage uses one engine at a time, so each gets a share of the budget
     but no less than 2 GiB (within the budget). The default model's cache holds about 46k tokens per GiB (30 layers x
-    3 KV heads x 64 x 2 x 2 bytes a token): at 1 GiB, 32 step2 requests of about 2k tokens would not fit at once. A
-    float32 copy's cache holds half as many tokens in the same bytes; twice the bytes for the copies ran this 24 GiB
-    machine out of memory with three engines (test_training.py)."""
+    3 KV heads x 64 x 2 x 2 bytes a token): at 1 GiB, 32 step2 requests of about 2k tokens would not fit at once."""
     return max(total_gib // engines, min(total_gib, 2), 1)
 
 
 def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
-    """`base` with `adapter` merged into its weights, in MERGED_DTYPE, saved once under `merge_dir` (keyed by the
-    base path, the dtype and the adapter's content)."""
-    digest = hashlib.sha256(f"{base.resolve()} {MERGED_DTYPE}".encode())  # a copy of another dtype is not reused
+    """`base` with `adapter` merged into its weights in float32, then rounded to MERGED_DTYPE as the module's
+    docstring says, saved once under `merge_dir` (keyed by the base path, the rounding and the adapter's content)."""
+    digest = hashlib.sha256(f"{base.resolve()} {MERGED_DTYPE} stochastic".encode())  # another kind is not reused
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         digest.update((adapter / name).read_bytes())
     out = merge_dir / digest.hexdigest()[:16]
@@ -112,9 +123,16 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
     merge_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=merge_dir, prefix=".partial-"))
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, MERGED_DTYPE))
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        before = {name: weight.clone() for name, weight in model.state_dict().items()}
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        model.save_pretrained(tmp)
+        # Seeded by the adapter's content: every node makes the same copy.
+        generator = torch.Generator().manual_seed(int(digest.hexdigest()[:15], 16))
+        with torch.no_grad():
+            for name, weight in sorted(model.named_parameters()):
+                changed = not torch.equal(weight, before[name])  # the rest round as the base's engine rounds them
+                weight.data = round_stochastically(weight, generator) if changed else weight.to(torch.bfloat16)
+        model.to(torch.bfloat16).save_pretrained(tmp)
         try:
             os.replace(tmp, out)  # a finished copy appears whole, or not at all
         except OSError:
