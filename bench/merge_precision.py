@@ -5,8 +5,9 @@
 On the first --rows rows of a LLaMA-Factory dataset of this project (alpaca JSON: instruction, output), the mean loss
 of the outputs under: the base model; the adapter applied unmerged (PEFT, float32); the merged copy in float32; the
 merged copy rounded to nearest bfloat16 and float16; and the worker's copy. "Effect kept" is a rounded copy's loss
-gain over the base, as a share of the adapter's. Also: the share of the changed weights that the rounding takes back
-to the base's value.
+gain over the base, as a share of the adapter's. Also: how far each model's next-token distributions are from the
+adapter's there (mean KL per scored token), and the share of the changed weights that the rounding takes back to
+the base's value.
 
 Usage: .venv/bin/python bench/merge_precision.py ADAPTER_DIR DATASET_JSON [--rows 12] [--flavour llama]
 """
@@ -33,16 +34,24 @@ def examples(prompts, rows: list[dict], cutoff: int = 1024):
         yield torch.tensor([(p + o)[:cutoff]]), torch.tensor([([-100] * len(p) + o)[:cutoff]])
 
 
-def mean_loss(model, batches: list) -> float:
+def scores(model, batches: list, reference: list | None = None) -> tuple[float, float | None, list]:
+    """The mean loss of the scored tokens; their mean KL(reference || model) per token, where `reference` holds
+    another model's log-probabilities there; and this model's log-probabilities there."""
     import torch
 
-    total = count = 0
+    loss = kl = count = 0
+    log_probs = []
     with torch.no_grad():
-        for ids, labels in batches:
-            n = int((labels[:, 1:] != -100).sum())
-            total += model(input_ids=ids, labels=labels).loss.item() * n
+        for i, (ids, labels) in enumerate(batches):
+            scored = labels[0, 1:] != -100
+            out = model(input_ids=ids, labels=labels)
+            n = int(scored.sum())
+            loss += out.loss.item() * n
+            log_probs.append(torch.log_softmax(out.logits[0, :-1][scored].float(), -1))
+            if reference is not None:
+                kl += float((reference[i].exp() * (reference[i] - log_probs[i])).sum())
             count += n
-    return total / count
+    return loss / count, (kl / count if reference is not None else None), log_probs
 
 
 def main() -> None:
@@ -65,20 +74,23 @@ def main() -> None:
     batches = list(examples(prompts, json.loads(args.dataset.read_text())[: args.rows]))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss_base = mean_loss(model, batches)
     peft = PeftModel.from_pretrained(model, str(args.adapter))
-    loss_adapter = mean_loss(peft, batches)
+    loss_adapter, _, expected = scores(peft, batches)
+    with peft.disable_adapter():
+        loss_base, kl_base, _ = scores(peft, batches, expected)
     merged = peft.merge_and_unload()
-    loss_fp32 = mean_loss(merged, batches)
+    loss_fp32, kl_fp32, _ = scores(merged, batches, expected)
     changed = {name: weight != before[name] for name, weight in merged.state_dict().items()}
     n_changed = max(sum(int(c.sum()) for c in changed.values()), 1)
-    report = [f"{args.adapter} on {len(batches)} rows of {args.dataset.name}: loss base {loss_base:.4f}, adapter "
-              f"(unmerged, float32) {loss_adapter:.4f}, merged float32 {loss_fp32:.4f}"]
+    report = [f"{args.adapter} on {len(batches)} rows of {args.dataset.name} (KL: from the adapter's next-token "
+              f"distributions, per scored token): base: loss {loss_base:.4f}, KL {kl_base:.5f}; adapter (unmerged, "
+              f"float32): loss {loss_adapter:.4f}; merged float32: loss {loss_fp32:.4f}, KL {kl_fp32:.5f}"]
+
     def rounded(name: str, model) -> str:
         back = sum(int((changed[k] & (weight == before[k])).sum()) for k, weight in model.state_dict().items())
-        loss = mean_loss(model, batches)
-        return (f"{name} {loss:.4f}, effect kept {(loss_base - loss) / (loss_base - loss_adapter):.2f}, changed "
-                f"weights rounded back to the base's {back / n_changed:.1%}")
+        loss, kl, _ = scores(model, batches, expected)
+        return (f"{name}: loss {loss:.4f}, KL {kl:.5f}, effect kept {(loss_base - loss) / (loss_base - loss_adapter):.2f}"
+                f", changed weights rounded back to the base's {back / n_changed:.1%}")
 
     for dtype in (torch.bfloat16, torch.float16):  # each on a copy: Module.to rounds in place
         report.append(rounded(f"merged {str(dtype).removeprefix('torch.')}", copy.deepcopy(merged).to(dtype).float()))
