@@ -126,7 +126,7 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         before = {name: weight.clone() for name, weight in model.state_dict().items()}
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        # Seeded by the adapter's content: every node makes the same copy.
+        # Seeded by the copy's key (base path, adapter content): made again, it is the same copy.
         generator = torch.Generator().manual_seed(int(digest.hexdigest()[:15], 16))
         with torch.no_grad():
             for name, weight in sorted(model.named_parameters()):
