@@ -13,7 +13,7 @@ from .env import check_environment
 from .errors import ArgParser, UsageError, cli_main
 from .flavour import pop_flavour_dir
 from .pipeline import stage_args
-from .serve.cluster import gpu_count
+from .serve.cluster import add_adapter_mode, gpu_count, server_command
 from .profile import load_profile, profile_name
 from .train import adapter_done
 
@@ -41,6 +41,7 @@ def main(flavour_dir: Path, argv=None):
     p.add_argument("--workdir", default=".")
     p.add_argument("--profile", default=None, help="gpu, cpu-demo, study, tiny or a YAML file (default, as run.sh: gpu "
                                                      "with GPUs, else cpu-demo)")
+    add_adapter_mode(p)
     p.add_argument("--prompt_templates", default=None, help="prompt-template dir (default: the flavour's)")
     p.add_argument("--seeds", default=None, help="seed instructions (default: the flavour's seeds.jsonl)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -59,13 +60,13 @@ def main(flavour_dir: Path, argv=None):
     sync.clear_own_failure()
     # Every rank serves; rank 0 generates; the others keep serving until rank 0 says it is done (or failed).
     done_step = f"collect_iter{args.max_iter}/total_{args.total_count}"
-    serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
+    stop = server_command("stop", workdir)
     try:
         # Servers left by a run of ours that was killed (their pid files are in workdir/run) go first.
-        subprocess.run([*serve, "stop", f"--workdir={workdir}"], capture_output=True, timeout=300)
+        subprocess.run(stop, capture_output=True, timeout=300)
         with sync.heartbeat():
-            subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}",
-                            f"--iter={args.max_iter}"], check=True)
+            subprocess.run(server_command("start", workdir, base_model=model, iter=args.max_iter,
+                                          adapter_mode=args.adapter_mode), check=True)
             if dist.is_master:
                 final_generator_heldout(flavour_dir, args, workdir, model, profile)
                 collect_batches(flavour_dir, args, workdir, model, profile)
@@ -79,7 +80,7 @@ def main(flavour_dir: Path, argv=None):
         sync.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     finally:
-        subprocess.run([*serve, "stop", f"--workdir={workdir}"], capture_output=True, timeout=300)
+        subprocess.run(stop, capture_output=True, timeout=300)
 
 
 def final_generator_heldout(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict) -> None:

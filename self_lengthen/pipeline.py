@@ -19,7 +19,7 @@ from .dist import DistEnv, Sync, barrier_timeout
 from .env import check_environment
 from .errors import ArgParser, UsageError, cli_main
 from .flavour import Flavour, load_seeds, pop_flavour_dir
-from .serve.cluster import gpu_count
+from .serve.cluster import add_adapter_mode, gpu_count, server_command
 from .profile import load_profile, profile_name
 from .train import MODELS, adapter_done, mk_config, mk_data, pick_template, publish_adapter, tokenize, torchrun
 
@@ -78,6 +78,7 @@ def parse_args(argv):
     p.add_argument("--seeds", default=None,
                    help="seed instructions: JSONL with 'prompt' or a save_to_disk dir such as the original's "
                         "prompts_train (default: the flavour's seeds.jsonl)")
+    add_adapter_mode(p)
     p.add_argument("--collect", action=argparse.BooleanOptionalAction, default=True,
                    help="run run_collect_data.sh at the end when the profile asks for a total_count")
     args, unknown = p.parse_known_args(argv)
@@ -155,11 +156,10 @@ class Pipeline:
             raise UsageError(f"{what} failed (exit {code}); see the output above")
 
     def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
-        cmd = [sys.executable, "-m", "self_lengthen.serve.cluster", action, f"--workdir={self.workdir}"]
-        if action == "start":
-            cmd += [f"--base_model={self.model_dir}", f"--iter={k}",
-                    f"--timeout={min(STEP_TIMEOUT_SERVER, self.sync.timeout)}"]
-        return cmd
+        if action != "start":
+            return server_command(action, self.workdir)
+        return server_command(action, self.workdir, base_model=self.model_dir, iter=k,
+                              timeout=min(STEP_TIMEOUT_SERVER, self.sync.timeout), adapter_mode=self.args.adapter_mode)
 
     def stage_args(self, k: int, stage: str) -> list[str]:
         return stage_args(self.profile, stage, k, self.workdir, self.model_dir, self.args.seed,

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,7 @@ def run_sh(workdir, *args, env=None, timeout=2400, wait=True):
     (["--instruct_count=many"], "invalid int value: 'many'"),
     (["--colour=blue"], "unknown option --colour=blue"),
     (["--profile=huge"], "--profile=huge: unknown profile"),
+    (["--adapter_mode=fast"], "invalid choice: 'fast'"),
 ])
 def test_bad_options_get_one_clear_line(tmp_path, args, needle):
     proc = run_sh(tmp_path, "--base_model=default", *args, timeout=120)
@@ -311,6 +313,22 @@ def test_a_rank_that_never_comes_is_named_at_the_timeout(tmp_path):
     assert zero.returncode != 0
     assert "rank(s) 1 never arrived" in zero.stderr and "iter_1/begin" in zero.stderr
     assert time.monotonic() - start < 200
+
+
+@pytest.mark.parametrize("mode", [None, "lora", "merged"])
+def test_the_servers_are_started_with_the_chosen_adapter_mode(tmp_path, mode):
+    """run.sh --adapter_mode reaches run_server.sh's parser as given (auto when not given)."""
+    from types import SimpleNamespace
+
+    from self_lengthen.pipeline import Pipeline, parse_args
+    from self_lengthen.serve import cluster
+
+    args = parse_args([f"--adapter_mode={mode}"] if mode else [])
+    driver = SimpleNamespace(args=args, workdir=tmp_path, model_dir=tmp_path / "model", sync=SimpleNamespace(timeout=60))
+    start = Pipeline.serve_cmd(driver, "start", 2)
+    served = cluster.parse(start[start.index("start"):])
+    assert (served.adapter_mode, served.iter, served.base_model) == (mode or "auto", 2, str(tmp_path / "model"))
+    assert served.timeout == 60 and Path(served.workdir) == tmp_path
 
 
 @pytest.mark.parametrize("profile", ["gpu", "cpu-demo", "tiny", "study"])

@@ -297,6 +297,23 @@ def status(workdir: Path) -> list[str]:
     return lines
 
 
+ADAPTER_MODES = ("auto", "lora", "merged")
+
+
+def server_command(action: str, workdir: Path, **options) -> list[str]:
+    """The run_server.sh (action start) or stop_server.sh (stop) command line for the drivers that serve around their
+    stages (run.sh, run_collect_data.sh); `options` become --name=value (start: base_model, iter, adapter_mode...)."""
+    return [sys.executable, "-m", "self_lengthen.serve.cluster", action, f"--workdir={workdir}",
+            *(f"--{name}={value}" for name, value in options.items())]
+
+
+def add_adapter_mode(parser) -> None:
+    """--adapter_mode, for run_server.sh and for the drivers that start the servers (run.sh, run_collect_data.sh)."""
+    parser.add_argument("--adapter_mode", choices=ADAPTER_MODES, default="auto",
+                        help="serve the adapters as LoRA requests or merged into copies of the base model "
+                             "(auto: merged on CPU, where vLLM runs LoRA without torch.compile; lora on GPU)")
+
+
 def parse(argv):
     p = ArgParser(prog="run_server.sh / stop_server.sh", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -311,9 +328,7 @@ def parse(argv):
     s.add_argument("--worker_port", type=int, default=env_port("SELF_LENGTHEN_WORKER_PORT", 21002),
                    help="first worker port on this node ($SELF_LENGTHEN_WORKER_PORT)")
     s.add_argument("--max_model_len", type=int, default=None)
-    s.add_argument("--adapter_mode", choices=["auto", "lora", "merged"], default="auto",
-                   help="serve the adapters as LoRA requests or merged into copies of the base model "
-                        "(auto: merged on CPU, where vLLM runs LoRA without torch.compile; lora on GPU)")
+    add_adapter_mode(s)
     s.add_argument("--api_key_file", default=None,
                    help=f"file holding the cluster key (else ${API_KEY_ENV}); with a key, every port requires it")
     sub.add_parser("status").add_argument("--workdir", default=".")

@@ -40,6 +40,7 @@ from fastchat.serve.base_model_worker import BaseModelWorker
 
 from ..chat_template import needs_special_tokens, template_spec
 from .auth import auth_headers, protect, read_key
+from .cluster import ADAPTER_MODES
 from .ports import port_in_use
 
 log = logging.getLogger("self_lengthen.worker")
@@ -318,7 +319,7 @@ def parse_args(argv=None):
     p.add_argument("--model-path", required=True)
     p.add_argument("--base-name", default=DEFAULT_BASE_NAME, help="model name clients use for the base model")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="serve a PEFT adapter as NAME")
-    p.add_argument("--adapter-mode", choices=["auto", "lora", "merged"], default="auto",
+    p.add_argument("--adapter-mode", choices=ADAPTER_MODES, default="auto",
                    help="serve adapters as LoRA requests or as merged copies (auto: merged on CPU)")
     p.add_argument("--merge-dir", default=None, help="where merged copies are kept (merged mode)")
     p.add_argument("--host", default="127.0.0.1")
