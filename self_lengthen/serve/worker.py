@@ -86,7 +86,7 @@ def sampling_params(params: dict, eos_ids: list[int]):
     )
 
 
-MERGED_DTYPE = "bfloat16"  # a merged copy's weights and engine (see the module's docstring)
+MERGED_DTYPE = "bfloat16"  # a merged copy's weights and engine; not a free choice: round_stochastically makes bfloat16
 
 
 def round_stochastically(weights, generator):
@@ -131,7 +131,9 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
         generator = torch.Generator().manual_seed(int(digest.hexdigest()[:15], 16))
         with torch.no_grad():
             for name, weight in sorted(model.named_parameters()):
-                changed = not torch.equal(weight, before[name])  # the rest round as the base's engine rounds them
+                # The rest round to nearest, as the base's engine rounds them (a no-op for a bfloat16 base, not for a
+                # float32 one, where rounding them stochastically would serve a different model than the base's).
+                changed = not torch.equal(weight, before[name])
                 weight.data = round_stochastically(weight, generator) if changed else weight.to(torch.bfloat16)
         model.to(torch.bfloat16).save_pretrained(tmp)
         try:
