@@ -2,9 +2,9 @@
 
 Iteration K (1..max_iter), with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from the environment:
   1. run_server (all ranks) serving the base model and, from K=2, the LoRAs of iteration K-1
-  2. rank 0: step0 self-instruct, step1 Generator, step2 Extender        3. barrier
-  4. stop_server (all ranks)                                               5. rank 0: mk_data, mk_config
-  6. barrier                                                               7. train gen_sft, then ext_sft
+  2. rank 0: step0 self-instruct; step1 Generator, and beside it the same model on the held-out instructions (a
+     measurement); step2 Extender. Then a barrier, and stop_server (all ranks)
+  3. rank 0: mk_data, mk_config; a barrier; every rank trains gen_sft, then ext_sft
 Each finished step leaves a marker, so a rerun after any crash continues at the first unfinished step and never
 redoes finished training. A failing rank writes a failure marker; the others stop with its message.
 """
@@ -155,6 +155,38 @@ class Pipeline:
         if code != 0:
             raise UsageError(f"{what} failed (exit {code}); see the output above")
 
+    def run_beside(self, cmd: list[str], what: str, log: Path, main_cmd: list[str], main_what: str) -> None:
+        """`cmd` (its output into `log`) beside `main_cmd` (output to the terminal): both against the same served
+        model, so that each fills the engine's batch while the other's last requests run nearly alone. If either
+        fails, the other is stopped (SIGTERM: it checkpoints what it finished) and the run fails naming it."""
+        self.say(f"{what}, beside the next stage (output: {log})")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            side = subprocess.Popen(cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
+        self.say(main_what)
+        main = subprocess.Popen(main_cmd, cwd=self.workdir)
+        procs = {side: (what, f"see {log}"), main: (main_what, "see the output above")}
+        try:
+            while procs:
+                for proc, (name, where) in list(procs.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    del procs[proc]
+                    if code != 0:
+                        for other in procs:
+                            stop_child(other, grace=0)
+                        raise UsageError(f"{name} failed (exit {code}); {where}")
+                    if proc is side:
+                        for line in log.read_text(errors="replace").replace("\r", "\n").splitlines():
+                            if " rows -> " in line:  # each part's summary line
+                                self.say(line)
+                time.sleep(0.5)
+        except BaseException:
+            for proc in procs:
+                stop_child(proc)
+            raise
+
     def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
         if action != "start":
             return server_command(action, self.workdir)
@@ -179,12 +211,14 @@ class Pipeline:
                      f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
             if self.dist.is_master:
                 py = sys.executable
-                self.run([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
-                         f"iteration {k}: the Generator on held-out instructions")
                 self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),
                           "--count", str(self.args.instruct_count)], f"iteration {k}: step0 self-instruct")
-                self.run([py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
-                         f"iteration {k}: step1 Generator")
+                # The held-out answers come from the model step1 uses (the Generator at the iteration's start).
+                self.run_beside([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
+                                f"iteration {k}: the Generator on held-out instructions",
+                                self.logs / f"heldout_iter{k}.log",
+                                [py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
+                                f"iteration {k}: step1 Generator")
                 self.run([py, self.script("step2_ext_responses.py"), *self.stage_args(k, "extend")],
                          f"iteration {k}: step2 Extender")
             self.sync.barrier(f"iter_{k}/synthesis")

@@ -1,6 +1,7 @@
 """The Generator on held-out instructions: how long the model that writes step1's answers writes on tasks it never
-sees in training. Each iteration K measures its Generator before step0 (the base model for K=1, then `gen_sft` of
-K-1), with the method's sampling and the profile's step1 max_tokens, one answer per instruction and no retries.
+sees in training. Each iteration K measures its Generator (the base model for K=1, then `gen_sft` of K-1) beside
+step1, which uses the same model, with the method's sampling and the profile's step1 max_tokens, one answer per
+instruction and no retries.
 
 The instructions are eval/data/heldout_{en,zh}.jsonl (the flavour's language), written for this project and never
 used as seeds; step0 drops any instruction that matches one of them. Rows: prompt, response, words, and whether the
