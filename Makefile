@@ -48,8 +48,8 @@ demo: setup
 # The study (issue 14): does the Generator lengthen? 3 iterations on the embedded SmolLM2 with room to grow
 # (profile `study`), in llama/study, resumable: run it again after a stop and it continues. About 1 h 50 min on
 # 2 cores with the machine to itself while adapters were served as bfloat16 copies (2026-12-01, 10 epochs); about
-# 3 h 40 min with float32 copies (2026-12-02, run in two pieces; bench/RESULTS.md). Copies are bfloat16 again,
-# stochastically rounded (2026-12-02): not yet timed.
+# 3 h 40 min with float32 copies (2026-12-02, run in two pieces; bench/RESULTS.md). On stochastically rounded
+# bfloat16 copies (2026-12-02, midday): 52 min for iteration 1, 49 for iteration 2's synthesis (about 3 h at that pace).
 STUDY_ITER ?= 3
 STUDY_ARGS ?= --instruct_count=16 --max_iter=$(STUDY_ITER)
 STUDY_HELDOUT_ARGS ?= --max_tokens=2048 --workers=32 --no-drop_short

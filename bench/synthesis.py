@@ -10,8 +10,11 @@
     offline, 32 of step2's chat requests generating --saturate_tokens each). E1: step2's tokens/s, counting every
     token the engine sent back, over the saturated tokens/s (goal >= 0.8). E2: the share of those tokens that the
     stage recorded (goal >= 0.95). `step2-fixture` makes the fixed set (step1 on the llama seeds, cpu-demo sizes).
+(d) beside: the Generator's held-out answers and step1 on the same instructions through the stack, one after the
+    other (as before 2026-12-02) and then beside each other (as the pipeline runs them), each from a fresh workdir:
+    wall time and tokens/s of the two stages together, and the ratio of wall times.
 
-Usage: .venv/bin/python bench/synthesis.py [throughput|rss|step2|step2-fixture|all] [--instructions 8]
+Usage: .venv/bin/python bench/synthesis.py [throughput|rss|step2|step2-fixture|beside|all] [--instructions 8]
        [--profile cpu-demo] [--workers N] [--attempts N]
 The stack uses ports 18900-18902 and is stopped before the in-process engine starts, so each side has the machine
 to itself.
@@ -357,6 +360,54 @@ def peak_rss_mb(items: int, base_url: str) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
+# --- (d) the held-out answers beside step1 ---------------------------------------------------------------------
+
+def beside(args) -> str:
+    from types import SimpleNamespace
+
+    from self_lengthen.default_model import ensure_default_model
+    from self_lengthen.flavour import load_seeds
+    from self_lengthen.pipeline import Pipeline, stage_args
+    from self_lengthen.profile import load_profile
+
+    model = ensure_default_model()
+    prompts = load_seeds(FLAVOUR / "seeds.jsonl")[: args.instructions]
+    sizes = load_profile(args.profile)
+    url = ["--base_url", f"http://127.0.0.1:{PORTS['api']}/v1"]
+
+    def commands(workdir: Path) -> list[list[str]]:
+        return [[sys.executable, str(FLAVOUR / script), *stage_args(sizes, stage, 1, workdir, model, seed=0), *url]
+                for script, stage in (("heldout_generator.py", "heldout"),
+                                      ("step1_gen_initial_responses.py", "generate"))]
+
+    def measured(side: str, workdir: Path, seconds: float) -> dict:
+        it = workdir / "results" / "iter_1"
+        tokens = sum(json.loads((it / f"{name}.summary.json").read_text())["tokens_generated"]
+                     for name in ("heldout", "heldout_longen", "initial_responses"))
+        print(f"{side}: {tokens} tokens in {seconds:.0f} s = {tokens / seconds:.1f} tok/s", flush=True)
+        return {"tokens": tokens, "seconds": seconds}
+
+    stop = start_stack(Path(tempfile.mkdtemp(prefix="bench-beside-stack-")), model)
+    try:
+        after = new_workdir("after", prompts)
+        start = time.monotonic()
+        for cmd in commands(after):
+            subprocess.run(cmd, cwd=after, check=True)
+        one_after = measured("one after the other", after, time.monotonic() - start)
+        side_by_side = new_workdir("beside", prompts)
+        driver = SimpleNamespace(workdir=side_by_side, say=lambda line: print(line, flush=True))
+        heldout, step1 = commands(side_by_side)
+        start = time.monotonic()
+        Pipeline.run_beside(driver, heldout, "held-out answers", side_by_side / "heldout.log", step1, "step1")
+        together = measured("beside each other", side_by_side, time.monotonic() - start)
+    finally:
+        subprocess.run(stop, check=False, timeout=300)
+    a, b = one_after, together
+    return (f"(d) held-out answers + step1 on {len(prompts)} instructions ({args.profile} sizes): one after the other "
+            f"{a['seconds']:.0f} s ({a['tokens'] / a['seconds']:.1f} tok/s), beside each other {b['seconds']:.0f} s "
+            f"({b['tokens'] / b['seconds']:.1f} tok/s); wall time ratio {b['seconds'] / a['seconds']:.2f}")
+
+
 def rss(args) -> str:
     from fake_endpoint import FakeEndpoint
 
@@ -369,7 +420,7 @@ def rss(args) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("which", nargs="?", choices=["throughput", "rss", "step2", "step2-fixture", "all"], default="all")
+    p.add_argument("which", nargs="?", choices=["throughput", "rss", "step2", "step2-fixture", "beside", "all"], default="all")
     p.add_argument("--instructions", type=int, default=8)
     p.add_argument("--profile", default="cpu-demo", help="whose generation sizes (max_tokens, tries, workers)")
     p.add_argument("--small", type=int, default=200)
@@ -390,6 +441,8 @@ def main():
         results.append(step2_fixture(args))
     if args.which in ("step2", "all"):
         results.append(step2(args))
+    if args.which in ("beside", "all"):
+        results.append(beside(args))
     print("\n".join(results), flush=True)
     os._exit(0)  # the engine is shut down; its threads' teardown at interpreter exit can still hang
 
