@@ -363,11 +363,9 @@ def peak_rss_mb(items: int, base_url: str) -> float:
 # --- (d) the held-out answers beside step1 ---------------------------------------------------------------------
 
 def beside(args) -> str:
-    from types import SimpleNamespace
-
     from self_lengthen.default_model import ensure_default_model
     from self_lengthen.flavour import load_seeds
-    from self_lengthen.pipeline import Pipeline, stage_args
+    from self_lengthen.pipeline import run_beside, stage_args
     from self_lengthen.profile import load_profile
 
     model = ensure_default_model()
@@ -395,10 +393,9 @@ def beside(args) -> str:
             subprocess.run(cmd, cwd=after, check=True)
         one_after = measured("one after the other", after, time.monotonic() - start)
         side_by_side = new_workdir("beside", prompts)
-        driver = SimpleNamespace(workdir=side_by_side, say=lambda line: print(line, flush=True))
         heldout, step1 = commands(side_by_side)
         start = time.monotonic()
-        Pipeline.run_beside(driver, heldout, "held-out answers", side_by_side / "heldout.log", step1, "step1")
+        run_beside(heldout, "held-out answers", side_by_side / "heldout.log", step1, "step1", cwd=side_by_side)
         together = measured("beside each other", side_by_side, time.monotonic() - start)
     finally:
         subprocess.run(stop, check=False, timeout=300)

@@ -21,6 +21,7 @@ from .errors import ArgParser, UsageError, cli_main
 from .flavour import Flavour, load_seeds, pop_flavour_dir
 from .serve.cluster import add_adapter_mode, gpu_count, server_command
 from .profile import load_profile, profile_name
+from .report import heldout_line
 from .train import MODELS, adapter_done, mk_config, mk_data, pick_template, publish_adapter, tokenize, torchrun
 
 STEP_TIMEOUT_SERVER = 1800
@@ -111,6 +112,36 @@ def stop_child(proc: subprocess.Popen, grace: float = 30.0, timeout: float = 120
         proc.wait()
 
 
+def run_beside(side: list[str], side_what: str, log: Path, main: list[str], main_what: str, cwd: Path,
+               say=print) -> None:
+    """`side` (its output into `log`) beside `main` (output to the terminal), both in `cwd`: two stages against the
+    same served model, so that each fills the engine's batch while the other's last requests run nearly alone. If
+    either fails, the other is stopped (SIGTERM: it checkpoints what it finished) and the run fails naming it."""
+    say(f"{side_what}, beside the next stage (output: {log})")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        side_proc = subprocess.Popen(side, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    say(main_what)
+    main_proc = subprocess.Popen(main, cwd=cwd)
+    running = {side_proc: (side_what, f"see {log}"), main_proc: (main_what, "see the output above")}
+    try:
+        while running:
+            for proc, (what, where) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del running[proc]
+                if code != 0:
+                    for other in running:
+                        stop_child(other, grace=0)
+                    raise UsageError(f"{what} failed (exit {code}); {where}")
+            time.sleep(0.5)
+    except BaseException:
+        for proc in running:
+            stop_child(proc)
+        raise
+
+
 class Pipeline:
     def __init__(self, args, flavour_dir: Path):
         self.args = args
@@ -155,38 +186,6 @@ class Pipeline:
         if code != 0:
             raise UsageError(f"{what} failed (exit {code}); see the output above")
 
-    def run_beside(self, cmd: list[str], what: str, log: Path, main_cmd: list[str], main_what: str) -> None:
-        """`cmd` (its output into `log`) beside `main_cmd` (output to the terminal): both against the same served
-        model, so that each fills the engine's batch while the other's last requests run nearly alone. If either
-        fails, the other is stopped (SIGTERM: it checkpoints what it finished) and the run fails naming it."""
-        self.say(f"{what}, beside the next stage (output: {log})")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            side = subprocess.Popen(cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
-        self.say(main_what)
-        main = subprocess.Popen(main_cmd, cwd=self.workdir)
-        procs = {side: (what, f"see {log}"), main: (main_what, "see the output above")}
-        try:
-            while procs:
-                for proc, (name, where) in list(procs.items()):
-                    code = proc.poll()
-                    if code is None:
-                        continue
-                    del procs[proc]
-                    if code != 0:
-                        for other in procs:
-                            stop_child(other, grace=0)
-                        raise UsageError(f"{name} failed (exit {code}); {where}")
-                    if proc is side:
-                        for line in log.read_text(errors="replace").replace("\r", "\n").splitlines():
-                            if " rows -> " in line:  # each part's summary line
-                                self.say(line)
-                time.sleep(0.5)
-        except BaseException:
-            for proc in procs:
-                stop_child(proc)
-            raise
-
     def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
         if action != "start":
             return server_command(action, self.workdir)
@@ -214,11 +213,11 @@ class Pipeline:
                 self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),
                           "--count", str(self.args.instruct_count)], f"iteration {k}: step0 self-instruct")
                 # The held-out answers come from the model step1 uses (the Generator at the iteration's start).
-                self.run_beside([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
-                                f"iteration {k}: the Generator on held-out instructions",
-                                self.logs / f"heldout_iter{k}.log",
-                                [py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
-                                f"iteration {k}: step1 Generator")
+                run_beside([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
+                           f"iteration {k}: the Generator on held-out instructions", self.logs / f"heldout_iter{k}.log",
+                           [py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
+                           f"iteration {k}: step1 Generator", cwd=self.workdir, say=self.say)
+                self.say(f"iteration {k}: {heldout_line(self.iter_dir(k))}")
                 self.run([py, self.script("step2_ext_responses.py"), *self.stage_args(k, "extend")],
                          f"iteration {k}: step2 Extender")
             self.sync.barrier(f"iter_{k}/synthesis")

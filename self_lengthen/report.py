@@ -128,6 +128,16 @@ def heldout_row(iter_dir: Path, name: str = "heldout") -> dict | None:
             "clean_n": len(clean), "clean_mean": round(statistics.mean(clean), 1) if clean else None, **longen}
 
 
+def heldout_line(iter_dir: Path) -> str:
+    """One line for a driver's log: the held-out figures of `iter_dir`'s Generator."""
+    h = heldout_row(iter_dir)
+    if h is None or not h["n"]:
+        return "no held-out answers recorded"
+    lo, hi = h["ci95"]
+    longen = f", LonGen following {h['longen_following']}" if h.get("longen_following") is not None else ""
+    return (f"the Generator ({h['model']}) on {h['n']} held-out instructions: mean {h['mean']} words "
+            f"(95% CI {lo}-{hi}), repetition {h['repetition_pct']}%, hit max_tokens {h['capped_pct']}%{longen}")
+
 def run_report(results: Path) -> Path:
     iters = sorted((d for d in results.glob("iter_*") if d.name[5:].isdigit() and int(d.name[5:]) < 10000),
                    key=lambda d: int(d.name[5:]))

@@ -4,7 +4,7 @@ import shutil
 
 from conftest import ROOT
 from fake_endpoint import FakeEndpoint
-from self_lengthen.report import heldout_row, run_report
+from self_lengthen.report import heldout_line, heldout_row, run_report
 from self_lengthen.stages.heldout import length_stats
 from self_lengthen.stages.runner import save_dataset
 from test_stages import STEP0, load_rows, step
@@ -111,6 +111,13 @@ def test_the_run_report_leads_with_the_held_out_curve(tmp_path):
     assert heldout_row(results / "iter_1")["longen_following"] == 0.625
     assert heldout_row(results / "iter_1", "training_prompts")["mean"] == 120
     assert "longen_following" not in heldout_row(results / "iter_1", "training_prompts")
+    # the driver's one line per iteration
+    assert heldout_line(results / "iter_1") == ("the Generator (base) on 3 held-out instructions: mean 120 words "
+                                                "(95% CI 97.4-142.6), repetition 0.0%, hit max_tokens 0.0%, "
+                                                "LonGen following 0.625")
+    assert heldout_line(results / "iter_2").endswith("mean 340 words (95% CI 280.1-399.9), repetition 0.0%, "
+                                                     "hit max_tokens 0.0%")
+    assert heldout_line(results / "iter_3") == "no held-out answers recorded"
 
 
 def test_the_iteration_report_shows_whether_training_moved_the_loss(tmp_path):

@@ -316,12 +316,6 @@ def test_a_rank_that_never_comes_is_named_at_the_timeout(tmp_path):
     assert time.monotonic() - start < 200
 
 
-def _beside_driver(tmp_path, said):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(workdir=tmp_path, say=said.append)
-
-
 SLEEPER = ("import signal, sys, time, pathlib\n"
            "signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path(sys.argv[1]).write_text('stopped'), sys.exit(1)))\n"
            "time.sleep(60)\n")
@@ -332,31 +326,34 @@ def test_a_stage_run_beside_another_stops_it_when_it_fails(tmp_path, failing):
     """The held-out answers run beside step1: if either fails, the other gets SIGTERM (so it checkpoints) and the run
     fails with one line naming the one that failed."""
     from self_lengthen.errors import UsageError
-    from self_lengthen.pipeline import Pipeline
+    from self_lengthen.pipeline import run_beside
 
-    py, said, marker = sys.executable, [], tmp_path / "stopped"
+    py, marker = sys.executable, tmp_path / "stopped"
     fail = [py, "-c", "import time, sys; time.sleep(1); sys.exit(3)"]
     sleep = [py, "-c", SLEEPER, str(marker)]
     side, main = (fail, sleep) if failing == "side" else (sleep, fail)
     start = time.monotonic()
     with pytest.raises(UsageError) as err:
-        Pipeline.run_beside(_beside_driver(tmp_path, said), side, "the side stage", tmp_path / "side.log",
-                            main, "the main stage")
+        run_beside(side, "the side stage", tmp_path / "side.log", main, "the main stage", cwd=tmp_path)
     assert time.monotonic() - start < 30
     assert f"the {failing} stage" in str(err.value) and "failed (exit 3)" in str(err.value)
     assert ("side.log" in str(err.value)) == (failing == "side")
     assert marker.read_text() == "stopped"
 
 
-def test_a_stage_run_beside_another_reports_its_summary(tmp_path):
-    from self_lengthen.pipeline import Pipeline
+def test_a_stage_run_beside_another_writes_its_output_to_its_log(tmp_path, capfd):
+    from self_lengthen.pipeline import run_beside
 
     py, said = sys.executable, []
-    side = [py, "-c", "import sys; print('progress\\r50%', file=sys.stderr); print('heldout: 2 rows -> x (2 accepted)')"]
-    main = [py, "-c", "import time; time.sleep(2)"]
-    Pipeline.run_beside(_beside_driver(tmp_path, said), side, "the side stage", tmp_path / "logs" / "side.log",
-                        main, "the main stage")
-    assert "heldout: 2 rows -> x (2 accepted)" in said and "progress" in (tmp_path / "logs" / "side.log").read_text()
+    side = [py, "-c", "import sys, time; print('side progress', file=sys.stderr); time.sleep(1); print('side done')"]
+    main = [py, "-c", "print('main output')"]
+    run_beside(side, "the side stage", tmp_path / "logs" / "side.log", main, "the main stage", cwd=tmp_path,
+               say=said.append)
+    assert said == [f"the side stage, beside the next stage (output: {tmp_path / 'logs' / 'side.log'})", "the main stage"]
+    log = (tmp_path / "logs" / "side.log").read_text()
+    assert "side progress" in log and "side done" in log and "main output" not in log
+    out = capfd.readouterr()
+    assert "main output" in out.out and "side" not in out.out + out.err
 
 
 @pytest.mark.parametrize("mode", [None, "lora", "merged"])
