@@ -19,7 +19,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 # The worker's engine (AsyncLLM.from_engine_args) gets vLLM's plain defaults; LLM() gets its offline ones.
 WORKER = {"dtype": "bfloat16", "max_num_batched_tokens": 2048, "max_num_seqs": 128}
 SETTINGS = {
-    "worker's (bfloat16, 2048 batched tokens, 128 sequences)": WORKER,
+    "bfloat16, 2048 batched tokens, 128 sequences (the worker's, where the CPU has native bfloat16)": WORKER,
     "vLLM offline's (4096, 256)": {**WORKER, "max_num_batched_tokens": 4096, "max_num_seqs": 256},
     "8192 batched tokens": {**WORKER, "max_num_batched_tokens": 8192, "max_num_seqs": 256},
     "float32": {**WORKER, "dtype": "float32"},

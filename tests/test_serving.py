@@ -213,6 +213,46 @@ def test_a_merged_copy_keeps_a_small_trained_change(tmp_path, default_model):
     assert got < 0.02 * moved  # the served copy keeps it
 
 
+def test_the_engines_run_in_float32_on_a_cpu_without_native_bfloat16():
+    """vLLM falls back to plain torch matmuls for bfloat16 on such a CPU (AVX2): 15.2 against 52.4 tok/s."""
+    from self_lengthen.serve.worker import copy_dtype, engine_dtype
+
+    assert engine_dtype("auto", on_cpu=True, native_bfloat16=False) == "float32"
+    assert engine_dtype("auto", on_cpu=True, native_bfloat16=True) == "bfloat16"
+    assert engine_dtype("auto", on_cpu=False, native_bfloat16=False) == "bfloat16"  # GPUs
+    assert engine_dtype("bfloat16", on_cpu=True, native_bfloat16=False) == "bfloat16"  # as asked
+    assert (copy_dtype("bfloat16"), copy_dtype("float16"), copy_dtype("float32")) == ("bfloat16", "bfloat16", "float32")
+
+
+def test_the_served_engines_and_copies_are_in_this_machines_dtype(served):
+    from safetensors import safe_open
+
+    from self_lengthen.serve.worker import copy_dtype, served_dtype
+
+    dtype = served_dtype()
+    assert f"engines in {dtype}" in (served.workdir / "logs" / "worker0.log").read_text()
+    for copy in (served.workdir / "run" / "rank0" / "merged").glob("*/model.safetensors"):
+        with safe_open(str(copy), "pt") as f:
+            assert str(f.get_tensor(next(iter(f.keys()))).dtype) == f"torch.{copy_dtype(dtype)}"
+
+
+def test_a_float32_copy_is_the_exact_merge(tmp_path, default_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from conftest import make_random_adapter
+    from self_lengthen.serve.worker import merged_model
+
+    adapter = make_random_adapter(default_model, tmp_path / "a", seed=3)
+    exact = merged_model(default_model, adapter, tmp_path / "merged", "float32")
+    assert exact != merged_model(default_model, adapter, tmp_path / "merged")  # the bfloat16 copy is another
+    load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # noqa: E731
+    expected = PeftModel.from_pretrained(load(default_model), str(adapter)).merge_and_unload().state_dict()
+    got = load(exact).state_dict()
+    assert all(torch.equal(got[name], weight) for name, weight in expected.items())
+
+
 def test_merged_engines_share_the_kv_budget_but_get_at_least_2_gib():
     from self_lengthen.serve.worker import merged_kv_space
 

@@ -10,11 +10,14 @@ Adapters are served in one of two ways (--adapter-mode):
 - merged: each adapter merged into a copy of the base weights, one engine per name. On CPU, vLLM turns torch.compile
   off for an engine with LoRA enabled, which halves its throughput; merged engines keep it. The copies are made once
   per adapter (keyed by its content) in --merge-dir, and the KV-cache budget is shared between the engines. A copy
-  is served in bfloat16, the base's own dtype and this CPU's fast path, with its changed weights rounded
-  stochastically: a trained adapter moves most weights by less than half a bfloat16 step, so rounding to nearest
-  would put them back where the base had them; rounded up or down with odds that keep their mean, the copy keeps
-  the adapter's effect (bench/RESULTS.md, 2026-12-02).
+  is served in the engines' dtype. In bfloat16 its changed weights are rounded stochastically: a trained adapter
+  moves most weights by less than half a bfloat16 step, so rounding to nearest would put them back where the base
+  had them; rounded up or down with odds that keep their mean, the copy keeps the adapter's effect (bench/RESULTS.md,
+  2026-12-02). In float32 it is the exact merge.
 `auto` picks merged on CPU and lora elsewhere.
+
+The engines' dtype (--dtype auto): bfloat16, the base model's own, except on a CPU without native bfloat16 matrix
+instructions (AVX512-BF16 or AMX), where vLLM falls back to plain torch matmuls and float32 is far faster.
 
 Run: python -m self_lengthen.serve.worker --model-path DIR --lora gen_sft=DIR --lora ext_sft=DIR ...
 """
@@ -86,7 +89,35 @@ def sampling_params(params: dict, eos_ids: list[int]):
     )
 
 
-MERGED_DTYPE = "bfloat16"  # a merged copy's weights and engine; not a free choice: round_stochastically makes bfloat16
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def cpu_has_native_bfloat16() -> bool:
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def engine_dtype(requested: str, on_cpu: bool, native_bfloat16: bool) -> str:
+    """The dtype the engines run in. On a 2-core AVX2 CPU the default model decoded step2's mix at 15.2 tok/s in
+    bfloat16 and 52.4 in float32 (bench/RESULTS.md, 2026-12-02, afternoon)."""
+    if requested != "auto":
+        return requested
+    return "float32" if on_cpu and not native_bfloat16 else "bfloat16"
+
+
+def served_dtype(requested: str = "auto") -> str:
+    """engine_dtype on this machine."""
+    from vllm.platforms import current_platform
+
+    on_cpu = current_platform.is_cpu()
+    return engine_dtype(requested, on_cpu, on_cpu and cpu_has_native_bfloat16())
+
+
+def copy_dtype(dtype: str) -> str:
+    """A merged copy's weights: bfloat16 (rounded stochastically) for a bfloat16 or float16 engine, else the exact
+    float32 merge."""
+    return "bfloat16" if dtype in ("bfloat16", "float16") else "float32"
 
 
 def round_stochastically(weights, generator):
@@ -107,10 +138,14 @@ def merged_kv_space(total_gib: int, engines: int) -> int:
     return max(total_gib // engines, min(total_gib, 2), 1)
 
 
-def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
-    """`base` with `adapter` merged into its weights in float32, then rounded to MERGED_DTYPE as the module's
-    docstring says, saved once under `merge_dir` (keyed by the base path, the rounding and the adapter's content)."""
-    digest = hashlib.sha256(f"{base.resolve()} {MERGED_DTYPE} stochastic".encode())  # another kind is not reused
+def merged_model(base: Path, adapter: Path, merge_dir: Path, dtype: str = "bfloat16") -> Path:
+    """`base` with `adapter` merged into its weights in float32, saved in `dtype` (bfloat16: rounded as the module's
+    docstring says; float32: exact) once under `merge_dir` (keyed by the base path, the dtype and rounding, and the
+    adapter's content)."""
+    if dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"merged copies are bfloat16 or float32, not {dtype}")
+    kind = "bfloat16 stochastic" if dtype == "bfloat16" else "float32"
+    digest = hashlib.sha256(f"{base.resolve()} {kind}".encode())  # another kind is not reused
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         digest.update((adapter / name).read_bytes())
     out = merge_dir / digest.hexdigest()[:16]
@@ -127,15 +162,16 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         before = {name: weight.clone() for name, weight in model.state_dict().items()}
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        # Seeded by the copy's key (base path, adapter content): made again, it is the same copy.
-        generator = torch.Generator().manual_seed(int(digest.hexdigest()[:15], 16))
-        with torch.no_grad():
-            for name, weight in sorted(model.named_parameters()):
-                # The rest round to nearest, as the base's engine rounds them (a no-op for a bfloat16 base, not for a
-                # float32 one, where rounding them stochastically would serve a different model than the base's).
-                changed = not torch.equal(weight, before[name])
-                weight.data = round_stochastically(weight, generator) if changed else weight.to(torch.bfloat16)
-        model.to(torch.bfloat16).save_pretrained(tmp)
+        if dtype == "bfloat16":
+            # Seeded by the copy's key (base path, adapter content): made again, it is the same copy.
+            generator = torch.Generator().manual_seed(int(digest.hexdigest()[:15], 16))
+            with torch.no_grad():
+                for name, weight in sorted(model.named_parameters()):
+                    # The rest round to nearest, as the base's engine rounds them (a no-op for a bfloat16 base, not
+                    # for a float32 one, where rounding them stochastically would serve a different model).
+                    changed = not torch.equal(weight, before[name])
+                    weight.data = round_stochastically(weight, generator) if changed else weight.to(torch.bfloat16)
+        model.to(getattr(torch, dtype)).save_pretrained(tmp)
         try:
             os.replace(tmp, out)  # a finished copy appears whole, or not at all
         except OSError:
@@ -330,7 +366,8 @@ def parse_args(argv=None):
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="the engines' dtype (auto: bfloat16, or float32 on a CPU without native bfloat16)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--limit-worker-concurrency", type=int, default=1024)
@@ -346,7 +383,9 @@ def resolve_adapter_mode(mode: str) -> str:
 
 
 async def serve(args, adapters: dict[str, Path]):
-    common = dict(dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+    dtype = served_dtype(args.dtype)
+    log.info("engines in %s", dtype)
+    common = dict(dtype=dtype, tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
                   gpu_memory_utilization=args.gpu_memory_utilization, tokenizer=args.model_path)
     if args.max_num_seqs:
         common["max_num_seqs"] = args.max_num_seqs
@@ -369,7 +408,8 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
 
     if mode == "merged":
         models = {args.base_name: Path(args.model_path)}
-        models.update({name: merged_model(Path(args.model_path), path, Path(args.merge_dir))
+        merged_dtype = copy_dtype(common["dtype"])
+        models.update({name: merged_model(Path(args.model_path), path, Path(args.merge_dir), merged_dtype)
                        for name, path in adapters.items()})
         kv_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         if kv_space:  # each engine's core process reads it when it starts
@@ -378,7 +418,7 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
             copy = name != args.base_name
             log.info("starting the engine for %s (%s)", name, path)
             engines[name] = AsyncLLM.from_engine_args(
-                AsyncEngineArgs(model=str(path), **{**common, **({"dtype": MERGED_DTYPE} if copy else {})}))
+                AsyncEngineArgs(model=str(path), **{**common, **({"dtype": merged_dtype} if copy else {})}))
     else:
         engine_kwargs = dict(model=args.model_path, **common)
         if adapters:
