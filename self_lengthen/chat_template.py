@@ -4,7 +4,22 @@ The serving worker ships its tokenizer's template and special tokens to the API 
 renders chat requests with `render_chat`: the same Jinja renderer `tokenizer.apply_chat_template` uses, so the prompt
 is byte-identical to it.
 """
+from pathlib import Path
 from typing import Any
+
+
+def load_tokenizer(model_dir):
+    """The model's tokenizer, for chat formatting and token counts: from its tokenizer.json when it has one.
+
+    That needs no torch, which AutoTokenizer imports: about 5 s of every stage process's start on a slow CPU.
+    """
+    if (Path(model_dir) / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
 
 
 def template_spec(tokenizer) -> dict[str, Any]:

@@ -227,11 +227,10 @@ class Pipeline:
     def prepare_training(self, k: int) -> None:
         d = self.iter_dir(k)
         if self.dist.is_master and not all((d / "data" / f"train_{m}.yaml").exists() for m in MODELS):
-            from transformers import AutoTokenizer
-
+            from .chat_template import load_tokenizer
             from .flavour import PromptBuilder
 
-            prompts = PromptBuilder(self.flavour, AutoTokenizer.from_pretrained(str(self.model_dir)))
+            prompts = PromptBuilder(self.flavour, load_tokenizer(self.model_dir))
             template, system = pick_template(self.model_dir, self.flavour)
             data_dir = mk_data(d, prompts, system, seed=self.args.seed)
             for name in MODELS:

@@ -86,3 +86,30 @@ def test_rendered_prompt_tokenizes_like_apply_chat_template(tokenizer):
     ids = tokenizer.encode(prompt, add_special_tokens=needs_special_tokens(tokenizer, prompt))
     expected = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
     assert ids == expected["input_ids"]
+
+
+def test_the_stages_tokenizer_needs_no_torch_and_formats_and_counts_as_autotokenizer(default_model):
+    """Every stage process loads the tokenizer at its start: without torch (seconds of each start on a slow CPU),
+    and rendering and counting exactly as AutoTokenizer does."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    code = ("import json, sys\n"
+            "from self_lengthen.chat_template import load_tokenizer\n"
+            "tok = load_tokenizer(sys.argv[1])\n"
+            "convs = json.loads(sys.argv[2])\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules,\n"
+            "  'chat': [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs],\n"
+            "  'ids': [tok(c[-1]['content'], add_special_tokens=False)['input_ids'] for c in convs]}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(default_model), json.dumps(CONVERSATIONS)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    tok = AutoTokenizer.from_pretrained(default_model)
+    assert got["torch"] is False
+    assert got["chat"] == [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                           for c in CONVERSATIONS]
+    assert got["ids"] == [tok(c[-1]["content"], add_special_tokens=False)["input_ids"] for c in CONVERSATIONS]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..chat_template import load_tokenizer
 from ..client import Client
 from ..default_model import resolve_base_model
 from ..dist import DistEnv
@@ -79,9 +80,7 @@ class StageContext:
         if args.time_budget is not None and not args.time_budget > 0:
             raise UsageError(f"--time_budget={args.time_budget} must be a positive number of minutes")
         flavour = Flavour(flavour_dir, prompt_templates=args.prompt_templates)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(args.base_model)))
+        tokenizer = load_tokenizer(resolve_base_model(args.base_model))
         args.workers = args.workers or default_workers()
         client = Client(args.base_url, timeout=args.request_timeout, retries=max(0, args.retries))
         iter_dir = Path(args.workdir).resolve() / "results" / f"iter_{args.iter}"
