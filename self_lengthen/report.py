@@ -138,6 +138,7 @@ def heldout_line(iter_dir: Path) -> str:
     return (f"the Generator ({h['model']}) on {h['n']} held-out instructions: mean {h['mean']} words "
             f"(95% CI {lo}-{hi}), repetition {h['repetition_pct']}%, hit max_tokens {h['capped_pct']}%{longen}")
 
+
 def run_report(results: Path) -> Path:
     iters = sorted((d for d in results.glob("iter_*") if d.name[5:].isdigit() and int(d.name[5:]) < 10000),
                    key=lambda d: int(d.name[5:]))

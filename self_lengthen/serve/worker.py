@@ -160,7 +160,8 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path, dtype: str = "bfloa
     tmp = Path(tempfile.mkdtemp(dir=merge_dir, prefix=".partial-"))
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        before = {name: weight.clone() for name, weight in model.state_dict().items()}
+        # Only a bfloat16 copy compares with the base's weights: a float32 one is the merge as it is.
+        before = {n: w.clone() for n, w in model.state_dict().items()} if dtype == "bfloat16" else {}
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         if dtype == "bfloat16":
             # Seeded by the copy's key (base path, adapter content): made again, it is the same copy.
