@@ -65,7 +65,8 @@ def main(flavour_dir: Path, argv=None):
         # Servers left by a run of ours that was killed (their pid files are in workdir/run) go first.
         subprocess.run(stop, capture_output=True, timeout=300)
         with sync.heartbeat():
-            subprocess.run(server_command("start", workdir, base_model=model, iter=args.max_iter,
+            # step0 asks the base model, step1 and the held-out answers the final Generator; no stage here extends
+            subprocess.run(server_command("start", workdir, base_model=model, iter=args.max_iter, adapters="gen_sft",
                                           adapter_mode=args.adapter_mode), check=True)
             if dist.is_master:
                 final_generator_heldout(flavour_dir, args, workdir, model, profile)

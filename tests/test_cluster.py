@@ -31,6 +31,28 @@ def test_missing_adapter_fails_fast_naming_the_path(tmp_path, default_model):
     assert records(tmp_path) == []
 
 
+@pytest.mark.parametrize("names", ["extender", "gen_sft,base", ","])
+def test_adapters_must_name_the_trained_adapters(tmp_path, default_model, names):
+    proc = start_stack(tmp_path, 1, f"--adapters={names}", timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"argument --adapters: {names!r}: name one or more of gen_sft, ext_sft" in lines[0]
+    assert records(tmp_path) == []
+
+
+def test_only_the_adapters_named_must_exist(tmp_path):
+    from self_lengthen.errors import UsageError
+    from self_lengthen.serve.cluster import adapter_dirs
+
+    gen = tmp_path / "results" / "iter_1" / "lora" / "gen_sft"
+    gen.mkdir(parents=True)
+    (gen / "adapter_config.json").write_text("{}")
+    with pytest.raises(UsageError, match="adapter ext_sft not found"):
+        adapter_dirs(tmp_path, 1)  # both, by default
+    # gen_sft alone is served (as run_collect_data.sh serves it: the collect test in test_pipeline.py)
+    assert adapter_dirs(tmp_path, 1, ("gen_sft",)) == {"gen_sft": gen}
+
+
 def test_port_in_use_gets_a_clear_error_and_nothing_is_left_running(tmp_path, default_model):
     ports = ["--api_port=18500", "--controller_port=18501", "--worker_port=18502"]
     with socket.socket() as busy:

@@ -170,6 +170,7 @@ def test_run_collect_data_makes_batches_with_the_final_generator_and_resumes(col
     first = results / "iter_10000" / "initial_responses" / "_COMPLETE"
     assert first.stat().st_mtime_ns == collected["first_mtime"], "the finished batch was redone"
     assert "batch 2/2 (iter_10001) done" in collected["rerun"].stdout
+    assert "serving base, gen_sft at" in collected["rerun"].stdout  # no stage here extends: no ext_sft engine
     assert not (results / "iter_10002").exists()
     for batch in ("iter_10000", "iter_10001"):
         for name in ("instructions", "initial_responses"):

@@ -2,12 +2,13 @@
 
 Rank 0 runs the FastChat controller and the OpenAI-compatible API server. Every rank runs vLLM workers: one per
 GPU, one tensor-parallel worker over the node's GPUs for models over 10B parameters, or one worker on CPU. With
---iter=K >= 1 the workers also serve WORKDIR/results/iter_K/lora/{gen_sft,ext_sft}: as LoRA requests on GPU, as
-merged copies on CPU (see --adapter_mode; the copies are kept in WORKDIR/run/rankR/merged).
+--iter=K >= 1 the workers also serve WORKDIR/results/iter_K/lora/{gen_sft,ext_sft} (or the --adapters named): as
+LoRA requests on GPU, as merged copies on CPU (see --adapter_mode; the copies are kept in WORKDIR/run/rankR/merged).
 
 `start` returns 0 only when every expected worker is registered and a probe request to each served name succeeded.
 `stop` stops exactly the process groups `start` recorded in WORKDIR/run/ and waits until their ports are free.
 """
+import argparse
 import os
 import shutil
 import socket
@@ -84,10 +85,10 @@ def approx_params(model_dir: Path) -> float:
     return size / 2
 
 
-def adapter_dirs(workdir: Path, iteration: int) -> dict[str, Path]:
+def adapter_dirs(workdir: Path, iteration: int, names=ADAPTERS) -> dict[str, Path]:
     if iteration < 1:
         return {}
-    dirs = {name: workdir / "results" / f"iter_{iteration}" / "lora" / name for name in ADAPTERS}
+    dirs = {name: workdir / "results" / f"iter_{iteration}" / "lora" / name for name in names}
     for name, path in dirs.items():
         if not (path / "adapter_config.json").is_file():
             raise UsageError(f"--iter={iteration}: adapter {name} not found at {path} (no adapter_config.json); "
@@ -165,7 +166,7 @@ class Launch:
     def launch(self) -> list[str]:
         args, dist = self.args, self.dist
         model = resolve_base_model(args.base_model)
-        adapters = adapter_dirs(self.workdir, args.iter)
+        adapters = adapter_dirs(self.workdir, args.iter, args.adapters)
         names = [BASE_NAME, *adapters]
         plan = self.worker_plan(model)
         if dist.is_master:
@@ -307,6 +308,14 @@ def server_command(action: str, workdir: Path, **options) -> list[str]:
             *(f"--{name}={value}" for name, value in options.items())]
 
 
+def adapter_names(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in ADAPTERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: name one or more of {', '.join(ADAPTERS)}")
+    return names
+
+
 def add_adapter_mode(parser) -> None:
     """--adapter_mode, for run_server.sh and for the drivers that start the servers (run.sh, run_collect_data.sh)."""
     parser.add_argument("--adapter_mode", choices=ADAPTER_MODES, default="auto",
@@ -328,6 +337,8 @@ def parse(argv):
     s.add_argument("--worker_port", type=int, default=env_port("SELF_LENGTHEN_WORKER_PORT", 21002),
                    help="first worker port on this node ($SELF_LENGTHEN_WORKER_PORT)")
     s.add_argument("--max_model_len", type=int, default=None)
+    s.add_argument("--adapters", type=adapter_names, default=",".join(ADAPTERS),
+                   help="which of iteration K's adapters to serve, comma-separated (default: both)")
     add_adapter_mode(s)
     s.add_argument("--api_key_file", default=None,
                    help=f"file holding the cluster key (else ${API_KEY_ENV}); with a key, every port requires it")
