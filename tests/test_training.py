@@ -221,20 +221,16 @@ def test_serving_worker_loads_the_trained_adapter_as_lora_and_merged(trained):
     merged into a copy of the base (the CPU default), and changes greedy output either way. (The two engines do not
     agree token for token even on the base model: the LoRA engine runs eagerly, the other compiled. That a merged
     copy equals the adapter applied is shown on logits in test_serving.py.)"""
-    import shutil
-
     from conftest import env_with, start_stack, stop_stack
     from self_lengthen.client import Client
 
-    workdir, lora = trained["workdir"], trained["iter_dir"] / "lora"
-    if not (lora / "ext_sft").exists():  # the server wants both names; this test looks at gen_sft
-        shutil.copytree(lora / "gen_sft", lora / "ext_sft")
+    workdir = trained["workdir"]
     ports = ["--api_port=18300", "--controller_port=18301", "--worker_port=18302"]
     question = [{"role": "user", "content": ROWS[0]["prompt"]}]
     greedy = {"temperature": 0, "max_tokens": 30, "repetition_penalty": 1.0, "top_k": -1, "top_p": 1.0}
     outputs = {}
     for mode in ("lora", "merged"):
-        proc = start_stack(workdir, 1, "--timeout=800", f"--adapter_mode={mode}", *ports,
+        proc = start_stack(workdir, 1, "--timeout=800", "--adapters=gen_sft", f"--adapter_mode={mode}", *ports,
                            env=env_with(VLLM_CPU_KVCACHE_SPACE=1))
         try:
             assert proc.returncode == 0, proc.stderr[-3000:]
