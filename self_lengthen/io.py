@@ -1,6 +1,9 @@
-"""Small file helpers: JSONL input with clear errors, atomic JSON output."""
+"""Small file helpers: JSONL input with clear errors, atomic JSON output, model dirs that appear whole."""
 import json
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UsageError
@@ -10,6 +13,24 @@ def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1))
     os.replace(tmp, path)
+
+
+@contextmanager
+def model_dir_in_place(out: Path):
+    """Yields a temp dir beside `out` to write a model into, then renames it to `out`: a finished model dir appears
+    whole, or not at all. If another process finished the same `out` first (its config.json is there), that one is
+    kept."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".partial-"))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_jsonl(path, required: tuple[str, ...] = (), allow_empty: bool = False) -> list[dict]:

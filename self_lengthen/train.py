@@ -17,6 +17,7 @@ import yaml
 
 from .errors import UsageError
 from .flavour import Flavour, PromptBuilder
+from .io import model_dir_in_place
 from .stages.runner import MARKER, is_complete, require_complete
 
 MODELS = ("gen_sft", "ext_sft")
@@ -87,6 +88,40 @@ def pick_template(model_dir: Path, flavour: Flavour) -> tuple[str, str | None]:
     return picked["template"], picked["system"]
 
 
+def checkpoint_dtype(model_dir: Path) -> str:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def training_base(model_dir: Path, results: Path, gpus: int) -> Path:
+    """The base model LLaMA-Factory trains on: the model itself, except on a CPU without native bfloat16 (AVX2), where
+    a 16-bit checkpoint trains on a float32 copy of it (the same weights, upcast exactly), kept in results/ (which every
+    node shares). LLaMA-Factory loads a checkpoint in its own dtype, and emulated bfloat16 is slow: one LoRA step of
+    the default model took 101 s there, against 3.7 s in float32 (bench/RESULTS.md)."""
+    from .devices import cpu_has_native_bfloat16
+
+    if gpus > 0 or checkpoint_dtype(model_dir) not in ("bfloat16", "float16") or cpu_has_native_bfloat16():
+        return Path(model_dir)
+    import hashlib
+
+    weights = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin"))
+    key = hashlib.sha256(str(Path(model_dir).resolve()).encode())
+    for p in weights:
+        key.update(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}".encode())
+    out = results / ".float32_base" / key.hexdigest()[:16]
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with model_dir_in_place(out) as tmp:
+        for p in Path(model_dir).iterdir():  # tokenizer, chat template and the rest; weights and config written below
+            if p.is_file() and p not in weights:
+                shutil.copy2(p, tmp / p.name)
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).save_pretrained(tmp)
+    return out
+
+
 def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavour: Flavour, profile: dict,
               template: str, gpus: int) -> Path:
     """Write results/iter_K/data/train_<name>.yaml and return its path."""
@@ -106,7 +141,7 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
         config.update(save_strategy="steps", save_steps=int(save_steps), save_total_limit=2)
     data_dir = iter_dir / "data"
     config.update(
-        model_name_or_path=str(model_dir), dataset=name, dataset_dir=str(data_dir), template=template,
+        model_name_or_path=str(training_base(model_dir, iter_dir.parent, gpus)), dataset=name, dataset_dir=str(data_dir), template=template,
         output_dir=str(iter_dir / "lora" / f".{name}.training"), tokenized_path=str(data_dir / f"tokenized_{name}"),
         lora_rank=lora_rank, lora_alpha=2 * lora_rank, bf16=bf16, fp16=False,
     )

@@ -76,6 +76,32 @@ def test_small_profiles_group_by_length_and_skip_recomputation(trained, default_
     assert "train_sampling_strategy" not in gpu and "disable_gradient_checkpointing" not in gpu
 
 
+def test_on_a_cpu_without_native_bfloat16_training_runs_on_an_exact_float32_copy(trained, default_model, tmp_path):
+    """LLaMA-Factory loads the base in its checkpoint's dtype; emulated bfloat16 (AVX2) made a LoRA step 27x slower."""
+    import torch
+    from safetensors.torch import load_file
+
+    from self_lengthen.devices import cpu_has_native_bfloat16
+    from self_lengthen.train import training_base
+
+    config = yaml.safe_load((trained["data_dir"] / "train_gen_sft.yaml").read_text())
+    used = Path(config["model_name_or_path"])
+    assert used == training_base(default_model, trained["iter_dir"].parent, gpus=0)
+    assert training_base(default_model, tmp_path, gpus=1) == default_model  # GPUs: the model as it is
+    if cpu_has_native_bfloat16():
+        assert used == default_model
+        return
+    assert used.parent == trained["iter_dir"].parent / ".float32_base"
+    assert "Will use dtype=torch.float32" in (trained["workdir"] / "logs" / "train.log").read_text()
+    assert json.loads((used / "config.json").read_text())["dtype"] == "float32"
+    assert (used / "tokenizer.json").read_bytes() == (default_model / "tokenizer.json").read_bytes()
+    base, copy = load_file(default_model / "model.safetensors"), load_file(used / "model.safetensors")
+    assert set(copy) <= set(base) and all(torch.equal(copy[k], base[k].float()) for k in copy)
+    before = (used / "model.safetensors").stat().st_mtime_ns  # made once
+    assert training_base(default_model, trained["iter_dir"].parent, gpus=0) == used
+    assert (used / "model.safetensors").stat().st_mtime_ns == before
+
+
 def test_drop_lines_keeps_about_80_percent_and_joins_as_the_flavour_says():
     import random
 

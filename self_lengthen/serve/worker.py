@@ -27,8 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -42,6 +40,8 @@ from fastchat.conversation import Conversation, SeparatorStyle
 from fastchat.serve.base_model_worker import BaseModelWorker
 
 from ..chat_template import needs_special_tokens, template_spec
+from ..devices import cpu_has_native_bfloat16
+from ..io import model_dir_in_place
 from .auth import auth_headers, protect, read_key
 from .cluster import ADAPTER_MODES
 from .ports import port_in_use
@@ -90,12 +90,6 @@ def sampling_params(params: dict, eos_ids: list[int]):
 
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-
-
-def cpu_has_native_bfloat16() -> bool:
-    import torch
-
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def engine_dtype(requested: str, on_cpu: bool, native_bfloat16: bool) -> str:
@@ -156,9 +150,7 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path, dtype: str = "bfloa
     from transformers import AutoModelForCausalLM
 
     log.info("merging %s into %s -> %s", adapter, base, out)
-    merge_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=merge_dir, prefix=".partial-"))
-    try:
+    with model_dir_in_place(out) as tmp:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         # Only a bfloat16 copy compares with the base's weights: a float32 one is the merge as it is.
         before = {n: w.clone() for n, w in model.state_dict().items()} if dtype == "bfloat16" else {}
@@ -173,13 +165,6 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path, dtype: str = "bfloa
                     changed = not torch.equal(weight, before[name])
                     weight.data = round_stochastically(weight, generator) if changed else weight.to(torch.bfloat16)
         model.to(getattr(torch, dtype)).save_pretrained(tmp)
-        try:
-            os.replace(tmp, out)  # a finished copy appears whole, or not at all
-        except OSError:
-            if not (out / "config.json").is_file():  # not another worker's finished copy of the same merge
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
