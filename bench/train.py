@@ -1,7 +1,8 @@
 """Training throughput: the project's training call against a plain `llamafactory-cli train`, same data, in one run.
 
 Ours is what run.sh does: mk_config's YAML, rank 0 tokenizes once, then `llamafactory-cli train` under torchrun.
-Plain is the same YAML as a user would hand it to `llamafactory-cli train`: without the lines in OUR_LINES. Both
+Plain is the same YAML as a user would hand it to `llamafactory-cli train`: without the lines in OUR_LINES, on the
+model itself (ours trains on a float32 copy of it on a CPU without native bfloat16: train.training_base). Both
 train one epoch of the cpu-demo profile's sizes on the same rows, whose lengths vary as synthesized responses do.
 Throughput is real (unpadded) tokens trained per second of wall time, start-up included; the trainer's own loop
 time (train_runtime) is printed beside it.
@@ -86,6 +87,7 @@ def main():
     ours_cfg = yaml.safe_load(config.read_text())
     plain_cfg = {k: v for k, v in ours_cfg.items() if k not in OUR_LINES}
     plain_cfg["output_dir"] = str(work / "plain_out")
+    plain_cfg["model_name_or_path"] = str(ensure_default_model())
     plain = work / "plain.yaml"
     plain.write_text(yaml.safe_dump(plain_cfg))
 
@@ -102,7 +104,7 @@ def main():
     n = real_tokens(Path(ours_cfg["tokenized_path"]))
     ours_loop, plain_loop = train_runtime(Path(ours_cfg["output_dir"])), train_runtime(work / "plain_out")
     print(f"{args.rows} rows, {n} real tokens, one epoch, batch {ours_cfg['per_device_train_batch_size']}, "
-          f"cutoff {ours_cfg['cutoff_len']}")
+          f"cutoff {ours_cfg['cutoff_len']}; ours on {ours_cfg['model_name_or_path']}")
     print(f"wall (start-up included): plain {n / plain_s:.0f} tok/s ({plain_s:.0f}s), ours {n / ours_s:.0f} tok/s "
           f"({ours_s:.0f}s), ratio {plain_s / ours_s:.2f}")
     print(f"training loop (train_runtime): plain {n / plain_loop:.0f} tok/s ({plain_loop:.1f}s), ours "
