@@ -250,7 +250,9 @@ def test_two_nodes_complete_one_iteration_with_data_parallel_training(one_iterat
     for item in source.iterdir():
         if item.name.startswith(("instructions", "initial_responses", "extended_responses")):
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / item.name)
-    ranks = {r: run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(r), wait=False) for r in (0, 1)}
+    # one core each, as two 1-core nodes: two trainers with 2 threads each on 2 cores took 37 s a step
+    ranks = {r: run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(r, OMP_NUM_THREADS=1), wait=False)
+             for r in (0, 1)}
     outputs = {r: p.communicate(timeout=2400)[0] for r, p in ranks.items()}
     for r, p in ranks.items():
         assert p.returncode == 0, f"rank {r}:\n{outputs[r][-4000:]}"

@@ -225,7 +225,8 @@ def test_steps_0_to_2_with_the_originals_template_format_on_the_real_model(serve
             # step1 at the tiny profile's size: at 160 tokens every answer to a long-writing task can be cut
             # unfinished (all 12 tries were, in one run), which leaves step2 nothing to extend
             (STEP1, ("--max_tokens", "600", "--max_tries", "3")),
-            (STEP2, ("--max_tokens", "200", "--max_tries", "1", "--attempts", "1")))
+            # the format is what is tested here: step2 ends once 2 of its items are finished
+            (STEP2, ("--max_tokens", "200", "--max_tries", "1", "--attempts", "1", "--finish_fraction", "0.3")))
     for script, extra in runs:
         proc = step(script, tmp_path, *common, *extra, base_url=served.base_url)
         assert proc.returncode == 0, proc.stderr[-3000:]
