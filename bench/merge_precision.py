@@ -63,14 +63,15 @@ def main() -> None:
     args = p.parse_args()
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from self_lengthen.chat_template import load_tokenizer
     from self_lengthen.default_model import ensure_default_model
     from self_lengthen.flavour import Flavour, PromptBuilder
     from self_lengthen.serve.worker import merged_model
 
     base = ensure_default_model()
-    prompts = PromptBuilder(Flavour(ROOT / args.flavour), AutoTokenizer.from_pretrained(str(base)))
+    prompts = PromptBuilder(Flavour(ROOT / args.flavour), load_tokenizer(base))
     batches = list(examples(prompts, json.loads(args.dataset.read_text())[: args.rows]))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

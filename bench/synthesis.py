@@ -272,11 +272,11 @@ def step2_requests(rows: list[dict], model: Path, n: int = 32) -> tuple[list[lis
     """The requests that saturate the engine: n of step2's own chat requests (the first half of an initial response,
     to expand), as messages; and n of the mix step2 sends, n/2 such chat requests and n/2 completions over the whole
     text (a round's second request, with its long prompt), as formatted prompts."""
+    from self_lengthen.chat_template import load_tokenizer
     from self_lengthen.flavour import Flavour, PromptBuilder
     from self_lengthen.text import split_blocks
-    from transformers import AutoTokenizer
 
-    prompts = PromptBuilder(Flavour(FLAVOUR), AutoTokenizer.from_pretrained(str(model)))
+    prompts = PromptBuilder(Flavour(FLAVOUR), load_tokenizer(model))
     messages, mix = [], []
     for i in range(n):
         row = rows[i % len(rows)]
@@ -327,7 +327,8 @@ def step2(args) -> str:
     print(f"step2: {summary['items']} items finished ({summary['accepted']} accepted), {received} tokens in "
           f"{stage['seconds']:.0f} s = {stage_rate:.1f} tok/s; recorded {summary['tokens_this_run']} "
           f"({summary['tokens_recorded_share']:.3f}); mean requests in flight {stage['mean_in_flight']:.1f}; "
-          f"tokens in capped requests {summary['tokens_capped_this_run']}, in rejected ones "
+          f"tokens in capped requests {summary['tokens_capped_this_run']} (already repeating: "
+          f"{summary['tokens_capped_repeating_this_run']}), in rejected ones "
           f"{summary['tokens_rejected_this_run']}; reasons {summary['reject_reasons']}", flush=True)
 
     messages, mix = step2_requests(rows, model)

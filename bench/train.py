@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from self_lengthen.chat_template import load_tokenizer  # noqa: E402
 from self_lengthen.default_model import ensure_default_model  # noqa: E402
 from self_lengthen.dist import DistEnv  # noqa: E402
 from self_lengthen.flavour import Flavour, PromptBuilder  # noqa: E402
@@ -43,8 +44,6 @@ def paragraph(rng: random.Random, words: int) -> str:
 
 def build(rows: int, seed: int):
     """A results dir with `rows` extended responses of 80 to 700 words (paragraphs of 40 to 90 words)."""
-    from transformers import AutoTokenizer
-
     rng = random.Random(seed)
     model = ensure_default_model()
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -58,7 +57,7 @@ def build(rows: int, seed: int):
     save_dataset(data, ["prompt", "initial_response", "extended_response"], it / "extended_responses")
     flavour = Flavour(ROOT / "llama")
     template, system = pick_template(model, flavour)
-    mk_data(it, PromptBuilder(flavour, AutoTokenizer.from_pretrained(model)), system)
+    mk_data(it, PromptBuilder(flavour, load_tokenizer(model)), system)
     profile = load_profile("cpu-demo")
     config = mk_config(it, 1, "gen_sft", model, flavour, profile, template, gpus=0)
     return work, config

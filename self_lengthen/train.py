@@ -140,8 +140,9 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     if save_steps:  # checkpoints a crashed training resumes from (see torchrun); the last two are kept
         config.update(save_strategy="steps", save_steps=int(save_steps), save_total_limit=2)
     data_dir = iter_dir / "data"
+    base = training_base(model_dir, iter_dir.parent, gpus)
     config.update(
-        model_name_or_path=str(training_base(model_dir, iter_dir.parent, gpus)), dataset=name, dataset_dir=str(data_dir), template=template,
+        model_name_or_path=str(base), dataset=name, dataset_dir=str(data_dir), template=template,
         output_dir=str(iter_dir / "lora" / f".{name}.training"), tokenized_path=str(data_dir / f"tokenized_{name}"),
         lora_rank=lora_rank, lora_alpha=2 * lora_rank, bf16=bf16, fp16=False,
     )
