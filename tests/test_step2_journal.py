@@ -119,3 +119,30 @@ def test_time_budget_records_every_finished_request_and_a_rerun_continues(tmp_pa
     assert first + fake.requests == clean_requests  # not one request redone
     assert outcome(iter_dir) == expected
     assert_no_request_redone(iter_dir / "extended_responses.journal.jsonl")
+
+
+def test_capped_tokens_are_split_by_whether_the_request_already_repeats(tmp_path):
+    """Of the tokens in requests cut at max_tokens, the summary counts apart those whose own text already repeats a
+    10-gram: a larger cap would not have saved them."""
+    completions = []  # (repeats, tokens) of each completion sent back
+
+    def answer(payload):
+        if "messages" in payload:
+            return "Head one opens the text.\n\nHead two goes on.\n\nHead three is cut."
+        repeats = int(hashlib.sha1(payload["prompt"].encode()).hexdigest(), 16) % 2 == 1
+        text = (" round and round the river bends again" * 3 if repeats
+                else " " + " ".join(f"w{i}" for i in range(12)))  # both cut mid-sentence
+        completions.append((repeats, len(text.split())))
+        return text
+
+    iter_dir = prepare(tmp_path)
+    with FakeEndpoint(text=answer, finish_reason=lambda p: "stop" if "messages" in p else "length") as fake:
+        proc = step(STEP2, tmp_path, *ARGS, "--workers", "4", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((iter_dir / "extended_responses.summary.json").read_text())
+    capped = sum(tokens for _, tokens in completions)
+    repeating = sum(tokens for repeats, tokens in completions if repeats)
+    assert 0 < repeating < capped
+    assert summary["tokens_capped_this_run"] == capped
+    assert summary["tokens_capped_repeating_this_run"] == repeating
+    assert summary["tokens_rejected_this_run"] == {"unfinished": capped}

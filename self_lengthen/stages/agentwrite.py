@@ -139,8 +139,7 @@ def make_work(ctx: StageContext, model: str, journal: Journal, templates: dict[s
         def save(answer: Completion, rejected: str | None = None) -> None:
             state["reasons"], state["tokens"] = dict(reasons), state["tokens"] + answer.completion_tokens
             state["time"] = round(time.time(), 1)
-            journal.record(key, state, answer.completion_tokens, capped=answer.finish_reason == "length",
-                           rejected=rejected)
+            journal.record(key, state, answer, rejected=rejected)
 
         def done(status: str) -> dict:
             return {"status": status, "prompt": prompt, "tries": state["try"] + 1, "reasons": reasons,

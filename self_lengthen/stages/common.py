@@ -151,6 +151,7 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
         summary["tokens_received_this_run"] = received
         summary["tokens_recorded_share"] = round(journal.tokens_this_run / received, 4) if received else 1.0
         summary["tokens_capped_this_run"] = journal.capped_tokens_this_run  # in requests that hit max_tokens
+        summary["tokens_capped_repeating_this_run"] = journal.capped_repeating_tokens_this_run
         summary["tokens_rejected_this_run"] = dict(journal.rejected_tokens_this_run.most_common())
         summary["chains_unfinished"] = sum(1 for k in journal.records if k in items and k not in checkpoint.records)
     summary["model"] = model

@@ -71,8 +71,7 @@ def make_work(ctx: StageContext, model: str, journal: Journal):
             tokens = answer.completion_tokens if answer else 0
             state["reasons"], state["tokens"] = dict(reasons), state["tokens"] + tokens
             state["time"] = round(time.time(), 1)  # when this request ended (for a stage's timeline)
-            journal.record(key, state, tokens, capped=bool(answer and answer.finish_reason == "length"),
-                           rejected=rejected)
+            journal.record(key, state, answer, rejected=rejected)
 
         while state["try"] < tries:
             while state["round"] < ROUNDS:

@@ -19,7 +19,9 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from ..client import Completion
 from ..errors import UsageError
+from ..text import has_repeated_ngram
 
 MARKER = "_COMPLETE"
 
@@ -62,13 +64,19 @@ class Journal(Checkpoint):
         super().__init__(path)
         self.tokens_this_run = 0
         self.capped_tokens_this_run = 0  # of requests cut at max_tokens
+        self.capped_repeating_tokens_this_run = 0  # ... whose own text already repeats (a larger cap would not help)
         self.rejected_tokens_this_run = Counter()  # of requests whose output was rejected, by reason
 
-    def record(self, key: str, state: dict, tokens: int, capped: bool = False, rejected: str | None = None) -> None:
+    def record(self, key: str, state: dict, answer: Completion | None = None, rejected: str | None = None) -> None:
+        """Record a chain's state after `answer` (the request that just ended; None when no request did)."""
         self.append({"key": key, **state})
+        tokens = answer.completion_tokens if answer else 0
+        capped = answer is not None and answer.finish_reason == "length"
+        repeating = capped and has_repeated_ngram(answer.text)
         with self._lock:
             self.tokens_this_run += tokens
             self.capped_tokens_this_run += tokens if capped else 0
+            self.capped_repeating_tokens_this_run += tokens if repeating else 0
             if rejected:
                 self.rejected_tokens_this_run[rejected] += tokens
 
