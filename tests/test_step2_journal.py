@@ -8,9 +8,12 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from fake_endpoint import FakeEndpoint
@@ -146,3 +149,37 @@ def test_capped_tokens_are_split_by_whether_the_request_already_repeats(tmp_path
     assert summary["tokens_capped_this_run"] == capped
     assert summary["tokens_capped_repeating_this_run"] == repeating
     assert summary["tokens_rejected_this_run"] == {"unfinished": capped}
+
+
+def test_a_time_budget_lets_chains_in_their_last_round_finish_and_records_them(tmp_path):
+    """When the time budget ends step2, a chain whose next request ends its try still sends it, and every chain that
+    finishes while the stage winds down is in the dataset; chains further from their end stop after their current
+    request, journaled. (Past finish_fraction, the method's rule, nothing more is sent and nothing more is kept.)"""
+    sent, lock = Counter(), threading.Lock()
+    # row 0 is accepted first (6 requests of 0.3 s); rows 1-4 are in round 3's chat request (4 s) when the budget
+    # ends the stage; rows 5-7 in round 1's chat request (4 s)
+    slow_request = {**{i: 5 for i in range(1, 5)}, **{i: 1 for i in range(5, 8)}}
+
+    def answer(payload):
+        text = payload["prompt"] if "prompt" in payload else payload["messages"][-1]["content"]
+        row = int(re.search(r"harbour (\d+)", text).group(1))
+        with lock:
+            sent[row] += 1
+            nth = sent[row]
+        time.sleep(0.3 if row == 0 else 4.0 if slow_request[row] == nth else 0.1)
+        if "messages" in payload:
+            return "Head one opens the text.\n\nHead two goes on.\n\nHead three is cut."
+        return " " + " ".join(f"w{i}" for i in range(len(text.split()))) + " and it ends."
+
+    iter_dir = prepare(tmp_path)
+    with FakeEndpoint(text=answer) as fake:
+        proc = step(STEP2, tmp_path, "--max_tries", "1", "--attempts", "1", "--no-drop_short", "--finish_fraction", "1",
+                    "--workers", "8", "--time_budget", "0.001", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "time budget" in proc.stdout
+    summary = json.loads((iter_dir / "extended_responses.summary.json").read_text())
+    rows = load_rows(iter_dir / "extended_responses")
+    assert sorted(rows["prompt"]) == [ROWS[i]["prompt"] for i in range(5)]  # row 0 and the four in their last round
+    assert summary["accepted"] == 5 and summary["chains_unfinished"] == 3
+    assert dict(sent) == {**{i: 6 for i in range(5)}, **{i: 1 for i in range(5, 8)}}  # the others stopped at once
+    assert summary["tokens_recorded_share"] == 1.0

@@ -8,7 +8,6 @@ replaces the current text only if it passes the response check and has more word
 has more than 1.2x the initial words.
 """
 import random
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..client import Completion
 from ..errors import UsageError, cli_main
 from ..text import check_response, count_words, split_blocks
 from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
-from .runner import Journal, require_complete
+from .runner import Journal, Stop, require_complete
 
 MAX_TRIES = 20
 ATTEMPTS_PER_RESPONSE = 2
@@ -58,10 +57,10 @@ def fresh_state(row: dict) -> dict:
 def make_work(ctx: StageContext, model: str, journal: Journal):
     """Each item is a chain of requests: tries of ROUNDS rounds of two requests. Its state is journaled after
     every request, so a stop (time budget, finish_fraction, Ctrl-C, kill -9) loses at most the request in flight
-    and a rerun continues from there."""
+    and a rerun continues from there. A chain that the time budget stops before the last request of a try sends that request."""
     tries = ctx.args.max_tries or MAX_TRIES
 
-    def work(key: str, row: dict, stop: threading.Event) -> dict | None:
+    def work(key: str, row: dict, stop: Stop) -> dict | None:
         state = dict(journal.records.get(key) or fresh_state(row))
         state.pop("key", None)
         reasons = Counter(state["reasons"])
@@ -75,7 +74,10 @@ def make_work(ctx: StageContext, model: str, journal: Journal):
 
         while state["try"] < tries:
             while state["round"] < ROUNDS:
-                if stop.is_set():
+                # Stopped: return, unless the time budget stopped it and the next request ends a try (it may
+                # finish the chain; if not, the chain stops before the next try).
+                ends_try = state["round"] == ROUNDS - 1 and state["prefix"] is not None
+                if stop.is_set() and not (stop.budget and ends_try):
                     return None
                 reason = None
                 if state["prefix"] is None:

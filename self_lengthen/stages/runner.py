@@ -97,7 +97,17 @@ def require_complete(out_dir: Path, command: str) -> None:
         raise UsageError(f"{out_dir} is missing or unfinished; run `{command}` first")
 
 
-def run_items(items: dict[str, object], work: Callable[[str, object, threading.Event], dict], checkpoint: Checkpoint,
+class Stop(threading.Event):
+    """Set when a stage ends before all its items are done: in-flight items stop after their current request.
+    `budget` is True when the time budget ended it: then an item whose next request may finish it can still send
+    that request, and the items that finish in this wind-down are recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.budget = False
+
+
+def run_items(items: dict[str, object], work: Callable[[str, object, Stop], dict], checkpoint: Checkpoint,
               *, workers: int, finish_fraction: float = 1.0, time_budget: float | None = None,
               desc: str = "") -> list[dict]:
     """Run `work` over the items not yet in the checkpoint, `workers` at a time. Returns all finished records.
@@ -106,7 +116,8 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
     `time_budget` seconds have passed with at least one item accepted: queued items are cancelled and the in-flight
     ones are told to stop (they finish their current request; nothing is killed). An item stopped before it
     finished returns None and is not checkpointed; a stage whose items are chains of requests keeps their progress
-    in a `Journal`.
+    in a `Journal`. Past the finish_fraction, items that finish while stopping are dropped, as the method drops
+    them; past the time budget (not the method's), they are recorded (see `Stop`).
     """
     todo = {k: v for k, v in items.items() if k not in checkpoint.records}
     total = len(items)
@@ -114,14 +125,25 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
     def enough(finished: int) -> bool:
         return finished >= total or finished / total > finish_fraction
 
-    stop = threading.Event()
+    stop = Stop()
     counts = Counter(r["status"] for r in checkpoint.records.values() if r["key"] in items)
     bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="item", dynamic_ncols=True)
     bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
-    if todo and not enough(total - len(todo)):
+    finished = total - len(todo)
+
+    def take(key: str, record: dict | None) -> None:
+        nonlocal finished
+        if record is None:  # stopped before finishing: not recorded, redone on resume
+            return
+        checkpoint.append({"key": key, **record})
+        counts[record["status"]] += 1
+        finished += 1
+        bar.update(1)
+        bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
+
+    if todo and not enough(finished):
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         pending = {pool.submit(work, key, payload, stop): key for key, payload in todo.items()}
-        finished = total - len(todo)
         deadline = time.monotonic() + time_budget if time_budget else None
         try:
             while pending:
@@ -129,29 +151,26 @@ def run_items(items: dict[str, object], work: Callable[[str, object, threading.E
                 left = None if deadline is None else deadline - time.monotonic()
                 done, _ = wait(pending, timeout=left if left and left > 0 else None, return_when=FIRST_COMPLETED)
                 for future in done:
-                    key = pending.pop(future)
-                    record = future.result()  # a worker error (the endpoint is gone, say) ends the stage
-                    if record is None:  # stopped before finishing: not recorded, redone on resume
-                        continue
-                    checkpoint.append({"key": key, **record})
-                    counts[record["status"]] += 1
-                    finished += 1
-                    bar.update(1)
-                    bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
+                    take(pending.pop(future), future.result())  # a worker error (endpoint gone) ends the stage
                 if pending and enough(finished):
                     break
                 if pending and deadline is not None and time.monotonic() >= deadline and counts["accepted"]:
-                    tqdm.write(f"{desc}: time budget of {time_budget / 60:g} min used; ending with {finished} of "
-                               f"{total} items finished")
+                    stop.budget = True
                     break
         finally:
             # Early finish, an error or Ctrl-C: queued items are cancelled, in-flight ones stop after their
-            # current request; their results are not recorded and are redone by a rerun.
+            # current request; their results are not recorded (except past the time budget) and are redone by a rerun.
             stop.set()
             for future in pending:
                 future.cancel()
             pool.shutdown(wait=True)
             bar.close()  # before any error message, so it starts on a line of its own
+        if stop.budget:
+            for future, key in pending.items():
+                if not future.cancelled() and future.exception() is None:
+                    take(key, future.result())
+            tqdm.write(f"{desc}: time budget of {time_budget / 60:g} min used; ended with {finished} of {total} items "
+                       f"finished")
     bar.close()
     return [checkpoint.records[k] for k in sorted(items) if k in checkpoint.records]
 
