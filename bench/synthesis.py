@@ -62,8 +62,14 @@ class InProcessEngine:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
-        async def make():
-            return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), dtype="bfloat16"))
+        from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+        from self_lengthen.serve.worker import served_dtype
+
+        for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
+            os.environ.setdefault(key, value)
+
+        async def make():  # in the dtype our worker serves on this machine
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), dtype=served_dtype()))
 
         self.engine = asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout=900)
         self.context_len = self.engine.model_config.max_model_len
@@ -80,6 +86,10 @@ class InProcessEngine:
         return self.complete(model, prompt, **sampling)
 
     def complete(self, model: str, prompt: str, **sampling):
+        return self.complete_with_ids(model, prompt, **sampling)[0]
+
+    def complete_with_ids(self, model: str, prompt: str, **sampling):
+        """(the Completion, its generated token ids)."""
         from vllm.inputs import TokensPrompt
 
         from self_lengthen.chat_template import needs_special_tokens
@@ -97,7 +107,7 @@ class InProcessEngine:
                                                   sampling_params(params, self.eos_ids), uuid.uuid4().hex):
                 last = out
             choice = last.outputs[0]
-            return Completion(choice.text, choice.finish_reason, len(choice.token_ids))
+            return Completion(choice.text, choice.finish_reason, len(choice.token_ids)), list(choice.token_ids)
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=1800)
 
