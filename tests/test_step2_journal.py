@@ -26,11 +26,13 @@ ROWS = [{"prompt": f"Write a long story about harbour {i}.",
 ARGS = ("--max_tries", "2", "--no-drop_short", "--finish_fraction", "1")  # 8 rows x 2 attempts = 16 chains
 
 
-def chain_answers(delay: float):
+def chain_answers(delay: float, stagger: bool = False):
     """The chat half: three blocks (two kept). The continuation: as many words as its prompt, ended, unless the
-    prompt's hash says to leave it unfinished (a rejected round). Deterministic in the request."""
+    prompt's hash says to leave it unfinished (a rejected round). Deterministic in the request. `stagger`: each
+    request takes 1 to 4 times `delay` (by its hash), so that chains do not move in step."""
     def answer(payload):
-        time.sleep(delay)
+        request = json.dumps(payload, sort_keys=True).encode()
+        time.sleep(delay * (1 + int(hashlib.sha1(request).hexdigest(), 16) % 4 if stagger else 1))
         if "messages" in payload:
             return "Head one opens the text.\n\nHead two goes on.\n\nHead three is cut."
         prompt = payload["prompt"]
@@ -104,7 +106,8 @@ def test_time_budget_records_every_finished_request_and_a_rerun_continues(tmp_pa
     expected, clean_requests = run_clean(tmp_path, delay=0.1)
     workdir = tmp_path / "budget"
     iter_dir = prepare(workdir)
-    with FakeEndpoint(text=chain_answers(0.1)) as fake:
+    # staggered: when the budget ends the stage, the chains in flight are at different points of their tries
+    with FakeEndpoint(text=chain_answers(0.1, stagger=True)) as fake:
         proc = step(STEP2, workdir, *ARGS, "--workers", "4", "--time_budget", "0.03", base_url=fake.base_url)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "time budget" in proc.stdout
