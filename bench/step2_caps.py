@@ -3,9 +3,9 @@
 
 Round 1 of every chain on the fixed initial responses (bench/data/step2_initial_responses.jsonl), with the real
 stage functions and the method's sampling, in an engine in this process: the chat request at the profile's cap, as
-step2 sends it, then the completion at `--factor` times that cap. Each request has its own seed, and sampling does
-not depend on max_tokens, so the completion at the profile's cap would be the first `cap` tokens of the longer one:
-each completion is judged at both caps from one run. Prints, for the completions the cap cuts, how many
+step2 sends it, then the completion at `--factor` times that cap. Sampling does not depend on max_tokens, so the
+first `cap` tokens of the longer completion are a sample of what the stage's request would have written: each
+completion is judged at both caps from one run. (Requests carry no seed: vLLM's CPU engine dies on a seeded one.) Prints, for the completions the cap cuts, how many
 already repeat a 10-gram at the cut (a larger cap cannot save them) and how many finish and pass the response
 check under the larger cap (rounds the cap alone rejected), with their tokens.
 
@@ -63,16 +63,15 @@ def main():
               for r in fixture_rows() for a in range(args.attempts)]
 
     def one(chain):
-        key, row = chain
-        seed = int(key.split("-")[0], 16) % 2**31 + int(key.split("-")[1])
+        _, row = chain
 
-        def sampling(**extra):  # the stage's request (ctx.sampling), seeded
-            return {"max_tokens": cap, "stop": list(STOP_STRINGS), "seed": seed, **extra}
+        def sampling(**extra):  # the stage's request (ctx.sampling)
+            return {"max_tokens": cap, "stop": list(STOP_STRINGS), **extra}
 
         ctx = SimpleNamespace(client=engine, prompts=prompts, sampling=sampling)
         prefix, head = start_round(ctx, "base", row["prompt"], row["initial_response"])
         prompt = prompts.extend_completion(row["prompt"], row["initial_response"], prefix)
-        rest, ids = engine.complete_with_ids("base", prompt, **sampling(max_tokens=longer, seed=seed + 1))
+        rest, ids = engine.complete_with_ids("base", prompt, **sampling(max_tokens=longer))
         at_cap = rest.text if len(ids) <= cap else engine.tokenizer.decode(ids[:cap], skip_special_tokens=True)
         return {"head_tokens": head.completion_tokens, "head_capped": head.finish_reason == "length",
                 "tokens": len(ids), "finish": rest.finish_reason, "cut": len(ids) > cap,
