@@ -57,7 +57,8 @@ def fresh_state(row: dict) -> dict:
 def make_work(ctx: StageContext, model: str, journal: Journal):
     """Each item is a chain of requests: tries of ROUNDS rounds of two requests. Its state is journaled after
     every request, so a stop (time budget, finish_fraction, Ctrl-C, kill -9) loses at most the request in flight
-    and a rerun continues from there. A chain that the time budget stops before the last request of a try sends that request."""
+    and a rerun continues from there. A chain that the time budget stops before the last request of a try sends
+    that request."""
     tries = ctx.args.max_tries or MAX_TRIES
 
     def work(key: str, row: dict, stop: Stop) -> dict | None:
