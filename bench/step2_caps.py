@@ -5,9 +5,10 @@ Round 1 of every chain on the fixed initial responses (bench/data/step2_initial_
 stage functions and the method's sampling, in an engine in this process: the chat request at the profile's cap, as
 step2 sends it, then the completion at `--factor` times that cap. Sampling does not depend on max_tokens, so the
 first `cap` tokens of the longer completion are a sample of what the stage's request would have written: each
-completion is judged at both caps from one run. (Requests carry no seed: vLLM's CPU engine dies on a seeded one.) Prints, for the completions the cap cuts, how many
-already repeat a 10-gram at the cut (a larger cap cannot save them) and how many finish and pass the response
-check under the larger cap (rounds the cap alone rejected), with their tokens.
+completion is judged at both caps from one run (requests carry no seed: vLLM's CPU engine dies on a seeded one).
+Prints, for the completions the cap cuts, how many already repeat a 10-gram at the cut (a larger cap cannot save
+them) and how many finish and pass the stage's round check under the larger cap (rounds the cap alone rejected),
+with their tokens.
 
 Usage: .venv/bin/python bench/step2_caps.py [--profile cpu-demo] [--factor 3] [--attempts 1]
 """
@@ -23,16 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from self_lengthen.text import check_response, count_words, has_repeated_ngram  # noqa: E402
-
-
-def judge(prefix: str, text: str, before: str, meta_words) -> str | None:
-    """finish_round's decision on a completion `text` after `prefix`, for the current text `before`."""
-    candidate = prefix + text
-    reason = check_response(candidate, meta_words)
-    if reason is None and count_words(candidate) <= count_words(before):
-        reason = "not_longer"
-    return reason
+from self_lengthen.text import has_repeated_ngram  # noqa: E402
 
 
 def main():
@@ -49,8 +41,8 @@ def main():
     from self_lengthen.default_model import ensure_default_model
     from self_lengthen.flavour import Flavour, PromptBuilder
     from self_lengthen.profile import load_profile
-    from self_lengthen.stages.common import STOP_STRINGS, stable_key
-    from self_lengthen.stages.extend import start_round
+    from self_lengthen.stages.common import STOP_STRINGS
+    from self_lengthen.stages.extend import round_reason, start_round
 
     cap = int(load_profile(args.profile)["generation"]["max_tokens"]["extend"])
     longer = int(cap * args.factor)
@@ -59,12 +51,9 @@ def main():
     prompts = PromptBuilder(flavour, load_tokenizer(model))
     engine = InProcessEngine(model)
     meta = flavour.config.meta_words
-    chains = [(f"{stable_key(r['prompt'], r['initial_response'])}-{a}", r)
-              for r in fixture_rows() for a in range(args.attempts)]
+    chains = [row for row in fixture_rows() for _ in range(args.attempts)]
 
-    def one(chain):
-        _, row = chain
-
+    def one(row):
         def sampling(**extra):  # the stage's request (ctx.sampling)
             return {"max_tokens": cap, "stop": list(STOP_STRINGS), **extra}
 
@@ -76,8 +65,8 @@ def main():
         return {"head_tokens": head.completion_tokens, "head_capped": head.finish_reason == "length",
                 "tokens": len(ids), "finish": rest.finish_reason, "cut": len(ids) > cap,
                 "repeats_at_cap": has_repeated_ngram(at_cap), "repeats": has_repeated_ngram(rest.text),
-                "reason_at_cap": judge(prefix, at_cap, row["initial_response"], meta),
-                "reason": judge(prefix, rest.text, row["initial_response"], meta)}
+                "reason_at_cap": round_reason(prefix + at_cap, row["initial_response"], meta),
+                "reason": round_reason(prefix + rest.text, row["initial_response"], meta)}
 
     try:
         with ThreadPoolExecutor(args.workers) as pool:

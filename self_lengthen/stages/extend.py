@@ -42,10 +42,17 @@ def finish_round(ctx: StageContext, model: str, instruction: str, text: str,
     reject reason or None, the answer)."""
     rest = ctx.client.complete(model, ctx.prompts.extend_completion(instruction, text, prefix), **ctx.sampling())
     candidate = prefix + rest.text
-    reason = check_response(candidate, ctx.flavour.config.meta_words)
+    reason = round_reason(candidate, text, ctx.flavour.config.meta_words)
+    return (candidate if reason is None else None), reason, rest
+
+
+def round_reason(candidate: str, text: str, meta_words) -> str | None:
+    """Why a round's output `candidate` does not replace the current `text` (None: it does): the response check,
+    then more words than the text."""
+    reason = check_response(candidate, meta_words)
     if reason is None and count_words(candidate) <= count_words(text):
         reason = "not_longer"
-    return (candidate if reason is None else None), reason, rest
+    return reason
 
 
 def fresh_state(row: dict) -> dict:

@@ -159,7 +159,8 @@ def run_items(items: dict[str, object], work: Callable[[str, object, Stop], dict
                     break
         finally:
             # Early finish, an error or Ctrl-C: queued items are cancelled, in-flight ones stop after their
-            # current request; their results are not recorded (except past the time budget) and are redone by a rerun.
+            # current request; their results are not recorded (except past the time budget) and are redone by a
+            # rerun.
             stop.set()
             for future in pending:
                 future.cancel()
