@@ -1,9 +1,11 @@
 """The engine's settings (scheduler, dtype) on step2's own requests: vLLM offline on the mix step2 sends (bench/synthesis.py
 (c): half chat requests over the first half of an initial response, half completions over the whole text), each
-request generating --tokens, once per setting, in tok/s and as a ratio against the settings our worker's engine gets
-(vLLM's defaults for an engine it does not start itself: on CPU 2,048 batched tokens and 128 sequences).
+request generating --tokens, once per setting, in tok/s and as a ratio against the first setting run. Until 2026-12-03
+our worker's engines had vLLM's defaults for an engine it does not start itself (on CPU chunked prefill, 2,048 batched
+tokens, 128 sequences); since, on CPU, whole prefills (serve/worker.py whole_prefills: 8,192 batched tokens, the
+default model's length).
 
-Usage: .venv/bin/python bench/engine_settings.py [--tokens 512] [--requests 32]
+Usage: .venv/bin/python bench/engine_settings.py [--tokens 512] [--requests 32] [--only WORD,WORD ...]
 Each setting runs in its own process, one after the other; needs the machine to itself.
 """
 import argparse
@@ -16,14 +18,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-# The worker's engine (AsyncLLM.from_engine_args) gets vLLM's plain defaults; LLM() gets its offline ones.
+# The worker's engine (AsyncLLM.from_engine_args) gets vLLM's plain defaults (and on CPU, whole prefills since
+# 2026-12-03); LLM() gets its offline ones.
 WORKER = {"dtype": "bfloat16", "max_num_batched_tokens": 2048, "max_num_seqs": 128}
 SETTINGS = {
-    "bfloat16, 2048 batched tokens, 128 sequences (the worker's, where the CPU has native bfloat16)": WORKER,
+    "bfloat16, 2048 batched tokens, 128 sequences": WORKER,
     "vLLM offline's (4096, 256)": {**WORKER, "max_num_batched_tokens": 4096, "max_num_seqs": 256},
     "8192 batched tokens": {**WORKER, "max_num_batched_tokens": 8192, "max_num_seqs": 256},
     "float32": {**WORKER, "dtype": "float32"},
     "float16": {**WORKER, "dtype": "float16"},
+    "float32 without chunked prefill (the worker's on a CPU without native bfloat16, since 2026-12-03)": {
+        **WORKER, "dtype": "float32", "max_num_batched_tokens": 8192, "enable_chunked_prefill": False},
 }
 
 
@@ -42,13 +47,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=512)
     p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--only", default="", help="comma-separated words: run the settings whose names hold one "
+                   "(the first one run is the ratios' baseline)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a setting (JSON), run in this process
     args = p.parse_args()
     if args.one is not None:
         print("RATE", one(json.loads(args.one), args.tokens, args.requests), flush=True)
         os._exit(0)  # the engine's threads can outlive main otherwise
     rates = {}
-    for name, setting in SETTINGS.items():
+    words = [w for w in args.only.split(",") if w]
+    chosen = {name: s for name, s in SETTINGS.items() if not words or any(w in name for w in words)}
+    if not chosen:
+        raise SystemExit(f"--only {args.only!r} names none of the settings: {list(SETTINGS)}")
+    for name, setting in chosen.items():
         out = subprocess.run([sys.executable, __file__, "--tokens", str(args.tokens), "--requests",
                               str(args.requests), "--one", json.dumps(setting)],
                              capture_output=True, text=True, timeout=1800)

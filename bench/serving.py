@@ -46,15 +46,15 @@ def through_stack(model_dir, messages, tokens):
 def offline(model_dir, messages, tokens, raw_prompts=None, engine_args=None):
     """The engine saturated offline, each request generating `tokens`: tokens/s over `messages` (chat) and over
     `raw_prompts` (already formatted), one figure per list given, from one engine built with `engine_args` (vllm.LLM's
-    keywords; default the dtype our worker serves in). Returns the one figure, or (chat rate, raw rate) when both lists are given."""
+    keywords; default what our worker gives its engines). Returns the one figure, or (chat rate, raw rate) when both lists are given."""
     from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
-    from self_lengthen.serve.worker import served_dtype
+    from self_lengthen.serve.worker import engine_defaults
 
     for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
         os.environ.setdefault(key, value)
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(model_dir), **(engine_args or {"dtype": served_dtype()}))
+    llm = LLM(model=str(model_dir), **(engine_args or engine_defaults()))
     params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
                             ignore_eos=True)
     sends = [(send, batch) for send, batch in ((llm.chat, messages), (llm.generate, raw_prompts)) if batch]

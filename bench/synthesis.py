@@ -63,13 +63,13 @@ class InProcessEngine:
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
         from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
-        from self_lengthen.serve.worker import served_dtype
+        from self_lengthen.serve.worker import engine_defaults
 
         for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
             os.environ.setdefault(key, value)
 
-        async def make():  # in the dtype our worker serves on this machine
-            return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), dtype=served_dtype()))
+        async def make():  # as our worker builds its engines on this machine
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), **engine_defaults()))
 
         self.engine = asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout=900)
         self.context_len = self.engine.model_config.max_model_len

@@ -61,6 +61,21 @@ def test_seed_makes_sampling_reproducible(client):
     assert others != {a}
 
 
+def test_a_seeded_prompt_longer_than_a_prefill_chunk_is_answered_and_the_engine_lives_on(client, default_model):
+    """vLLM's CPU runner rewinds a seeded request's generator for each prefill chunk it discards, which torch's CPU
+    generator refuses: with chunked prefill on, this prompt (over the 2,048 tokens of a chunk) killed the engine."""
+    from transformers import AutoTokenizer
+
+    text = " ".join(f"Stone {i} lies by the path, grey and cold." for i in range(300))
+    assert len(AutoTokenizer.from_pretrained(default_model).encode(text)) > 2048
+    kw = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 16}
+    long_question = [{"role": "user", "content": text + "\nHow many stones are there?"}]
+    a = client.chat("base", long_question, seed=7, **kw)
+    b = client.chat("base", long_question, seed=7, **kw)
+    assert a.text == b.text and a.completion_tokens > 0
+    assert client.chat("base", QUESTION, max_tokens=8).completion_tokens > 0
+
+
 def test_chat_prompt_is_byte_identical_to_the_chat_template(client, default_model):
     """Greedy chat output equals greedy completion of apply_chat_template's prompt, token counts included."""
     from transformers import AutoTokenizer

@@ -100,12 +100,30 @@ def engine_dtype(requested: str, on_cpu: bool, native_bfloat16: bool) -> str:
     return "float32" if on_cpu and not native_bfloat16 else "bfloat16"
 
 
-def served_dtype(requested: str = "auto") -> str:
-    """engine_dtype on this machine."""
+def vllm_on_cpu() -> bool:
+    """Whether vLLM runs on the CPU here."""
     from vllm.platforms import current_platform
 
-    on_cpu = current_platform.is_cpu()
-    return engine_dtype(requested, on_cpu, on_cpu and cpu_has_native_bfloat16())
+    return current_platform.is_cpu()
+
+
+def served_dtype(requested: str = "auto") -> str:
+    """engine_dtype on this machine."""
+    cpu = vllm_on_cpu()
+    return engine_dtype(requested, cpu, cpu and cpu_has_native_bfloat16())
+
+
+def whole_prefills(on_cpu: bool) -> dict:
+    """Engine arguments that keep each prompt's prefill in one step on CPU. After a partial prefill, vLLM's model
+    runner rewinds a seeded request's random generator past the token it sampled and discards; torch's CPU generator
+    has no offset to rewind, so one seeded request split over two steps killed the engine for every request. Without
+    chunking, vLLM raises a step's token budget to the model's length (bench/RESULTS.md, 2026-12-03: the cost)."""
+    return {"enable_chunked_prefill": False} if on_cpu else {}
+
+
+def engine_defaults(requested_dtype: str = "auto") -> dict:
+    """What the worker gives each engine on this machine beside the user's settings (benchmarks build theirs alike)."""
+    return {"dtype": served_dtype(requested_dtype), **whole_prefills(vllm_on_cpu())}
 
 
 def copy_dtype(dtype: str) -> str:
@@ -363,15 +381,13 @@ def parse_args(argv=None):
 def resolve_adapter_mode(mode: str) -> str:
     if mode != "auto":
         return mode
-    from vllm.platforms import current_platform
-
-    return "merged" if current_platform.is_cpu() else "lora"
+    return "merged" if vllm_on_cpu() else "lora"
 
 
 async def serve(args, adapters: dict[str, Path]):
-    dtype = served_dtype(args.dtype)
-    log.info("engines in %s", dtype)
-    common = dict(dtype=dtype, tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+    common = engine_defaults(args.dtype)
+    log.info("engines in %s", common["dtype"])
+    common.update(tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
                   gpu_memory_utilization=args.gpu_memory_utilization, tokenizer=args.model_path)
     if args.max_num_seqs:
         common["max_num_seqs"] = args.max_num_seqs
