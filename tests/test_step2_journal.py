@@ -155,13 +155,15 @@ def test_capped_tokens_are_split_by_whether_the_request_already_repeats(tmp_path
 
 
 def test_a_time_budget_lets_chains_in_their_last_round_finish_and_records_them(tmp_path):
-    """When the time budget ends step2, a chain whose next request ends its try still sends it, and every chain that
-    finishes while the stage winds down is in the dataset; chains further from their end stop after their current
-    request, journaled. (Past finish_fraction, the method's rule, nothing more is sent and nothing more is kept.)"""
+    """When the time budget ends step2, a chain with only its try's last round left still sends that round, and every
+    chain that finishes while the stage winds down is in the dataset; chains further from their end stop after their
+    current request, journaled. (Past finish_fraction, the method's rule, nothing more is sent and nothing more is
+    kept.)"""
     sent, lock = Counter(), threading.Lock()
-    # row 0 is accepted first (6 requests of 0.3 s); rows 1-4 are in round 3's chat request (4 s) when the budget
-    # ends the stage; rows 5-7 in round 1's chat request (4 s)
-    slow_request = {**{i: 5 for i in range(1, 5)}, **{i: 1 for i in range(5, 8)}}
+    # Row 0 is accepted first (6 requests of 0.3 s). When the budget ends the stage, each other row is in a slow
+    # request (4 s): rows 1-2 in round 2's completion (its 4th request), rows 3-4 in round 3's chat (5th), rows 5-6
+    # in round 1's chat (1st), row 7 in round 2's chat (3rd).
+    slow_request = {1: 4, 2: 4, 3: 5, 4: 5, 5: 1, 6: 1, 7: 3}
 
     def answer(payload):
         text = payload["prompt"] if "prompt" in payload else payload["messages"][-1]["content"]
@@ -182,7 +184,7 @@ def test_a_time_budget_lets_chains_in_their_last_round_finish_and_records_them(t
     assert "time budget" in proc.stdout
     summary = json.loads((iter_dir / "extended_responses.summary.json").read_text())
     rows = load_rows(iter_dir / "extended_responses")
-    assert sorted(rows["prompt"]) == [ROWS[i]["prompt"] for i in range(5)]  # row 0 and the four in their last round
+    assert sorted(rows["prompt"]) == [ROWS[i]["prompt"] for i in range(5)]  # row 0 and the four with round 3 left
     assert summary["accepted"] == 5 and summary["chains_unfinished"] == 3
-    assert dict(sent) == {**{i: 6 for i in range(5)}, **{i: 1 for i in range(5, 8)}}  # the others stopped at once
+    assert dict(sent) == {**{i: 6 for i in range(5)}, 5: 1, 6: 1, 7: 3}  # the others stopped after their request
     assert summary["tokens_recorded_share"] == 1.0

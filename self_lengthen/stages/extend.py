@@ -64,8 +64,8 @@ def fresh_state(row: dict) -> dict:
 def make_work(ctx: StageContext, model: str, journal: Journal):
     """Each item is a chain of requests: tries of ROUNDS rounds of two requests. Its state is journaled after
     every request, so a stop (time budget, finish_fraction, Ctrl-C, kill -9) loses at most the request in flight
-    and a rerun continues from there. A chain that the time budget stops before the last request of a try sends
-    that request."""
+    and a rerun continues from there. A chain that the time budget stops in the last round of a try (or between
+    its last two) finishes that round."""
     tries = ctx.args.max_tries or MAX_TRIES
 
     def work(key: str, row: dict, stop: Stop) -> dict | None:
@@ -82,10 +82,10 @@ def make_work(ctx: StageContext, model: str, journal: Journal):
 
         while state["try"] < tries:
             while state["round"] < ROUNDS:
-                # Stopped: return, unless the time budget stopped it and the next request ends a try (it may
-                # finish the chain; if not, the chain stops before the next try).
-                ends_try = state["round"] == ROUNDS - 1 and state["prefix"] is not None
-                if stop.is_set() and not (stop.budget and ends_try):
+                # Stopped: return, unless the time budget stopped it and the try's last round is what is left
+                # (it may finish the chain; if not, the chain stops before the next try).
+                last_round = state["round"] == ROUNDS - 1
+                if stop.is_set() and not (stop.budget and last_round):
                     return None
                 reason = None
                 if state["prefix"] is None:
