@@ -2,7 +2,7 @@
 (c): half chat requests over the first half of an initial response, half completions over the whole text), each
 request generating --tokens, once per setting, in tok/s and as a ratio against the first setting run. Until 2026-12-03
 our worker's engines had vLLM's defaults for an engine it does not start itself (on CPU chunked prefill, 2,048 batched
-tokens, 128 sequences); since, on CPU, whole prefills (serve/worker.py whole_prefills: 8,192 batched tokens, the
+tokens, 128 sequences); since, on CPU, whole prefills (serve/worker.py engine_defaults: 8,192 batched tokens, the
 default model's length).
 
 Usage: .venv/bin/python bench/engine_settings.py [--tokens 512] [--requests 32] [--only WORD,WORD ...]

@@ -5,7 +5,7 @@ Round 1 of every chain on the fixed initial responses (bench/data/step2_initial_
 stage functions and the method's sampling, in an engine in this process: the chat request at the profile's cap, as
 step2 sends it, then the completion at `--factor` times that cap. Sampling does not depend on max_tokens, so the
 first `cap` tokens of the longer completion are a sample of what the stage's request would have written: each
-completion is judged at both caps from one run (requests carry no seed: vLLM's CPU engine dies on a seeded one).
+completion is judged at both caps from one run (requests carry no seed, as in the runs bench/RESULTS.md records).
 Prints, for the completions the cap cuts, how many already repeat a 10-gram at the cut (a larger cap cannot save
 them) and how many finish and pass the stage's round check under the larger cap (rounds the cap alone rejected),
 with their tokens.

@@ -113,17 +113,13 @@ def served_dtype(requested: str = "auto") -> str:
     return engine_dtype(requested, cpu, cpu and cpu_has_native_bfloat16())
 
 
-def whole_prefills(on_cpu: bool) -> dict:
-    """Engine arguments that keep each prompt's prefill in one step on CPU. After a partial prefill, vLLM's model
-    runner rewinds a seeded request's random generator past the token it sampled and discards; torch's CPU generator
-    has no offset to rewind, so one seeded request split over two steps killed the engine for every request. Without
-    chunking, vLLM raises a step's token budget to the model's length (bench/RESULTS.md, 2026-12-03: the cost)."""
-    return {"enable_chunked_prefill": False} if on_cpu else {}
-
-
 def engine_defaults(requested_dtype: str = "auto") -> dict:
-    """What the worker gives each engine on this machine beside the user's settings (benchmarks build theirs alike)."""
-    return {"dtype": served_dtype(requested_dtype), **whole_prefills(vllm_on_cpu())}
+    """What the worker gives each engine on this machine beside the user's settings (benchmarks build theirs alike):
+    its dtype, and on CPU each prompt's prefill in one step. After a partial prefill, vLLM's model runner rewinds a
+    seeded request's random generator past the token it sampled and discards; torch's CPU generator has no offset to
+    rewind, so one seeded request split over two steps killed the engine for every request. Without chunking, vLLM
+    raises a step's token budget to the model's length (bench/RESULTS.md, 2026-12-03: the cost)."""
+    return {"dtype": served_dtype(requested_dtype), **({"enable_chunked_prefill": False} if vllm_on_cpu() else {})}
 
 
 def copy_dtype(dtype: str) -> str:
