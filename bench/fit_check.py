@@ -4,10 +4,13 @@ the held-out instructions and on its own training prompts, beside the length of 
 
 Run it once with the run's own epochs (the baseline, which reproduces the run's adapter) and once with more: if the
 Generator's length on its training prompts stays well under its targets' at the run's epochs and nears them with
-more, the run underfits. Each part is resumable (a rerun skips a finished training and finished answers).
+more, the run underfits. `--epochs 0` trains nothing and measures the iteration's starting Generator (the base model
+for iteration 1) the same way. `--rows` trains on the rows of several runs' gen_sft.json pooled instead of the
+iteration's own: does the Generator move with more rows? Each part is resumable (a rerun skips a finished training
+and finished answers).
 
 Usage: .venv/bin/python bench/fit_check.py --results llama/study/results --iter 3 --epochs 10 --workdir /tmp/fit10
-       [--learning_rate 1e-3] [--max_tokens 800]
+       [--learning_rate 1e-3] [--max_tokens 800] [--rows A/iter_1/data/gen_sft.json B/iter_1/data/gen_sft.json]
 Needs the machine to itself (training, then serving, on every core).
 """
 import argparse
@@ -39,8 +42,31 @@ def config_path(work: Path, epochs: int) -> Path:
     return work / f"train_gen_sft_{epochs}ep.yaml"
 
 
-def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float | None = None) -> dict:
-    """gen_sft of iteration k retrained with `epochs` epochs (and `learning_rate`, if given) into
+def pooled_rows(files: list[Path]) -> list[dict]:
+    """The gen_sft rows of several runs, each (instruction, output) pair once."""
+    rows, seen = [], set()
+    for path in files:
+        if not path.is_file():
+            raise UsageError(f"--rows: {path} is not a file; give runs' iter_K/data/gen_sft.json")
+        for row in json.loads(path.read_text(encoding="utf-8")):
+            if (row["instruction"], row["output"]) not in seen:
+                seen.add((row["instruction"], row["output"]))
+                rows.append(row)
+    return rows
+
+
+def write_dataset(rows: list[dict], data_dir: Path) -> None:
+    """`rows` as LLaMA-Factory's dataset gen_sft in data_dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "gen_sft.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+    columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
+    (data_dir / "dataset_info.json").write_text(json.dumps({"gen_sft": {"file_name": "gen_sft.json",
+                                                                         "columns": columns}}, indent=1))
+
+
+def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float | None = None,
+          rows: list[dict] | None = None) -> dict:
+    """gen_sft of iteration k retrained with `epochs` epochs (and `learning_rate`, and on `rows`, if given) into
     work/results/iter_k/lora; ext_sft copied as is."""
     src, dst = results / f"iter_{k}", work / "results" / f"iter_{k}"
     if not adapter_done(dst, "gen_sft"):
@@ -48,6 +74,11 @@ def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float |
         config["num_train_epochs"] = epochs
         if learning_rate is not None:
             config["learning_rate"] = learning_rate
+        if rows is not None:
+            write_dataset(rows, work / "data")
+            config["dataset_dir"] = str(work / "data")
+            config["tokenized_path"] = str(work / "data" / "tokenized_gen_sft")
+            shutil.rmtree(config["tokenized_path"], ignore_errors=True)
         config["output_dir"] = str(dst / "lora" / ".gen_sft.training")
         path = config_path(work, epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,9 +93,11 @@ def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float |
 
 
 def answer_training_prompts(ctx: StageContext, rows: list[dict]) -> None:
-    """gen_sft on the instructions it trained on, with the method's sampling (as the held-out step answers)."""
-    items = {f"{i:04d}": {"prompt": r["instruction"]} for i, r in enumerate(rows)}
-    heldout.answer(ctx, "gen_sft", TRAINING_PROMPTS, items)
+    """The Generator on the instructions it trained on (each once), with the method's sampling (as the held-out step
+    answers)."""
+    prompts = list(dict.fromkeys(r["instruction"] for r in rows))
+    items = {f"{i:04d}": {"prompt": p} for i, p in enumerate(prompts)}
+    heldout.answer(ctx, ctx.model("gen_sft"), TRAINING_PROMPTS, items)
 
 
 @cli_main
@@ -72,33 +105,43 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, required=True, help="a finished run's results dir")
     p.add_argument("--iter", type=int, required=True, help="the iteration whose gen_sft is retrained")
-    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True, help="0: no training, the iteration's starting Generator")
     p.add_argument("--learning_rate", type=float, default=None, help="default: the run's")
     p.add_argument("--workdir", type=Path, required=True, help="where the retrained adapter and answers go")
     p.add_argument("--max_tokens", type=int, default=2048, help="per answer (the study's final evaluation: 2048)")
+    p.add_argument("--rows", type=Path, nargs="+", default=None,
+                   help="gen_sft.json files whose rows, pooled, are trained on instead of the iteration's own")
     args = p.parse_args(argv)
     results, work, k = args.results.resolve(), args.workdir.resolve(), args.iter
     data = results / f"iter_{k}" / "data" / "gen_sft.json"
     if not data.is_file():
         raise UsageError(f"{data} is missing: --results must be a run whose iteration {k} trained")
-    if args.epochs < 1:
-        raise UsageError(f"--epochs={args.epochs} must be at least 1")
-    trained = train(results, k, args.epochs, work, args.learning_rate)
-    rows = json.loads(data.read_text(encoding="utf-8"))
-    serve = ["bash", str(LLAMA / "run_server.sh"), "--base_model=default", f"--iter={k}", f"--workdir={work}"]
+    if args.epochs < 0:
+        raise UsageError(f"--epochs={args.epochs} must be at least 0")
+    rows = pooled_rows(args.rows) if args.rows else json.loads(data.read_text(encoding="utf-8"))
+    if args.epochs:
+        trained = train(results, k, args.epochs, work, args.learning_rate, rows if args.rows else None)
+        served_iter = k
+    else:   # the adapters the iteration started from (none for iteration 1)
+        trained, served_iter = {}, k - 1
+        if k > 1 and not (work / "results" / f"iter_{k - 1}" / "lora").is_dir():
+            shutil.copytree(results / f"iter_{k - 1}" / "lora", work / "results" / f"iter_{k - 1}" / "lora")
+    serve = ["bash", str(LLAMA / "run_server.sh"), "--base_model=default", f"--iter={served_iter}",
+             f"--workdir={work}"]
     try:
         if subprocess.run(serve, timeout=1800).returncode != 0:
             raise UsageError(f"run_server.sh failed; see {work}/run")
-        stage_args = [f"--iter={k + 1}", f"--workdir={work}", f"--max_tokens={args.max_tokens}", "--workers=32",
-                      "--no-drop_short"]
+        stage_args = [f"--iter={served_iter + 1}", f"--workdir={work}", f"--max_tokens={args.max_tokens}",
+                      "--workers=32", "--no-drop_short"]
         heldout.main(LLAMA, stage_args)
         ctx = StageContext.create(heldout.parser().parse_args(stage_args), LLAMA)
         answer_training_prompts(ctx, rows)
     finally:
         subprocess.run(["bash", str(LLAMA / "stop_server.sh"), f"--workdir={work}"], timeout=600)
-    lr = yaml.safe_load(config_path(work, args.epochs).read_text())["learning_rate"]
+    lr = yaml.safe_load(config_path(work, args.epochs).read_text())["learning_rate"] if args.epochs else None
     report = {"iter": k, "epochs": args.epochs, "learning_rate": lr, "rows": len(rows),
-              "train_loss": round(trained["train_loss"], 3),
+              "instructions": len({r["instruction"] for r in rows}),
+              "train_loss": round(trained["train_loss"], 3) if trained else None,
               "target_mean_words": round(statistics.mean(count_words(r["output"]) for r in rows), 1),
               "training_prompts": heldout_row(ctx.iter_dir, TRAINING_PROMPTS), "heldout": heldout_row(ctx.iter_dir)}
     (work / "fit_check.json").write_text(json.dumps(report, indent=1))
