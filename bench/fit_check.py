@@ -31,7 +31,8 @@ from self_lengthen.report import heldout_row  # noqa: E402
 from self_lengthen.stages import heldout  # noqa: E402
 from self_lengthen.stages.common import StageContext  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
-from self_lengthen.train import adapter_done, publish_adapter, run_logged, train_env, train_python  # noqa: E402
+from self_lengthen.train import (adapter_done, publish_adapter, run_logged, train_env, train_python,  # noqa: E402
+                                 write_datasets)
 
 LLAMA = ROOT / "llama"
 TRAINING_PROMPTS = "training_prompts"
@@ -55,15 +56,6 @@ def pooled_rows(files: list[Path]) -> list[dict]:
     return rows
 
 
-def write_dataset(rows: list[dict], data_dir: Path) -> None:
-    """`rows` as LLaMA-Factory's dataset gen_sft in data_dir."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "gen_sft.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
-    columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
-    (data_dir / "dataset_info.json").write_text(json.dumps({"gen_sft": {"file_name": "gen_sft.json",
-                                                                         "columns": columns}}, indent=1))
-
-
 def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float | None = None,
           rows: list[dict] | None = None) -> dict:
     """gen_sft of iteration k retrained with `epochs` epochs (and `learning_rate`, and on `rows`, if given) into
@@ -75,7 +67,7 @@ def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float |
         if learning_rate is not None:
             config["learning_rate"] = learning_rate
         if rows is not None:
-            write_dataset(rows, work / "data")
+            write_datasets(work / "data", {"gen_sft": rows})
             config["dataset_dir"] = str(work / "data")
             config["tokenized_path"] = str(work / "data" / "tokenized_gen_sft")
             shutil.rmtree(config["tokenized_path"], ignore_errors=True)

@@ -55,17 +55,24 @@ def mk_data(iter_dir: Path, prompts: PromptBuilder, system: str | None, seed: in
     }
     tmp = iter_dir / ".data.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    columns = {"prompt": "instruction", "query": "input", "response": "output", **({"system": "system"} if system else {})}
-    info = {}
-    for name, records in datasets.items():
-        (tmp / f"{name}.json").write_text(json.dumps(records, ensure_ascii=False, indent=1))
-        info[name] = {"file_name": f"{name}.json", "columns": columns}
-    (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    write_datasets(tmp, datasets)
     (tmp / MARKER).write_text(json.dumps({"rows": len(rows), "system": system}))
     shutil.rmtree(data_dir, ignore_errors=True)
     tmp.rename(data_dir)
     return data_dir
+
+
+def write_datasets(data_dir: Path, datasets: dict[str, list[dict]]) -> None:
+    """Alpaca-style rows as LLaMA-Factory datasets: data_dir/NAME.json for each, and their dataset_info.json (with
+    a system column where the rows carry one)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for name, records in datasets.items():
+        (data_dir / f"{name}.json").write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+        system = {"system": "system"} if records and "system" in records[0] else {}
+        info[name] = {"file_name": f"{name}.json",
+                      "columns": {"prompt": "instruction", "query": "input", "response": "output", **system}}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info, indent=1))
 
 
 def train_python() -> Path:
