@@ -5,7 +5,8 @@
       the model's chat template renders it with that system prompt (or none), and the system text the training rows
       must carry for that (null: the template's own default); exit 3 if no template does;
   python -m self_lengthen.lf_tools tokenize CONFIG.yaml
-      tokenizes the config's dataset once into its `tokenized_path` (written under a temp name, then renamed).
+      tokenizes the config's dataset once into its `tokenized_path` (written under a temp name, then renamed), and
+      writes beside it `<tokenized_path>.stats.json`: how many rows LLaMA-Factory cut at the config's cutoff_len.
 
 Only the standard library and llamafactory are imported here: this env has a different transformers.
 """
@@ -83,20 +84,46 @@ def tokenize(args) -> int:
 
     with open(args.config) as f:
         config = yaml.safe_load(f)
-    final = config["tokenized_path"]
-    if os.path.isdir(final) and os.listdir(final):
-        print(f"already tokenized: {final}")
-        return 0
-    tmp = final.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    config = {**config, "tokenized_path": tmp}
-    model_args, data_args, training_args, _, _ = get_train_args(config)
+    final = config["tokenized_path"].rstrip("/")
+    tmp = final + ".tmp"
+    model_args, data_args, training_args, _, _ = get_train_args({**config, "tokenized_path": tmp})
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
-    os.rename(tmp, final)
-    print(f"tokenized {config['dataset']} -> {final}")
+    if os.path.isdir(final) and os.listdir(final):
+        print(f"already tokenized: {final}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+        get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
+        os.rename(tmp, final)
+        print(f"tokenized {config['dataset']} -> {final}")
+    stats = cut_rows(config, tokenizer_module["tokenizer"], template, int(data_args.cutoff_len))
+    with open(final + ".stats.json.tmp", "w") as f:
+        json.dump(stats, f)
+    os.replace(final + ".stats.json.tmp", final + ".stats.json")
+    print(json.dumps(stats))
     return 0
+
+
+def cut_rows(config: dict, tokenizer, template, cutoff_len: int) -> dict:
+    """How many of the config's dataset rows are longer than cutoff_len, encoded as LLaMA-Factory encodes them for
+    training. It cuts such a row (the end of its prompt, or of its answer with the token that ends it): trained on,
+    it teaches the model to write on rather than to finish."""
+    rows = cut = 0
+    for name in str(config["dataset"]).split(","):
+        with open(os.path.join(config["dataset_dir"], "dataset_info.json")) as f:
+            info = json.load(f)[name.strip()]
+        columns = {"prompt": "instruction", "query": "input", "response": "output", **info.get("columns", {})}
+        with open(os.path.join(config["dataset_dir"], info["file_name"]), encoding="utf-8") as f:
+            records = json.load(f)
+        for r in records:
+            query = "\n".join(x for x in (r[columns["prompt"]], r.get(columns["query"]) or "") if x)
+            messages = [{"role": "user", "content": query}, {"role": "assistant", "content": r[columns["response"]]}]
+            system = r.get(columns["system"]) if "system" in columns else None
+            pairs = template.encode_multiturn(tokenizer, messages, system)
+            length = sum(len(a) + len(b) for a, b in pairs) + int(template.efficient_eos)
+            rows += 1
+            cut += length > cutoff_len
+    return {"rows": rows, "cut": cut, "cutoff_len": cutoff_len}
 
 
 def main(argv=None) -> int:

@@ -246,7 +246,11 @@ class Pipeline:
             config = d / "data" / f"train_{name}.yaml"
             if self.dist.is_master:
                 self.say(f"iteration {k}: tokenizing {name}")
-                tokenize(config, self.logs / f"tokenize_iter{k}_{name}.log", timeout=self.sync.timeout)
+                stats = tokenize(config, self.logs / f"tokenize_iter{k}_{name}.log", timeout=self.sync.timeout)
+                if stats and stats["cut"]:
+                    self.say(f"iteration {k}: warning: {stats['cut']} of {stats['rows']} {name} rows are longer than "
+                             f"cutoff_len {stats['cutoff_len']}; LLaMA-Factory cuts them, and a cut answer loses "
+                             f"its end (raise training.cutoff_len in the profile)")
             self.sync.barrier(f"iter_{k}/tokenized_{name}")
             self.say(f"iteration {k}: training {name} on {self.dist.world_size} node(s)")
             torchrun(config, self.dist, self.gpus, self.logs / f"train_iter{k}_{name}.rank{self.dist.rank}.log",

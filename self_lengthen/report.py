@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .evaluation import longen_scores
 from .text import count_words
-from .train import MODELS
+from .train import MODELS, cut_rows
 
 STAGES = ("instructions", "initial_responses", "extended_responses")
 
@@ -41,8 +41,9 @@ def _write(path: Path, text: str) -> None:
 
 
 def training_rows(iter_dir: Path) -> list[dict]:
-    """Per adapter trained in `iter_dir`: rows trained on, optimizer steps, and the mean training loss of the first
-    and of the last epoch (from LLaMA-Factory's per-step log): does training move the model at all?"""
+    """Per adapter trained in `iter_dir`: rows trained on (and how many were cut at cutoff_len), optimizer steps,
+    and the mean training loss of the first and of the last epoch (from LLaMA-Factory's per-step log): does training
+    move the model at all?"""
     out = []
     for name in MODELS:
         log = iter_dir / "lora" / name / "trainer_log.jsonl"
@@ -54,7 +55,9 @@ def training_rows(iter_dir: Path) -> list[dict]:
         for r in steps:  # epoch 0.25 .. 1.0 is the first, 1.25 .. 2.0 the second
             by_epoch.setdefault(max(0, math.ceil(round(r["epoch"], 6)) - 1), []).append(r["loss"])
         first, last = (by_epoch[min(by_epoch)], by_epoch[max(by_epoch)]) if by_epoch else ([], [])
+        cut = cut_rows(iter_dir / "data" / f"tokenized_{name}")
         out.append({"adapter": name, "rows": len(json.loads(data.read_text())) if data.is_file() else None,
+                    "cut": f"{cut['cut']} (at {cut['cutoff_len']} tokens)" if cut else None,
                     "steps": len(steps), "epochs": len(by_epoch),
                     "loss_first_epoch": round(statistics.mean(first), 3) if first else None,
                     "loss_last_epoch": round(statistics.mean(last), 3) if last else None})
@@ -76,10 +79,10 @@ def iteration_report(iter_dir: Path) -> Path:
             lines.append(f"| {stage} | {s['items']} | {s['accepted']} | {s['exhausted']} | {s['rows']} | "
                          f"{s['tokens_per_second_this_run']} | {reasons} |")
     if trained := training_rows(iter_dir):
-        lines += ["", "| adapter | rows | steps | epochs | mean loss, first epoch | mean loss, last epoch |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {t['adapter']} | {t['rows']} | {t['steps']} | {t['epochs']} | {t['loss_first_epoch']} | "
-                  f"{t['loss_last_epoch']} |" for t in trained]
+        lines += ["", "| adapter | rows | rows cut at cutoff_len | steps | epochs | mean loss, first epoch | "
+                  "mean loss, last epoch |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {t['adapter']} | {t['rows']} | {t['cut'] or '-'} | {t['steps']} | {t['epochs']} | "
+                  f"{t['loss_first_epoch']} | {t['loss_last_epoch']} |" for t in trained]
     if initial or extended:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -168,10 +168,19 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     return path
 
 
-def tokenize(config_path: Path, log, timeout: float = 7200) -> None:
-    """Single process: no distributed variables, or HF would wait for the other ranks to join."""
+def tokenize(config_path: Path, log, timeout: float = 7200) -> dict:
+    """Single process: no distributed variables, or HF would wait for the other ranks to join. Returns how many rows
+    are longer than cutoff_len (cut_rows)."""
     run_logged([str(train_python()), "-m", "self_lengthen.lf_tools", "tokenize", str(config_path)], log,
                env=train_env(), what=f"tokenizing {config_path.name}", timeout=timeout)
+    return cut_rows(Path(yaml.safe_load(config_path.read_text())["tokenized_path"]))
+
+
+def cut_rows(tokenized_path: Path) -> dict | None:
+    """{"rows", "cut", "cutoff_len"}: how many rows of a dataset tokenized into `tokenized_path` LLaMA-Factory cut
+    at cutoff_len, as lf_tools counted them beside it (None before it did)."""
+    path = tokenized_path.with_name(tokenized_path.name + ".stats.json")
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "NNODES", "NPROC_PER_NODE",

@@ -132,8 +132,10 @@ def test_the_iteration_report_shows_whether_training_moved_the_loss(tmp_path):
         "".join(json.dumps({"current_steps": i + 1, "loss": loss, "epoch": e}) + "\n" for i, (e, loss) in enumerate(steps))
         + json.dumps({"current_steps": 4, "epoch": 2.0, "train_loss": 1.6}) + "\n")  # the summary line has no loss
     report = iteration_report(it).read_text()
-    assert "| gen_sft | 2 | 4 | 2 | 1.9 | 1.3 |" in report
+    assert "| gen_sft | 2 | - | 4 | 2 | 1.9 | 1.3 |" in report   # no count of cut rows recorded
     assert "ext_sft" not in report  # not trained: no row
+    (it / "data" / "tokenized_gen_sft.stats.json").write_text(json.dumps({"rows": 2, "cut": 1, "cutoff_len": 512}))
+    assert "| gen_sft | 2 | 1 (at 512 tokens) | 4 | 2 | 1.9 | 1.3 |" in iteration_report(it).read_text()
 
 
 def test_the_report_command_on_a_missing_dir_says_so_in_one_line(tmp_path):

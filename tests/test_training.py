@@ -1,6 +1,7 @@
 """Training with the real LLaMA-Factory in the training env, on the default model and a tiny mk_data output."""
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from self_lengthen.dist import DistEnv
 from self_lengthen.flavour import Flavour, PromptBuilder
 from self_lengthen.profile import load_profile
 from self_lengthen.stages.runner import save_dataset
-from self_lengthen.train import (MODELS, drop_lines, mk_config, mk_data, pick_template, publish_adapter,
-                                 tokenize, torchrun)
+from self_lengthen.train import (MODELS, cut_rows, drop_lines, mk_config, mk_data, pick_template,
+                                 publish_adapter, tokenize, torchrun)
 
 pytestmark = pytest.mark.slow
 ROWS = [{"prompt": f"Write about the history of bridge number {i}.",
@@ -61,6 +62,27 @@ def test_mk_data_writes_alpaca_files_with_the_template_system(trained):
     assert all(e["system"] == trained["system"] for e in gen + ext)
     for e, r in zip(ext, ROWS):
         assert r["prompt"] in e["instruction"] and e["output"] == r["extended_response"]
+
+
+def test_tokenizing_counts_the_rows_longer_than_cutoff_len(trained, tmp_path):
+    """A row longer than cutoff_len is cut by LLaMA-Factory (its answer may lose its end): counted exactly, against
+    the lengths LLaMA-Factory's own tokenization gave the uncut rows."""
+    from datasets import load_from_disk
+
+    data_dir = trained["data_dir"]
+    assert cut_rows(data_dir / "tokenized_gen_sft") == {"rows": len(ROWS), "cut": 0, "cutoff_len": 512}
+    lengths = sorted(len(r["input_ids"]) for r in load_from_disk(str(data_dir / "tokenized_gen_sft"))["train"])
+    assert lengths[-1] < 512   # none was cut: these are the rows' whole lengths
+    config = yaml.safe_load((data_dir / "train_gen_sft.yaml").read_text())
+    for cutoff in (lengths[-1], lengths[0] - 1):   # the longest fits exactly; then every row is one token too long
+        tokenized = tmp_path / f"tokenized_{cutoff}"
+        shutil.copytree(data_dir / "tokenized_gen_sft", tokenized)
+        path = tmp_path / f"train_{cutoff}.yaml"
+        path.write_text(yaml.safe_dump({**config, "cutoff_len": cutoff, "tokenized_path": str(tokenized)}))
+        stats = tokenize(path, tmp_path / f"tok_{cutoff}.log")
+        expected = sum(n > cutoff for n in lengths)
+        assert stats == cut_rows(tokenized) == {"rows": len(ROWS), "cut": expected, "cutoff_len": cutoff}
+        assert expected == (0 if cutoff == lengths[-1] else len(ROWS))
 
 
 def test_small_profiles_group_by_length_and_skip_recomputation(trained, default_model, tmp_path):
