@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .evaluation import longen_scores
 from .text import count_words
-from .train import MODELS, cut_rows
+from .train import MODELS, cut_stats, tokenized_dir
 
 STAGES = ("instructions", "initial_responses", "extended_responses")
 
@@ -55,7 +55,7 @@ def training_rows(iter_dir: Path) -> list[dict]:
         for r in steps:  # epoch 0.25 .. 1.0 is the first, 1.25 .. 2.0 the second
             by_epoch.setdefault(max(0, math.ceil(round(r["epoch"], 6)) - 1), []).append(r["loss"])
         first, last = (by_epoch[min(by_epoch)], by_epoch[max(by_epoch)]) if by_epoch else ([], [])
-        cut = cut_rows(iter_dir / "data" / f"tokenized_{name}")
+        cut = cut_stats(tokenized_dir(iter_dir / "data", name))
         out.append({"adapter": name, "rows": len(json.loads(data.read_text())) if data.is_file() else None,
                     "cut": f"{cut['cut']} (at {cut['cutoff_len']} tokens)" if cut else None,
                     "steps": len(steps), "epochs": len(by_epoch),

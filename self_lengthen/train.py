@@ -150,7 +150,7 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     base = training_base(model_dir, iter_dir.parent, gpus)
     config.update(
         model_name_or_path=str(base), dataset=name, dataset_dir=str(data_dir), template=template,
-        output_dir=str(iter_dir / "lora" / f".{name}.training"), tokenized_path=str(data_dir / f"tokenized_{name}"),
+        output_dir=str(iter_dir / "lora" / f".{name}.training"), tokenized_path=str(tokenized_dir(data_dir, name)),
         lora_rank=lora_rank, lora_alpha=2 * lora_rank, bf16=bf16, fp16=False,
     )
     if use_deepspeed:
@@ -170,15 +170,20 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
 
 def tokenize(config_path: Path, log, timeout: float = 7200) -> dict:
     """Single process: no distributed variables, or HF would wait for the other ranks to join. Returns how many rows
-    are longer than cutoff_len (cut_rows)."""
+    are longer than cutoff_len (cut_stats)."""
     run_logged([str(train_python()), "-m", "self_lengthen.lf_tools", "tokenize", str(config_path)], log,
                env=train_env(), what=f"tokenizing {config_path.name}", timeout=timeout)
-    return cut_rows(Path(yaml.safe_load(config_path.read_text())["tokenized_path"]))
+    return cut_stats(Path(yaml.safe_load(config_path.read_text())["tokenized_path"]))
 
 
-def cut_rows(tokenized_path: Path) -> dict | None:
+def tokenized_dir(data_dir: Path, name: str) -> Path:
+    """Where dataset `name` of an iteration's data dir is tokenized (mk_config's tokenized_path)."""
+    return data_dir / f"tokenized_{name}"
+
+
+def cut_stats(tokenized_path: Path) -> dict | None:
     """{"rows", "cut", "cutoff_len"}: how many rows of a dataset tokenized into `tokenized_path` LLaMA-Factory cut
-    at cutoff_len, as lf_tools counted them beside it (None before it did)."""
+    at cutoff_len, as lf_tools.cut_rows counted them beside it (None before it did)."""
     path = tokenized_path.with_name(tokenized_path.name + ".stats.json")
     return json.loads(path.read_text()) if path.is_file() else None
 

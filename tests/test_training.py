@@ -13,7 +13,7 @@ from self_lengthen.dist import DistEnv
 from self_lengthen.flavour import Flavour, PromptBuilder
 from self_lengthen.profile import load_profile
 from self_lengthen.stages.runner import save_dataset
-from self_lengthen.train import (MODELS, cut_rows, drop_lines, mk_config, mk_data, pick_template,
+from self_lengthen.train import (MODELS, cut_stats, drop_lines, mk_config, mk_data, pick_template,
                                  publish_adapter, tokenize, torchrun)
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_tokenizing_counts_the_rows_longer_than_cutoff_len(trained, tmp_path):
     from datasets import load_from_disk
 
     data_dir = trained["data_dir"]
-    assert cut_rows(data_dir / "tokenized_gen_sft") == {"rows": len(ROWS), "cut": 0, "cutoff_len": 512}
+    assert cut_stats(data_dir / "tokenized_gen_sft") == {"rows": len(ROWS), "cut": 0, "cutoff_len": 512}
     lengths = sorted(len(r["input_ids"]) for r in load_from_disk(str(data_dir / "tokenized_gen_sft"))["train"])
     assert lengths[-1] < 512   # none was cut: these are the rows' whole lengths
     config = yaml.safe_load((data_dir / "train_gen_sft.yaml").read_text())
@@ -81,7 +81,7 @@ def test_tokenizing_counts_the_rows_longer_than_cutoff_len(trained, tmp_path):
         path.write_text(yaml.safe_dump({**config, "cutoff_len": cutoff, "tokenized_path": str(tokenized)}))
         stats = tokenize(path, tmp_path / f"tok_{cutoff}.log")
         expected = sum(n > cutoff for n in lengths)
-        assert stats == cut_rows(tokenized) == {"rows": len(ROWS), "cut": expected, "cutoff_len": cutoff}
+        assert stats == cut_stats(tokenized) == {"rows": len(ROWS), "cut": expected, "cutoff_len": cutoff}
         assert expected == (0 if cutoff == lengths[-1] else len(ROWS))
 
 
