@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SERVE_PY, env_with
+from self_lengthen.train import kill_tree
 
 RUN = ROOT / "llama" / "run.sh"
 TINY = ["--base_model=default", "--instruct_count=2", "--profile=tiny"]
@@ -80,19 +81,23 @@ def test_rank_beyond_world_size(tmp_path):
 
 @pytest.fixture(scope="module")
 def one_iteration(tmp_path_factory):
-    """run.sh for one iteration, killed with -9 once step1 has finished (step2 running), then run again."""
+    """run.sh for one iteration, killed with -9 (every process of it) once gen_sft is trained, while ext_sft's
+    turn has begun, then run again. (Killing a stage in the middle and continuing it is shown in test_stages.py,
+    test_step2_journal.py and test_chaos.py; killing run_collect_data.sh while it serves, below.)"""
     workdir = tmp_path_factory.mktemp("e2e")
     it = workdir / "results" / "iter_1"
     running = run_sh(workdir, *TINY, "--max_iter=1", wait=False)
-    deadline = time.monotonic() + 1800
-    while time.monotonic() < deadline and not (it / "initial_responses" / "_COMPLETE").exists():
+    gen_sft = it / "lora" / "gen_sft" / "adapter_model.safetensors"
+    deadline = time.monotonic() + 2400
+    while time.monotonic() < deadline and not gen_sft.exists():
         assert running.poll() is None, running.stdout.read()[-3000:]
-        time.sleep(1)
-    time.sleep(5)  # step2 is under way
-    os.killpg(running.pid, signal.SIGKILL)  # run.sh and its stage processes; its servers live in groups of their own
+        time.sleep(0.2)
+    kill_tree(running.pid)  # as a node that dies: run.sh and every process under it, trainers in their own sessions
     running.wait(timeout=60)
-    assert not (it / "extended_responses" / "_COMPLETE").exists()
-    before = {name: (it / name / "_COMPLETE").stat().st_mtime_ns for name in ("instructions", "initial_responses")}
+    assert gen_sft.exists() and not (it / "lora" / "ext_sft").exists()
+    stages = ("instructions", "initial_responses", "extended_responses", "heldout")
+    before = {name: (it / name / "_COMPLETE").stat().st_mtime_ns for name in stages}
+    before["gen_sft"] = gen_sft.stat().st_mtime_ns
     rerun = run_sh(workdir, *TINY, "--max_iter=1")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return {"workdir": workdir, "before": before, "rerun": rerun}
@@ -118,7 +123,7 @@ def test_one_iteration_leaves_every_artefact(one_iteration):
     assert (it / "heldout" / "_COMPLETE").is_file()
     assert json.loads((it / "heldout.summary.json").read_text())["model"] == "base"
     assert (workdir / "results" / "growth.png").is_file()
-    assert not list((workdir / "run").rglob("*.pid"))  # the servers were stopped, the killed run's too
+    assert not list((workdir / "run").rglob("*.pid"))  # the servers were stopped
 
 
 @pytest.mark.slow
@@ -126,12 +131,13 @@ def test_rerun_after_kill_9_redoes_nothing_finished(one_iteration):
     workdir = one_iteration["workdir"]
     it = workdir / "results" / "iter_1"
     for name, mtime in one_iteration["before"].items():
-        assert (it / name / "_COMPLETE").stat().st_mtime_ns == mtime, f"{name} was redone"
-    assert "initial_responses: already complete" in one_iteration["rerun"].stdout
-    checkpoint = [json.loads(line)["key"] for line in (it / "extended_responses.checkpoint.jsonl").read_text().splitlines()]
-    assert len(checkpoint) == len(set(checkpoint))
+        done = it / "lora" / name / "adapter_model.safetensors" if name == "gen_sft" else it / name / "_COMPLETE"
+        assert done.stat().st_mtime_ns == mtime, f"{name} was redone"
+    out = one_iteration["rerun"].stdout
+    assert "starting the servers" not in out and "training gen_sft" not in out  # synthesis and gen_sft were done
+    assert "training ext_sft" in out
     # and a finished iteration is never trained again
-    adapter = it / "lora" / "gen_sft" / "adapter_model.safetensors"
+    adapter = it / "lora" / "ext_sft" / "adapter_model.safetensors"
     mtime = adapter.stat().st_mtime_ns
     again = run_sh(workdir, *TINY, "--max_iter=1", timeout=300)
     assert again.returncode == 0 and "iteration 1: already complete" in again.stdout
@@ -143,46 +149,52 @@ COLLECT = ROOT / "llama" / "run_collect_data.sh"
 
 @pytest.fixture(scope="module")
 def collected(one_iteration):
-    """run_collect_data.sh on the finished iteration's adapters, 2 batches of 1 instruction: killed with -9 once the
-    first batch is done, then rerun to the end."""
+    """run_collect_data.sh on the finished iteration's adapters, 1 batch of 1 instruction: killed with -9 while its
+    servers start (they live on, in groups of their own), then run again to the end."""
+    import psutil
+
     workdir = one_iteration["workdir"]
-    cmd = ["bash", str(COLLECT), "--base_model=default", "--max_iter=1", "--instruct_count=1", "--total_count=2",
+    cmd = ["bash", str(COLLECT), "--base_model=default", "--max_iter=1", "--instruct_count=1", "--total_count=1",
            "--profile=tiny", f"--workdir={workdir}"]
-    first = workdir / "results" / "iter_10000" / "initial_responses" / "_COMPLETE"
+    env = env_with(VLLM_CPU_KVCACHE_SPACE=1)  # 1 GiB per merged engine: memory for the rest
     running = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               env=env_with(VLLM_CPU_KVCACHE_SPACE=1))  # 1 GiB per merged engine: memory for the rest
-    deadline = time.monotonic() + 1200
-    while time.monotonic() < deadline and not first.exists():
-        assert running.poll() is None, running.stdout.read()[-3000:]
-        time.sleep(1)
+                               env=env)
+    worker_pid = workdir / "run" / "rank0" / "worker0.pid"
+    deadline = time.monotonic() + 600
+    while not worker_pid.exists():
+        assert time.monotonic() < deadline and running.poll() is None, running.stdout.read()[-3000:]
+        time.sleep(0.5)
+    time.sleep(3)
+    orphans = [json.loads(p.read_text())["pid"] for p in worker_pid.parent.glob("*.pid")]
     os.killpg(running.pid, signal.SIGKILL)
     running.wait(timeout=60)
-    assert first.exists()
-    mtime = first.stat().st_mtime_ns
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env_with(VLLM_CPU_KVCACHE_SPACE=1))
+    assert orphans and all(psutil.pid_exists(pid) for pid in orphans)  # the servers outlive the kill
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    return {"workdir": workdir, "first_mtime": mtime, "rerun": rerun}
+    return {"workdir": workdir, "orphans": orphans, "rerun": rerun}
 
 
 @pytest.mark.slow
-def test_run_collect_data_makes_batches_with_the_final_generator_and_resumes(collected):
+def test_run_collect_data_makes_a_batch_with_the_final_generator_and_stops_a_killed_runs_servers(collected):
+    import psutil
+
     results = collected["workdir"] / "results"
-    first = results / "iter_10000" / "initial_responses" / "_COMPLETE"
-    assert first.stat().st_mtime_ns == collected["first_mtime"], "the finished batch was redone"
-    assert "batch 2/2 (iter_10001) done" in collected["rerun"].stdout
+    assert "batch 1/1 (iter_10000) done" in collected["rerun"].stdout
     assert "serving base, gen_sft at" in collected["rerun"].stdout  # no stage here extends: no ext_sft engine
-    assert not (results / "iter_10002").exists()
-    for batch in ("iter_10000", "iter_10001"):
-        for name in ("instructions", "initial_responses"):
-            assert (results / batch / name / "_COMPLETE").is_file()
-    for batch in ("iter_10000", "iter_10001"):  # written by the final Generator
-        assert json.loads((results / batch / "initial_responses.summary.json").read_text())["model"] == "gen_sft"
+    # the CPU default: LLaMA-Factory's adapter merged into a copy of the base (as a LoRA request: test_training.py)
+    assert "serving adapters as merged copies" in (collected["workdir"] / "logs" / "worker0.log").read_text()
+    assert not (results / "iter_10001").exists()
+    for name in ("instructions", "initial_responses"):
+        assert (results / "iter_10000" / name / "_COMPLETE").is_file()
+    # written by the final Generator
+    assert json.loads((results / "iter_10000" / "initial_responses.summary.json").read_text())["model"] == "gen_sft"
     # ... which first answered the held-out instructions, as the Generator that would start iteration 2
     assert (results / "iter_2" / "heldout" / "_COMPLETE").is_file()
     assert json.loads((results / "iter_2" / "heldout.summary.json").read_text())["model"] == "gen_sft"
     report = (results / "report.md").read_text()
     assert "| 1 | base | 2 |" in report and "| 2 | gen_sft | 2 |" in report
     assert not list((collected["workdir"] / "run").rglob("*.pid"))  # servers stopped, the killed run's too
+    assert not [pid for pid in collected["orphans"] if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
 
 
 @pytest.mark.slow
@@ -236,20 +248,26 @@ def two_node_env(rank: int, **extra) -> dict:
                     VLLM_CPU_KVCACHE_SPACE=1, **extra)
 
 
-@pytest.mark.slow
-def test_two_nodes_complete_one_iteration_with_data_parallel_training(one_iteration, tmp_path):
-    """Two run.sh processes (RANK 0 and 1) on a shared workdir. The synthesis outputs are those the real model wrote
-    in the one-node run (copied, to keep the suite's time in bounds); both ranks then meet at their barriers, rank 0
-    writes the data and configs, and both train gen_sft and ext_sft together, data-parallel over gloo.
-    (Two ranks serving together is shown in test_cluster.py.)"""
+def copy_synthesis(one_iteration, workdir: Path) -> Path:
+    """The synthesis outputs the real model wrote in the one-node run, copied into `workdir` (to keep the suite's time
+    in bounds): a run there goes straight to training."""
     import shutil
 
     source = one_iteration["workdir"] / "results" / "iter_1"
-    target = tmp_path / "results" / "iter_1"
+    target = workdir / "results" / "iter_1"
     target.mkdir(parents=True)
     for item in source.iterdir():
         if item.name.startswith(("instructions", "initial_responses", "extended_responses")):
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / item.name)
+    return target
+
+
+@pytest.mark.slow
+def test_two_nodes_complete_one_iteration_with_data_parallel_training(one_iteration, tmp_path):
+    """Two run.sh processes (RANK 0 and 1) on a shared workdir holding the one-node run's synthesis: both ranks meet
+    at their barriers, rank 0 writes the data and configs, and both train gen_sft and ext_sft together,
+    data-parallel over gloo. (Two ranks serving together is shown in test_cluster.py.)"""
+    target = copy_synthesis(one_iteration, tmp_path)
     # one core each, as two 1-core nodes: two trainers with 2 threads each on 2 cores took 37 s a step
     ranks = {r: run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(r, OMP_NUM_THREADS=1), wait=False)
              for r in (0, 1)}
@@ -278,36 +296,32 @@ def test_when_a_rank_fails_the_other_stops_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_when_a_rank_is_killed_with_9_the_other_stops_at_its_heartbeat_timeout(tmp_path):
-    """Rank 0 dies by kill -9 during synthesis, so it writes no failure marker. Rank 1, waiting at the synthesis
-    barrier, sees rank 0's heartbeat stop and exits with one clear line, long before the barrier's 15-min timeout."""
-    from conftest import stop_stack
-
+def test_when_a_rank_is_killed_with_9_the_other_stops_at_its_heartbeat_timeout(one_iteration, tmp_path):
+    """Rank 0 dies by kill -9 (it and every process under it, as a node that dies) while it tokenizes gen_sft, so it
+    writes no failure marker. Rank 1, waiting for it at the barrier, sees rank 0's heartbeat stop and exits with
+    one clear line, long before the barrier's 15-min timeout."""
+    copy_synthesis(one_iteration, tmp_path)
     env = {"SELF_LENGTHEN_BARRIER_TIMEOUT": 900, "SELF_LENGTHEN_HEARTBEAT_TIMEOUT": 20}
     zero = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(0, **env), wait=False)
     one = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(1, **env), wait=False)
     try:
-        waiting = tmp_path / "results" / ".sync" / "iter_1__synthesis" / "rank1"
-        deadline = time.monotonic() + 1200
+        waiting = tmp_path / "results" / ".sync" / "iter_1__tokenized_gen_sft" / "rank1"
+        deadline = time.monotonic() + 600
         while not waiting.exists():
             assert time.monotonic() < deadline and zero.poll() is None and one.poll() is None
-            time.sleep(1)
-        time.sleep(25)  # rank 1 watches rank 0's heartbeat change (every 10 s) while rank 0 synthesizes
-        assert zero.poll() is None and one.poll() is None
-        os.killpg(zero.pid, signal.SIGKILL)  # run.sh and its stage; its servers live in groups of their own
+            time.sleep(0.2)
+        assert not (tmp_path / "results" / ".sync" / "iter_1__tokenized_gen_sft" / "rank0").exists()
+        kill_tree(zero.pid)
         killed = time.monotonic()
         out = one.communicate(timeout=600)[0]
         assert one.returncode != 0
         assert time.monotonic() - killed < 120, out[-2000:]
         last = out.strip().splitlines()[-1]
-        assert "stops at step 'iter_1/synthesis': no heartbeat from rank 0" in last, out[-2000:]
-        assert not (tmp_path / "run" / "rank1").exists() or not list((tmp_path / "run" / "rank1").glob("*.pid"))
+        assert "stops at step 'iter_1/tokenized_gen_sft': no heartbeat from rank 0" in last, out[-2000:]
     finally:
         for proc in (zero, one):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        stop_stack(tmp_path, env=two_node_env(0))  # rank 0's servers, orphaned by the kill
-        stop_stack(tmp_path, env=two_node_env(1))
+                kill_tree(proc.pid)
 
 
 @pytest.mark.slow

@@ -167,7 +167,7 @@ def test_finished_stage_is_a_no_op(tmp_path):
 def test_self_instruct_on_the_real_model(served, tmp_path, script):
     # The method's max_tokens (16384, as the profiles' gpu) would let a completion that never writes "Instruction 4"
     # run to the model's context; the profiles cap step0 (cpu-demo 400, tiny 600), and so does this test.
-    proc = step(script, tmp_path, "--count", "3", "--max_tries", "4", "--workers", "3", "--max_tokens", "200",
+    proc = step(script, tmp_path, "--count", "2", "--max_tries", "4", "--workers", "2", "--max_tokens", "200",
                 base_url=served.base_url)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "iter_1" / "instructions"
@@ -175,7 +175,7 @@ def test_self_instruct_on_the_real_model(served, tmp_path, script):
     data = load_rows(out)
     assert data.column_names == ["prompt"]
     summary = json.loads((out.parent / "instructions.summary.json").read_text())
-    assert summary["items"] == 3 and summary["accepted"] == len(data) and summary["tokens_generated"] > 0
+    assert summary["items"] == 2 and summary["accepted"] == len(data) and summary["tokens_generated"] > 0
     assert len(set(data["prompt"])) == len(data)
 
 
@@ -187,12 +187,13 @@ def test_generate_then_extend_on_the_real_model(served, tmp_path):
     initial = load_rows(tmp_path / "results" / "iter_1" / "initial_responses")
     assert initial.column_names == ["prompt", "initial_response"]
     assert len(initial) >= 1 and set(initial["prompt"]) <= set(SHORT_PROMPTS)
-    proc = step(STEP2, tmp_path, "--max_tokens", "200", "--max_tries", "1", "--workers", "6", base_url=served.base_url)
+    proc = step(STEP2, tmp_path, "--max_tokens", "200", "--max_tries", "1", "--attempts", "1", "--workers", "6",
+                base_url=served.base_url)
     assert proc.returncode == 0, proc.stderr[-3000:]
     extended = load_rows(tmp_path / "results" / "iter_1" / "extended_responses")
     assert extended.column_names == ["prompt", "initial_response", "extended_response"]
     summary = json.loads((tmp_path / "results" / "iter_1" / "extended_responses.summary.json").read_text())
-    assert summary["items"] == 2 * len(initial)
+    assert summary["items"] == len(initial)
     from self_lengthen.text import count_words
 
     for row in extended:
@@ -200,9 +201,10 @@ def test_generate_then_extend_on_the_real_model(served, tmp_path):
 
 
 @pytest.mark.slow
-def test_steps_0_to_2_with_the_originals_template_format_on_the_real_model(served, tmp_path):
+def test_step0_and_step2_with_the_originals_template_format_on_the_real_model(served, tmp_path):
     """The original's format on the served model: a raw self_instruct.md written with the model's own chat tokens
-    (as the original's are), judge_prompt.md and extend_response.md, and a prompts_train seeds dataset."""
+    (as the original's are), judge_prompt.md and extend_response.md, and a prompts_train seeds dataset. (step1 uses
+    none of these files: its initial responses here are written drafts, so step2 has something to extend.)"""
     from datasets import Dataset
 
     templates = tmp_path / "original_templates"
@@ -220,19 +222,20 @@ def test_steps_0_to_2_with_the_originals_template_format_on_the_real_model(serve
                                   "Write a story about a lighthouse keeper and a storm.",
                                   "Write a report on how cities can save water."]}).save_to_disk(str(seeds))
     common = ("--workers", "6", "--prompt_templates", str(templates), "--no-drop_short")
-    runs = ((STEP0, ("--count", "3", "--max_tries", "10", "--max_tokens", "80", "--judge_parse", "lenient",
-                     "--seeds", str(seeds))),
-            # step1 at the tiny profile's size: at 160 tokens every answer to a long-writing task can be cut
-            # unfinished (all 12 tries were, in one run), which leaves step2 nothing to extend
-            (STEP1, ("--max_tokens", "600", "--max_tries", "3")),
-            # the format is what is tested here: step2 ends once 2 of its items are finished
-            (STEP2, ("--max_tokens", "200", "--max_tries", "1", "--attempts", "1", "--finish_fraction", "0.3")))
-    for script, extra in runs:
-        proc = step(script, tmp_path, *common, *extra, base_url=served.base_url)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = step(STEP0, tmp_path, *common, "--count", "3", "--max_tries", "10", "--max_tokens", "80",
+                "--judge_parse", "lenient", "--seeds", str(seeds), base_url=served.base_url)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     results = tmp_path / "results" / "iter_1"
     instructions = load_rows(results / "instructions")["prompt"]
     assert instructions and not set(instructions) & {"Write an essay about the history of bridges."}
+    draft = ("It began on a grey morning by the water.\n\nPeople gathered to watch and to talk.\n\n"
+             "By evening the work was done, and everyone went home.")
+    save_dataset([{"prompt": p, "initial_response": draft} for p in instructions], ["prompt", "initial_response"],
+                 results / "initial_responses")
+    # the format is what is tested here: step2 ends once a third of its items are finished
+    proc = step(STEP2, tmp_path, *common, "--max_tokens", "200", "--max_tries", "1", "--attempts", "1",
+                "--finish_fraction", "0.3", base_url=served.base_url)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert (results / "extended_responses" / MARKER).is_file()
     summary = json.loads((results / "extended_responses.summary.json").read_text())
     assert summary["items"] >= 1 and summary["tokens_generated"] > 0
