@@ -18,9 +18,9 @@ setup-train:
 default-model: setup-serve
 	@$(PY) -m self_lengthen.default_model >/dev/null
 
-# The whole suite, slow tests (real vLLM, FastChat, LLaMA-Factory) included.
+# The whole suite, slow tests (real vLLM, FastChat, LLaMA-Factory) included; the 30 slowest are listed (CI has 90 min).
 test: setup
-	$(PY) -m pytest -v -rs $(PYTEST_ARGS) tests
+	$(PY) -m pytest -v -rs --durations=30 $(PYTEST_ARGS) tests
 
 # Only the tests that need no served model or training run.
 test-fast: setup-serve

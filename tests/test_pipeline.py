@@ -95,9 +95,9 @@ def one_iteration(tmp_path_factory):
     kill_tree(running.pid)  # as a node that dies: run.sh and every process under it, trainers in their own sessions
     running.wait(timeout=60)
     assert gen_sft.exists() and not (it / "lora" / "ext_sft").exists()
-    stages = ("instructions", "initial_responses", "extended_responses", "heldout")
-    before = {name: (it / name / "_COMPLETE").stat().st_mtime_ns for name in stages}
-    before["gen_sft"] = gen_sft.stat().st_mtime_ns
+    finished = [it / name / "_COMPLETE" for name in ("instructions", "initial_responses", "extended_responses",
+                                                     "heldout")] + [gen_sft]
+    before = {path: path.stat().st_mtime_ns for path in finished}
     rerun = run_sh(workdir, *TINY, "--max_iter=1")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return {"workdir": workdir, "before": before, "rerun": rerun}
@@ -115,6 +115,23 @@ def test_one_iteration_leaves_every_artefact(one_iteration):
         assert (it / "lora" / name / "adapter_config.json").is_file()
         assert (it / "lora" / name / "adapter_model.safetensors").is_file()
     assert set(json.loads((it / "data" / "dataset_info.json").read_text())) == {"gen_sft", "ext_sft"}
+    # what each stage wrote on the real model: its columns, unique instructions, responses to them, and extensions
+    # that grew past the method's 1.2x
+    from datasets import load_from_disk
+
+    from self_lengthen.text import count_words
+
+    instructions = load_from_disk(str(it / "instructions"))
+    assert instructions.column_names == ["prompt"] and len(set(instructions["prompt"])) == len(instructions) >= 1
+    initial = load_from_disk(str(it / "initial_responses"))
+    assert initial.column_names == ["prompt", "initial_response"]
+    assert len(initial) >= 1 and set(initial["prompt"]) <= set(instructions["prompt"])
+    extended = load_from_disk(str(it / "extended_responses"))
+    assert extended.column_names == ["prompt", "initial_response", "extended_response"] and len(extended) >= 1
+    drafts = set(zip(initial["prompt"], initial["initial_response"]))
+    for row in extended:
+        assert (row["prompt"], row["initial_response"]) in drafts
+        assert count_words(row["extended_response"]) > 1.2 * count_words(row["initial_response"])
     assert (it / "report.md").is_file() and (it / "words_hist.png").is_file()
     report = (workdir / "results" / "report.md").read_text()
     # it leads with the Generator (the base model, in iteration 1) on the profile's 2 held-out instructions
@@ -130,9 +147,8 @@ def test_one_iteration_leaves_every_artefact(one_iteration):
 def test_rerun_after_kill_9_redoes_nothing_finished(one_iteration):
     workdir = one_iteration["workdir"]
     it = workdir / "results" / "iter_1"
-    for name, mtime in one_iteration["before"].items():
-        done = it / "lora" / name / "adapter_model.safetensors" if name == "gen_sft" else it / name / "_COMPLETE"
-        assert done.stat().st_mtime_ns == mtime, f"{name} was redone"
+    for path, mtime in one_iteration["before"].items():
+        assert path.stat().st_mtime_ns == mtime, f"{path.relative_to(it)} was redone"
     out = one_iteration["rerun"].stdout
     assert "starting the servers" not in out and "training gen_sft" not in out  # synthesis and gen_sft were done
     assert "training ext_sft" in out
