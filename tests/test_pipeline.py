@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SERVE_PY, env_with
+from conftest import ROOT, SERVE_PY, env_with, still_running
 from self_lengthen.train import kill_tree
 
 RUN = ROOT / "llama" / "run.sh"
@@ -167,8 +167,6 @@ COLLECT = ROOT / "llama" / "run_collect_data.sh"
 def collected(one_iteration):
     """run_collect_data.sh on the finished iteration's adapters, 1 batch of 1 instruction: killed with -9 while its
     servers start (they live on, in groups of their own), then run again to the end."""
-    import psutil
-
     workdir = one_iteration["workdir"]
     cmd = ["bash", str(COLLECT), "--base_model=default", "--max_iter=1", "--instruct_count=1", "--total_count=1",
            "--profile=tiny", f"--workdir={workdir}"]
@@ -184,7 +182,7 @@ def collected(one_iteration):
     orphans = [json.loads(p.read_text())["pid"] for p in worker_pid.parent.glob("*.pid")]
     os.killpg(running.pid, signal.SIGKILL)
     running.wait(timeout=60)
-    assert orphans and all(psutil.pid_exists(pid) for pid in orphans)  # the servers outlive the kill
+    assert orphans and still_running(orphans) == orphans  # the servers outlive the kill
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return {"workdir": workdir, "orphans": orphans, "rerun": rerun}
@@ -192,8 +190,6 @@ def collected(one_iteration):
 
 @pytest.mark.slow
 def test_run_collect_data_makes_a_batch_with_the_final_generator_and_stops_a_killed_runs_servers(collected):
-    import psutil
-
     results = collected["workdir"] / "results"
     assert "batch 1/1 (iter_10000) done" in collected["rerun"].stdout
     assert "serving base, gen_sft at" in collected["rerun"].stdout  # no stage here extends: no ext_sft engine
@@ -210,7 +206,7 @@ def test_run_collect_data_makes_a_batch_with_the_final_generator_and_stops_a_kil
     report = (results / "report.md").read_text()
     assert "| 1 | base | 2 |" in report and "| 2 | gen_sft | 2 |" in report
     assert not list((collected["workdir"] / "run").rglob("*.pid"))  # servers stopped, the killed run's too
-    assert not [pid for pid in collected["orphans"] if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not still_running(collected["orphans"])
 
 
 @pytest.mark.slow
@@ -237,8 +233,6 @@ def test_collect_data_writes_long_jsonl(collected, tmp_path):
 @pytest.mark.slow
 def test_sigterm_while_the_servers_start_leaves_nothing_running(tmp_path):
     """A scheduler's SIGTERM to run.sh's process group while the servers start: exit 143 and no server left."""
-    import psutil
-
     env = env_with(SELF_LENGTHEN_API_PORT=18900, SELF_LENGTHEN_CONTROLLER_PORT=18901, SELF_LENGTHEN_WORKER_PORT=18902)
     running = run_sh(tmp_path, *TINY, "--max_iter=1", env=env, wait=False)
     worker_pid = tmp_path / "run" / "rank0" / "worker0.pid"
@@ -252,7 +246,7 @@ def test_sigterm_while_the_servers_start_leaves_nothing_running(tmp_path):
     out = running.communicate(timeout=300)[0]
     assert running.returncode == 143 and "Traceback" not in out, out[-3000:]
     assert pids and not list((tmp_path / "run" / "rank0").glob("*.pid"))
-    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not still_running(pids)
 
 
 # --- two nodes on one machine -----------------------------------------------------------------------------------------
