@@ -11,6 +11,8 @@ from pathlib import Path
 from .env import env_int, env_port, env_seconds
 from .errors import UsageError
 
+BEAT_EVERY = 10.0  # seconds between heartbeats
+
 
 def barrier_timeout(profile: dict, profile_name: str) -> float:
     """Seconds a rank waits at a barrier: $SELF_LENGTHEN_BARRIER_TIMEOUT, else the profile's `barrier_timeout`."""
@@ -53,8 +55,9 @@ class Sync:
     `arrive(step)` marks this rank as past `step`; `wait(step)` returns once every rank has. It raises at the first
     failure marker of another rank, when a rank it has seen alive stops its heartbeat for `stale_after` seconds
     (killed with -9, or its node died: no failure marker is written then), and at the timeout, naming the ranks still
-    missing. A heartbeat is only trusted once it was seen changing, so a file left by an earlier run is never mistaken
-    for a live rank or a dead one.
+    missing. A heartbeat is trusted once it is seen changing, or at first sight when the shared filesystem's clock says
+    it was written in the last two beat intervals; so a rank killed right after its first beat is caught, and a file
+    left by a run that ended earlier is taken for neither a live rank nor a dead one (the rank may still come).
     """
 
     def __init__(self, root, dist: DistEnv, timeout: float, poll: float = 1.0, stale_after: float | None = None):
@@ -88,7 +91,7 @@ class Sync:
         (self.root / f"FAILED-rank{self.dist.rank}").unlink(missing_ok=True)
 
     @contextmanager
-    def heartbeat(self, every: float = 10.0):
+    def heartbeat(self, every: float = BEAT_EVERY):
         """While the body runs, rewrite alive-rank<R> every `every` seconds with a rising count; remove it after."""
         path = self._heartbeat_file(self.dist.rank)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -115,17 +118,33 @@ class Sync:
             thread.join(timeout=every + 5)
             path.unlink(missing_ok=True)
 
+    def _written_ago(self, path: Path) -> float | None:
+        """Seconds since `path` was written, by the shared filesystem's clock (other nodes' clocks may differ): the
+        mtime of a probe file touched just now is that filesystem's present."""
+        try:
+            written = path.stat().st_mtime
+            probe = self.root / f".clock-rank{self.dist.rank}"
+            probe.touch()
+            return max(0.0, probe.stat().st_mtime - written)
+        except OSError:
+            return None
+
     def dead_ranks(self, ranks) -> list[tuple[int, float]]:
         """(rank, seconds since its heartbeat last changed) for each rank seen alive whose heartbeat went stale."""
         now = time.monotonic()
         dead = []
         for r in ranks:
+            path = self._heartbeat_file(r)
             try:
-                content = self._heartbeat_file(r).read_text()
+                content = path.read_text()
             except OSError:
                 content = None
             last = self._seen.get(r)
-            if last is None or content != last[0]:
+            if last is None and content is not None:  # first sight: trusted only if written moments ago
+                age = self._written_ago(path)
+                fresh = age is not None and age <= min(2 * BEAT_EVERY, self.stale_after)
+                self._seen[r] = (content, now - age if fresh else now, fresh)
+            elif last is None or content != last[0]:
                 alive = last is not None and (last[2] or content is not None)
                 self._seen[r] = (content, now, alive)
             elif last[2] and content is not None and now - last[1] > self.stale_after:
