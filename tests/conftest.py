@@ -33,20 +33,6 @@ def env_with(**extra) -> dict:
     return env
 
 
-def still_running(pids) -> list[int]:
-    """The pids in `pids` whose process still runs (a zombie has ended: only its exit status is left to collect)."""
-    import psutil
-
-    running = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                running.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return running
-
-
 def make_random_adapter(base: Path, out: Path, seed: int, rank: int = 8) -> Path:
     """A real PEFT LoRA adapter with random (non-zero) weights, so it visibly changes the model's output."""
     import torch

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SERVE_PY, env_with, still_running
+from conftest import ROOT, SERVE_PY, env_with
+from self_lengthen.serve.procs import leader_alive
 from self_lengthen.train import kill_tree
 
 RUN = ROOT / "llama" / "run.sh"
@@ -179,10 +180,10 @@ def collected(one_iteration):
         assert time.monotonic() < deadline and running.poll() is None, running.stdout.read()[-3000:]
         time.sleep(0.5)
     time.sleep(3)
-    orphans = [json.loads(p.read_text())["pid"] for p in worker_pid.parent.glob("*.pid")]
+    orphans = [json.loads(p.read_text()) for p in worker_pid.parent.glob("*.pid")]  # name, pid, pgid, start_time
     os.killpg(running.pid, signal.SIGKILL)
     running.wait(timeout=60)
-    assert orphans and still_running(orphans) == orphans  # the servers outlive the kill
+    assert orphans and all(leader_alive(r) for r in orphans)  # the servers outlive the kill
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return {"workdir": workdir, "orphans": orphans, "rerun": rerun}
@@ -206,7 +207,7 @@ def test_run_collect_data_makes_a_batch_with_the_final_generator_and_stops_a_kil
     report = (results / "report.md").read_text()
     assert "| 1 | base | 2 |" in report and "| 2 | gen_sft | 2 |" in report
     assert not list((collected["workdir"] / "run").rglob("*.pid"))  # servers stopped, the killed run's too
-    assert not still_running(collected["orphans"])
+    assert not [r for r in collected["orphans"] if leader_alive(r)]
 
 
 @pytest.mark.slow
@@ -240,13 +241,13 @@ def test_sigterm_while_the_servers_start_leaves_nothing_running(tmp_path):
     while not worker_pid.exists():
         assert time.monotonic() < deadline and running.poll() is None, running.stdout.read()[-3000:]
         time.sleep(0.5)
-    pids = [json.loads(p.read_text())["pid"] for p in (tmp_path / "run" / "rank0").glob("*.pid")]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "rank0").glob("*.pid")]
     time.sleep(3)
     os.killpg(running.pid, signal.SIGTERM)
     out = running.communicate(timeout=300)[0]
     assert running.returncode == 143 and "Traceback" not in out, out[-3000:]
-    assert pids and not list((tmp_path / "run" / "rank0").glob("*.pid"))
-    assert not still_running(pids)
+    assert records and not list((tmp_path / "run" / "rank0").glob("*.pid"))
+    assert not [r for r in records if leader_alive(r)]
 
 
 # --- two nodes on one machine -----------------------------------------------------------------------------------------
