@@ -14,11 +14,11 @@ import requests
 
 from conftest import ROOT, env_with, start_stack, stop_stack
 from self_lengthen.serve.ports import port_in_use
-from self_lengthen.serve.procs import group_alive
+from self_lengthen.serve.procs import group_alive, pid_records
 
 
 def records(workdir, rank=0):
-    return [json.loads(p.read_text()) for p in sorted((workdir / "run" / f"rank{rank}").glob("*.pid"))]
+    return pid_records(workdir / "run" / f"rank{rank}")
 
 
 def test_missing_adapter_fails_fast_naming_the_path(tmp_path, default_model):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SERVE_PY, env_with
-from self_lengthen.serve.procs import leader_alive
+from self_lengthen.serve.procs import leader_alive, pid_records
 from self_lengthen.train import kill_tree
 
 RUN = ROOT / "llama" / "run.sh"
@@ -180,7 +180,7 @@ def collected(one_iteration):
         assert time.monotonic() < deadline and running.poll() is None, running.stdout.read()[-3000:]
         time.sleep(0.5)
     time.sleep(3)
-    orphans = [json.loads(p.read_text()) for p in worker_pid.parent.glob("*.pid")]  # name, pid, pgid, start_time
+    orphans = pid_records(worker_pid.parent)
     os.killpg(running.pid, signal.SIGKILL)
     running.wait(timeout=60)
     assert orphans and all(leader_alive(r) for r in orphans)  # the servers outlive the kill
@@ -241,7 +241,7 @@ def test_sigterm_while_the_servers_start_leaves_nothing_running(tmp_path):
     while not worker_pid.exists():
         assert time.monotonic() < deadline and running.poll() is None, running.stdout.read()[-3000:]
         time.sleep(0.5)
-    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "rank0").glob("*.pid")]
+    records = pid_records(tmp_path / "run" / "rank0")
     time.sleep(3)
     os.killpg(running.pid, signal.SIGTERM)
     out = running.communicate(timeout=300)[0]
