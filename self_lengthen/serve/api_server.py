@@ -103,10 +103,14 @@ def extend(fc, key: str | None = None) -> None:
     """Patch FastChat's openai_api_server module `fc` in place."""
     fc.headers.update(auth_headers(key))  # FastChat's streaming call to a worker sends these
 
+    # A client builds its TLS context (the CA bundle) unless given one: 17 ms of CPU each, 5 times per generation
+    # request, which the engine's threads lose on a small machine (bench/RESULTS.md, 2026-12-04). Built once here.
+    tls = httpx.create_ssl_context()
+
     def client():
         # httpx closes the connection as soon as a call is cancelled (aiohttp, FastChat's choice, may not), and the
         # worker aborts the engine request when it sees that.
-        return httpx.AsyncClient(timeout=httpx.Timeout(WORKER_TIMEOUT, connect=30.0), headers=fc.headers)
+        return httpx.AsyncClient(timeout=httpx.Timeout(WORKER_TIMEOUT, connect=30.0), headers=fc.headers, verify=tls)
 
     async def fetch_remote(url, pload=None, name=None):
         """FastChat's call to the controller or a worker (same results, errors included), with our headers."""
