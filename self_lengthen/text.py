@@ -5,6 +5,7 @@ either flavour handles zh and en.
 """
 import random
 import re
+from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -59,8 +60,10 @@ def units(text: str) -> list[str]:
 
 def has_repeated_ngram(text: str, n: int | None = None) -> bool:
     """True if some n-gram of units occurs twice (n: 13 for CJK text, 10 otherwise)."""
-    toks = units(text)
-    n = n or (NGRAM_CJK if is_cjk(text) else NGRAM_OTHER)
+    return _repeats(units(text), n or (NGRAM_CJK if is_cjk(text) else NGRAM_OTHER))
+
+
+def _repeats(toks: Sequence[str], n: int) -> bool:
     seen = set()
     for i in range(len(toks) - n + 1):
         gram = tuple(toks[i:i + n])
@@ -90,6 +93,62 @@ def check_response(text: str, meta_words: Sequence[str] = ()) -> str | None:
     if has_repeated_ngram(text):
         return "repetition"
     return None
+
+
+@dataclass(frozen=True)
+class TokenBounds:
+    """The most one token of a tokenizer can add to a decoded text: ideographs, and non-space characters. A token
+    decoded alone shows a character it splits with other tokens as U+FFFD, counted here as one of each."""
+    ideographs: int
+    visible: int
+
+    @classmethod
+    def of(cls, tokenizer) -> "TokenBounds":
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        return cls(max(len(CJK_IDEOGRAPH.findall(t)) + t.count("\ufffd") for t in texts),
+                   max(_visible(t) for t in texts))
+
+
+def _visible(text: str) -> int:
+    return sum(1 for ch in text if not ch.isspace())
+
+
+def certain_rejection(text: str, tokens_left: int, bounds: TokenBounds, held_back: int = 0,
+                      meta_words: Sequence[str] = ()) -> str | None:
+    """Why `check_response` will reject whatever `text` still becomes, or None if it might not.
+
+    `text` is a generation in progress: it may gain up to `tokens_left` tokens, and lose up to its last `held_back`
+    characters (where a stop string that completes later cuts it). Its language is settled when no such ending can
+    move the ideographs' share across a fifth; then a repeated n-gram among its settled units (the last one may
+    still grow), or, in English, a draft word in its first two lines, stays in every ending. The check rejects all
+    of them (for this reason, or for an earlier one in its order).
+    """
+    stable = text[: max(0, len(text) - held_back)]
+    tail = text[len(stable):]
+    ideographs, visible = len(CJK_IDEOGRAPH.findall(stable)), _visible(stable)
+    more_ideographs = len(CJK_IDEOGRAPH.findall(tail)) + tokens_left * bounds.ideographs
+    more_visible = _visible(tail) + tokens_left * bounds.visible
+    if ideographs + more_ideographs < 0.2 * (visible + more_ideographs):  # stays under a fifth: English rules
+        words = stable.split()
+        if stable and not stable[-1].isspace():
+            words = words[:-1]
+        if _repeats(words, NGRAM_OTHER):
+            return "repetition"
+        if any(w in "\n".join(stable.split("\n")[:2]) for w in meta_words):
+            return "meta_words"
+    elif visible and ideographs >= 0.2 * (visible + more_visible):  # stays at a fifth or more: CJK rules
+        cjk = cjk_units(stable)
+        if cjk and cjk[-1][-1].isascii():
+            cjk = cjk[:-1]
+        if _repeats(cjk, NGRAM_CJK):
+            return "repetition"
+    return None
+
+
+def reason_of_early_end(text: str, meta_words: Sequence[str] = ()) -> str:
+    """The reject reason of a text that a worker ended because `certain_rejection` found one (finish_reason
+    "rejected"): that reason, found again in the text as it stands."""
+    return certain_rejection(text, 0, TokenBounds(0, 0), 0, meta_words) or check_response(text, meta_words) or "rejected"
 
 
 def keep_probability(index: int, n: int) -> float:

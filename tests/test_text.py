@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from self_lengthen.text import (
-    check_response, cjk_units, count_words, drop_short, ends_a_sentence, has_repeated_ngram, is_cjk, keep_probability,
-    mentions_meta_words, split_blocks, units,
+    TokenBounds, certain_rejection, check_response, cjk_units, count_words, drop_short, ends_a_sentence,
+    has_repeated_ngram, is_cjk, keep_probability, mentions_meta_words, reason_of_early_end, split_blocks, units,
 )
 
 EN_META = ["revised", "revision", "response", "version", "paragraph"]  # the llama flavour's list
@@ -190,3 +190,99 @@ def test_split_blocks():
 def test_split_blocks_joins_back_to_the_text(text):
     blocks = split_blocks(text)
     assert "\n\n".join(blocks) == text or "\n".join(blocks) == text
+
+
+# --- certain_rejection: when the worker may end a request early ---------------------------------------------------
+
+LOOP = "the tide came in and the tide went out again " * 3  # repeats a 10-gram
+PLAIN = " ".join(f"word{i}" for i in range(200)) + " "  # 200 distinct words, 1,290 visible characters
+BOUNDS = TokenBounds(ideographs=2, visible=80)  # the default model's tokenizer's
+
+
+def test_a_settled_english_loop_is_certain_to_be_rejected():
+    assert certain_rejection(PLAIN + LOOP, 10, BOUNDS) == "repetition"
+    assert check_response(PLAIN + LOOP + "And so it ended.") == "repetition"
+
+
+def test_no_verdict_while_the_rest_could_make_the_text_chinese():
+    # 400 tokens could add 800 ideographs: more than a fifth of the text, where the 10-gram rule no longer applies.
+    assert certain_rejection(PLAIN + LOOP, 400, BOUNDS) is None
+    flipped = PLAIN + LOOP + "".join(chr(0x4E00 + i) for i in range(800)) + "。"
+    assert is_cjk(flipped) and check_response(flipped) is None  # such an ending would pass: no verdict was right
+
+
+def test_the_last_word_and_the_held_back_characters_may_still_change():
+    ten = "one two three four five six seven eight nine ten"
+    assert certain_rejection(PLAIN + ten + " " + ten, 0, BOUNDS) is None  # "ten" may become "tenth"
+    assert check_response(PLAIN + ten + " " + ten + "th.") is None
+    assert certain_rejection(PLAIN + ten + " " + ten + " ", 0, BOUNDS) == "repetition"
+    # a stop string that completes later may cut the last characters: "ten " minus 4 is "... nine"
+    assert certain_rejection(PLAIN + ten + " " + ten + " ", 0, BOUNDS, held_back=4) is None
+    assert certain_rejection(PLAIN + ten + " " + ten + " and so", 0, BOUNDS, held_back=4) == "repetition"
+
+
+def test_draft_words_count_in_the_first_two_lines_only():
+    head = "Here is the revised version of the story.\n"
+    assert certain_rejection(head + PLAIN, 10, BOUNDS, meta_words=EN_META) == "meta_words"
+    assert certain_rejection(head + PLAIN, 10, BOUNDS) is None  # no draft words asked for
+    assert certain_rejection("Title\n\n" + head + PLAIN, 10, BOUNDS, meta_words=EN_META) is None  # line 3
+    assert check_response("Title\n\n" + head + PLAIN + "\n\nMore.\n\nThe end.", EN_META) is None
+
+
+def test_a_settled_chinese_loop_is_certain_to_be_rejected():
+    loop = "潮水涨了又退，退了又涨，" * 3
+    text = "港口在清晨醒来，渔民们检查渔网。" * 10 + loop
+    assert certain_rejection(text, 5, BOUNDS) == "repetition"
+    assert check_response(text + "完。") == "repetition"
+    assert certain_rejection(text, 100, BOUNDS) is None  # 100 tokens of 80 characters could make it English
+
+
+def test_reason_of_early_end_names_the_settled_reason():
+    assert reason_of_early_end(PLAIN + LOOP) == "repetition"  # not "unfinished", though it ends mid-sentence
+    assert reason_of_early_end("A revised draft\n" + PLAIN, EN_META) == "meta_words"
+
+
+TOKENS = ["the ", "tide ", "came ", "in ", "out ", "and ", "again", " ", "\n", "\n\n", ".", "-", "你", "潮水", "。",
+          "revised ", "version"]
+TOKEN_BOUNDS = TokenBounds(ideographs=2, visible=max(len(t.strip()) for t in TOKENS))
+HELD_BACK = 4
+
+
+@settings(max_examples=400, deadline=None)
+@given(loop=st.lists(st.sampled_from(TOKENS), min_size=10, max_size=20), times=st.integers(1, 3),
+       before=st.lists(st.sampled_from(TOKENS), max_size=120), after=st.lists(st.sampled_from(TOKENS), max_size=40),
+       left=st.integers(0, 40), cut=st.integers(0, HELD_BACK), data=st.data())
+def test_a_verdict_holds_for_every_ending_the_bounds_allow(loop, times, before, after, left, cut, data):
+    """Property: whenever certain_rejection gives a reason, the response check rejects every ending the request can
+    still produce: up to `left` more tokens, or the text cut by at most HELD_BACK characters (a stop string)."""
+    text = "".join(before + loop * times + after)
+    reason = certain_rejection(text, left, TOKEN_BOUNDS, HELD_BACK, EN_META)
+    if reason is None:
+        return
+    more = "".join(data.draw(st.lists(st.sampled_from(TOKENS), max_size=left)))
+    for ending in (text + more, text[: len(text) - cut], text + more + "。", text + more + "."):
+        assert check_response(ending, EN_META) is not None, (reason, ending)
+
+
+def test_certain_rejection_agrees_with_the_check_on_the_models_own_completions():
+    """bench/reject_early.py's corpus: step2 completions the default model wrote (round 1 on the fixed initial
+    responses, cpu-demo's cap), with the engine's text after every step. A verdict at any step must fall on a
+    round the check rejects; most looping completions get one, long before their end."""
+    import json
+    from pathlib import Path
+
+    corpus = Path(__file__).parent / "data" / "reject_early_corpus.jsonl"
+    cases = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines()]
+    verdicts = 0
+    for case in cases:
+        final = case["final"]
+        for tokens, length in case["steps"]:
+            if tokens % 16:
+                continue
+            verdict = certain_rejection(case["prefix"] + final[:length], case["cap"] - tokens, BOUNDS, HELD_BACK,
+                                        EN_META)
+            if verdict:
+                assert check_response(case["prefix"] + final, EN_META) is not None
+                verdicts += 1
+                break
+    assert len(cases) >= 40 and verdicts >= 5
