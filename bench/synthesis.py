@@ -10,11 +10,14 @@
     offline, 32 of step2's chat requests generating --saturate_tokens each). E1: step2's tokens/s, counting every
     token the engine sent back, over the saturated tokens/s (goal >= 0.8). E2: the share of those tokens that the
     stage recorded (goal >= 0.95). `step2-fixture` makes the fixed set (step1 on the llama seeds, cpu-demo sizes).
+(e) early: step2 on the fixed set twice through one stack, without and then with --reject_early (the worker ends
+    a request once the response check is sure to reject its text): tokens and wall seconds per finished chain, and
+    the ratios (goal: fewer tokens for the same kind of outcome; the accept/reject decisions are the same).
 (d) beside: the Generator's held-out answers and step1 on the same instructions through the stack, one after the
     other (as before 2026-12-02) and then beside each other (as the pipeline runs them), each from a fresh workdir:
     wall time and tokens/s of the two stages together, and the ratio of wall times.
 
-Usage: .venv/bin/python bench/synthesis.py [throughput|rss|step2|step2-fixture|beside|all] [--instructions 8]
+Usage: .venv/bin/python bench/synthesis.py [throughput|rss|step2|step2-fixture|early|beside|all] [--instructions 8]
        [--profile cpu-demo] [--workers N] [--attempts N]
 The stack uses ports 18900-18902 and is stopped before the in-process engine starts, so each side has the machine
 to itself.
@@ -339,7 +342,8 @@ def step2(args) -> str:
           f"({summary['tokens_recorded_share']:.3f}); mean requests in flight {stage['mean_in_flight']:.1f}; "
           f"tokens in capped requests {summary['tokens_capped_this_run']} (already repeating: "
           f"{summary['tokens_capped_repeating_this_run']}), in rejected ones "
-          f"{summary['tokens_rejected_this_run']}; reasons {summary['reject_reasons']}", flush=True)
+          f"{summary['tokens_rejected_this_run']}; requests ended early "
+          f"{summary.get('requests_ended_early_this_run', 0)}; reasons {summary['reject_reasons']}", flush=True)
 
     messages, mix = step2_requests(rows, model)
     saturated, saturated_mix = offline(model, messages, args.saturate_tokens, raw_prompts=mix)
@@ -351,6 +355,39 @@ def step2(args) -> str:
             f"{stage_rate / saturated_mix:.2f}); E2 {summary['tokens_recorded_share']:.3f}; {summary['accepted']} of "
             f"{summary['items']} items accepted; stack CPU outside the model: "
             f"{100 * sum(v for k, v in cpu.items() if 'VLLM::Worker' not in k) / machine:.1f}% of the machine")
+
+
+def early(args) -> str:
+    from self_lengthen.default_model import ensure_default_model
+
+    rows, model = fixture_rows(), ensure_default_model()
+    extra = ["--attempts", str(args.attempts)] if args.attempts else []
+    extra += ["--workers", str(args.workers)] if args.workers else []
+    stop = start_stack(new_workdir("early-stack", []), model)
+    runs = {}
+    try:
+        for side, flag in (("without", "--no-reject_early"), ("with", "--reject_early")):
+            workdir = new_workdir(f"early-{side}", [])
+            save_dataset(rows, ["prompt", "initial_response"], workdir / "results" / "iter_1" / STAGES["generate"])
+            stage = run_stage("extend", workdir, model, args.profile, extra=extra + [flag])
+            s = stage["summary"]
+            runs[side] = {"tokens": s["tokens_received_this_run"], "seconds": stage["seconds"], "items": s["items"],
+                          "accepted": s["accepted"], "early": s.get("requests_ended_early_this_run", 0),
+                          "reasons": s["reject_reasons"]}
+            r = runs[side]
+            print(f"{side} reject_early: {r['items']} chains finished ({r['accepted']} accepted) in {r['seconds']:.0f} s, "
+                  f"{r['tokens']} tokens ({r['tokens'] / r['items']:.0f} per chain, {r['tokens'] / r['seconds']:.1f} "
+                  f"tok/s); requests ended early {r['early']}; reasons {r['reasons']}", flush=True)
+    finally:
+        subprocess.run(stop, check=False, timeout=300)
+    a, b = runs["without"], runs["with"]
+    per_chain = (b["tokens"] / b["items"]) / (a["tokens"] / a["items"])
+    per_chain_s = (b["seconds"] / b["items"]) / (a["seconds"] / a["items"])
+    return (f"(e) step2 on {len(rows)} fixed initial responses ({args.profile} sizes{', ' + ' '.join(extra) if extra else ''}): "
+            f"without reject_early {a['items']} chains ({a['accepted']} accepted), {a['tokens'] / a['items']:.0f} tokens "
+            f"and {a['seconds'] / a['items']:.1f} s per chain; with it {b['items']} chains ({b['accepted']} accepted), "
+            f"{b['tokens'] / b['items']:.0f} tokens and {b['seconds'] / b['items']:.1f} s per chain, {b['early']} "
+            f"requests ended early; tokens per chain {per_chain:.2f}x, seconds per chain {per_chain_s:.2f}x")
 
 
 # --- (b) client memory ------------------------------------------------------------------------------------------
@@ -428,7 +465,7 @@ def rss(args) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("which", nargs="?", choices=["throughput", "rss", "step2", "step2-fixture", "beside", "all"], default="all")
+    p.add_argument("which", nargs="?", choices=["throughput", "rss", "step2", "step2-fixture", "early", "beside", "all"], default="all")
     p.add_argument("--instructions", type=int, default=8)
     p.add_argument("--profile", default="cpu-demo", help="whose generation sizes (max_tokens, tries, workers)")
     p.add_argument("--small", type=int, default=200)
@@ -449,6 +486,8 @@ def main():
         results.append(step2_fixture(args))
     if args.which in ("step2", "all"):
         results.append(step2(args))
+    if args.which == "early":
+        results.append(early(args))
     if args.which in ("beside", "all"):
         results.append(beside(args))
     print("\n".join(results), flush=True)

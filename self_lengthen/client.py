@@ -27,7 +27,7 @@ def default_base_url() -> str:
 # Self-Lengthen's sampling for generation and extension.
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
 # Fields our API server (like vLLM's) takes but OpenAI-style hosted APIs reject.
-ENGINE_ONLY = ("top_k", "repetition_penalty", "min_tokens", "ignore_eos")
+ENGINE_ONLY = ("top_k", "repetition_penalty", "min_tokens", "ignore_eos", "reject_early")
 
 
 class EndpointError(UsageError):

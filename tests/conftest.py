@@ -27,6 +27,12 @@ def repo_root() -> Path:
     return ROOT
 
 
+# English text long enough that 64 tokens cannot make a fifth of it ideographs, already repeating a 10-gram: a
+# reject_early request after it is ended at the worker's first check.
+DOOMED_PREFIX = ("The harbour wakes before the town does, and the gulls are the first to know it. " * 2
+                 + "Fishermen check their nets, count their floats and argue about the weather over tea. " * 6)
+
+
 def env_with(**extra) -> dict:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in extra.items()})

@@ -152,6 +152,40 @@ def test_client_disconnect_aborts_a_non_streaming_request(client, served, path):
     assert _wait_for_abort(served, before) > before
 
 
+def _worker_stats(served) -> dict:
+    return requests.get(served.worker_url() + "/worker_stats", timeout=10).json()
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_the_worker_ends_a_request_whose_text_is_sure_to_be_rejected(client, served, path):
+    """A reject_early request whose prefix already repeats ends at the first check (CHECK_EVERY tokens), with
+    finish_reason "rejected"; the same request without the field runs on."""
+    from conftest import DOOMED_PREFIX
+    from self_lengthen.serve.worker import CHECK_EVERY
+
+    ask = client.chat if path.startswith("/chat") else client.complete
+    arg = QUESTION if path.startswith("/chat") else "The lighthouse keeper"
+    kw = {"max_tokens": 64, "ignore_eos": True}
+    before = _worker_stats(served)
+    ended = ask("base", arg, reject_early={"prefix": DOOMED_PREFIX, "meta_words": []}, **kw)
+    after = _worker_stats(served)
+    assert (ended.finish_reason, ended.completion_tokens) == ("rejected", CHECK_EVERY)
+    assert after["rejected_early"] == before["rejected_early"] + 1
+    assert after["tokens_left_at_rejection"] == before["tokens_left_at_rejection"] + 64 - CHECK_EVERY
+    assert after["aborted"] == before["aborted"]  # not counted as a client that went away
+    full = ask("base", arg, **kw)
+    assert (full.finish_reason, full.completion_tokens) == ("length", 64)
+    # a prefix that does not repeat: the request runs to its end
+    fine = ask("base", arg, reject_early={"prefix": "", "meta_words": []}, **kw)
+    assert fine.finish_reason == "length" and fine.completion_tokens == 64
+
+
+def test_a_malformed_reject_early_is_refused_with_a_clear_4xx(client):
+    with pytest.raises(RequestRejected) as err:
+        client.complete("base", "Once upon a time", max_tokens=8, reject_early={"prefix": 3})
+    assert "reject_early must be" in str(err.value)
+
+
 def test_adapters_are_served_as_merged_copies_on_cpu(served):
     """On CPU (vLLM runs LoRA without torch.compile there) each adapter is served by an engine of its own."""
     log = (served.workdir / "logs" / "worker0.log").read_text()

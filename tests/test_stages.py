@@ -352,6 +352,10 @@ def test_steps_0_to_2_send_the_methods_stops_and_system_prompt(tmp_path):
             assert p["messages"][0] == {"role": "system", "content": LLAMA_SYSTEM}
     step0 = [p for p in payloads if "prompt" in p and p["prompt"].rstrip().endswith("3:")]
     assert step0 and all({"Instruction 4", "Instructions 4"} <= set(p["stop"]) for p in step0)
+    # step1's responses are judged whole: the worker may end them early; step0's requests are not
+    step1 = [p for p in payloads if "messages" in p and p["messages"][-1]["content"].startswith("Write a long report")]
+    assert step1 and all(p["reject_early"]["prefix"] == "" for p in step1)
+    assert all("reject_early" not in p for p in step0)
     # the judge's strict verdict: the whole answer "yes"; the instructions are cut before "Instruction 4"
     data = load_rows(tmp_path / "results" / "iter_1" / "instructions")
     assert len(data) == 2 and all(p.startswith("Write a long report") and "Instruction" not in p for p in data["prompt"])
@@ -377,6 +381,31 @@ def test_step2_round_is_the_methods(tmp_path):
     assert record["extended_response"] == expected  # rounds 2 and 3 were not longer, so round 1's text stands
     reasons = json.loads((tmp_path / "results" / "iter_1" / "extended_responses.summary.json").read_text())
     assert reasons["reject_reasons"] == {"not_longer": 2}
+    # the completion, judged whole after its prefix, may be ended early by the worker; the chat half may not
+    assert "reject_early" not in chat
+    assert completion["reject_early"] == {"prefix": "H1 opens the text.\n\nH2 goes on.",
+                                          "meta_words": ["revised", "revision", "response", "version", "paragraph"]}
+
+
+def test_step2_ends_a_round_sure_to_fail_early_on_the_real_stack(served, tmp_path):
+    """A completion after a prefix that already repeats: the worker ends it at its first check, and the round is
+    recorded as rejected for the repetition; with --no-reject_early the same request runs to max_tokens, and is
+    rejected all the same (for the check's first reason: mostly that it ends mid-sentence)."""
+    from conftest import DOOMED_PREFIX
+    from self_lengthen.serve.worker import CHECK_EVERY
+    from self_lengthen.stages import extend
+    from self_lengthen.stages.common import StageContext
+
+    for flag, tokens, why in (("--reject_early", CHECK_EVERY, {"repetition"}),
+                              ("--no-reject_early", 64, {"unfinished", "repetition"})):
+        args = extend.parser().parse_args(["--iter", "1", "--workdir", str(tmp_path), "--base_url", served.base_url,
+                                           "--max_tokens", "64", flag])
+        ctx = StageContext.create(args, ROOT / "llama")
+        sampling = ctx.sampling
+        ctx.sampling = lambda **extra: sampling(ignore_eos=True, **extra)  # the model may not end it sooner
+        text, reason, answer = extend.finish_round(ctx, "base", "Write about a harbour.", "A harbour.", DOOMED_PREFIX)
+        assert (text, answer.completion_tokens) == (None, tokens) and reason in why, (flag, reason, answer)
+        assert answer.finish_reason == ("rejected" if tokens == CHECK_EVERY else "length")
 
 
 @pytest.mark.parametrize("prompts,finished", [(10, 20), (20, 39)])

@@ -1,10 +1,11 @@
 """FastChat's OpenAI-compatible API server, extended minimally rather than rewritten.
 
-Five changes, all applied by `extend()`:
+Six changes, all applied by `extend()`:
 - chat prompts are rendered from the model's own chat template, which the worker ships (byte-identical to
   `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`);
-- sampling fields FastChat's request models drop (repetition_penalty, min_tokens, ignore_eos, seed) are read from
-  the raw request body and forwarded to the worker, on /v1/chat/completions and /v1/completions;
+- fields FastChat's request models drop (repetition_penalty, min_tokens, ignore_eos, seed, and our reject_early)
+  are read from the raw request body and forwarded to the worker, on /v1/chat/completions and /v1/completions;
+- an answer may end with finish_reason "rejected" (a reject_early request the worker ended, see worker.py);
 - a client that disconnects cancels its request, so the worker aborts it in the engine;
 - streaming works under pydantic 2 (FastChat calls `.json(ensure_ascii=...)`, which pydantic 2 rejects);
 - with a cluster key, every route needs it (FastChat leaves /api/v1/* open) and every call to the controller and the
@@ -19,6 +20,7 @@ import contextlib
 import contextvars
 import json
 import os
+from typing import Optional
 
 import httpx
 import pydantic
@@ -30,7 +32,7 @@ from ..chat_template import render_chat
 from ..errors import UsageError
 from .auth import API_KEY_ENV, auth_headers, protect, read_key
 
-EXTRA_FIELDS = ("repetition_penalty", "min_tokens", "ignore_eos", "seed")
+EXTRA_FIELDS = ("repetition_penalty", "min_tokens", "ignore_eos", "seed", "reject_early")
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 WORKER_TIMEOUT = float(os.environ.get("FASTCHAT_WORKER_API_TIMEOUT", 3 * 3600))
 _extra_fields: contextvars.ContextVar[dict] = contextvars.ContextVar("extra_sampling_fields", default={})
@@ -157,6 +159,16 @@ def extend(fc, key: str | None = None) -> None:
         for obj in vars(module).values():
             if isinstance(obj, type) and issubclass(obj, pydantic.BaseModel):
                 obj.json = json_compat
+
+    # FastChat allows only "stop" and "length"; the worker may also end a request as "rejected".
+    p = openai_api_protocol
+    for choice in (p.CompletionResponseChoice, p.CompletionResponseStreamChoice, p.ChatCompletionResponseChoice,
+                   p.ChatCompletionResponseStreamChoice):
+        choice.model_fields["finish_reason"].annotation = Optional[str]
+        choice.model_rebuild(force=True)
+    for response in (p.CompletionResponse, p.CompletionStreamResponse, p.ChatCompletionResponse,
+                     p.ChatCompletionStreamResponse):
+        response.model_rebuild(force=True)
 
     fc.app.add_middleware(GenerationRequests)
     protect(fc.app, key)  # added last, so it is the outermost: a request without the key is refused first

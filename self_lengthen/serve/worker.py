@@ -5,6 +5,11 @@ FastChat 0.2.36's own vllm_worker no longer runs on vLLM 0.3x, so this worker sp
 /worker_get_conv_template, /worker_get_status) over vLLM `AsyncLLM` engines. Each request is routed by the model
 name it asks for. A request whose client goes away is aborted in the engine.
 
+A request may carry `reject_early: {"prefix": TEXT, "meta_words": [...]}`: its text, after the prefix, is checked
+whole by the method's response check. Every CHECK_EVERY tokens the worker asks whether the check will reject prefix
++ text whatever the rest of the request adds (`text.certain_rejection`); if so it ends the request there, with
+finish_reason "rejected" and the text so far, and the engine does not generate the rest.
+
 Adapters are served in one of two ways (--adapter-mode):
 - lora: one engine, each adapter a `LoRARequest` (vLLM's multi-LoRA batching). The choice on GPU.
 - merged: each adapter merged into a copy of the base weights, one engine per name. On CPU, vLLM turns torch.compile
@@ -23,6 +28,7 @@ Run: python -m self_lengthen.serve.worker --model-path DIR --lora gen_sft=DIR --
 """
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -42,6 +48,7 @@ from fastchat.serve.base_model_worker import BaseModelWorker
 from ..chat_template import needs_special_tokens, template_spec
 from ..devices import cpu_has_native_bfloat16
 from ..io import model_dir_in_place
+from ..text import TokenBounds, certain_rejection
 from .auth import auth_headers, protect, read_key
 from .cluster import ADAPTER_MODES
 from .ports import port_in_use
@@ -49,6 +56,7 @@ from .ports import port_in_use
 log = logging.getLogger("self_lengthen.worker")
 DEFAULT_BASE_NAME = "base"
 SUPPORTED_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+CHECK_EVERY = 16  # tokens between two checks of a reject_early request
 
 
 def lora_rank(adapter_dir: Path) -> int:
@@ -201,7 +209,7 @@ class VLLMWorker(BaseModelWorker):
         self.loras = {name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate(adapters.items())
                       if engines[name] is engines[base_name]}
         self.eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        self.stats = {"requests": 0, "aborted": 0}
+        self.stats = {"requests": 0, "aborted": 0, "rejected_early": 0, "tokens_left_at_rejection": 0}
         self._background: set[asyncio.Task] = set()
         self.headers = auth_headers(key)
 
@@ -253,7 +261,34 @@ class VLLMWorker(BaseModelWorker):
         task = asyncio.get_running_loop().create_task(engine.abort(request_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        self.stats["aborted"] += 1
+
+    @functools.cached_property
+    def token_bounds(self) -> TokenBounds:
+        """What one token can add to a text (for certain_rejection): read from the vocabulary once, ~1 s."""
+        return TokenBounds.of(self.tokenizer)
+
+    def rejection_check(self, params: dict):
+        """For a reject_early request: a function of (text so far, tokens so far) that returns the reason the
+        response check will reject prefix + text however the request goes on, or None. None when not asked."""
+        spec = params.get("reject_early")
+        if spec is None:
+            return None
+        if not (isinstance(spec, dict) and isinstance(spec.get("prefix", ""), str)
+                and all(isinstance(w, str) for w in spec.get("meta_words", []))):
+            raise ValueError('reject_early must be {"prefix": text, "meta_words": [text, ...]}')
+        prefix, meta_words = spec.get("prefix", ""), list(spec.get("meta_words", []))
+        stop = params.get("stop") or []
+        held_back = max((len(s) for s in ([stop] if isinstance(stop, str) else stop)), default=1) - 1
+        max_tokens = int(params.get("max_new_tokens") or self.context_len)
+
+        def check(text: str, tokens: int) -> str | None:
+            reason = certain_rejection(prefix + text, max_tokens - tokens, self.token_bounds, held_back, meta_words)
+            if reason:
+                self.stats["rejected_early"] += 1
+                self.stats["tokens_left_at_rejection"] += max_tokens - tokens
+            return reason
+
+        return check
 
     async def generate(self, params: dict):
         """Yield FastChat-style cumulative outputs for one request."""
@@ -267,20 +302,27 @@ class VLLMWorker(BaseModelWorker):
         ids = self.prompt_ids(prompt)
         request_id = uuid.uuid4().hex
         self.stats["requests"] += 1
-        finished = False
+        finished, finish = False, None
         engine = self.engines[model]
         try:
+            check, next_check = self.rejection_check(params), CHECK_EVERY
             stream = engine.generate(TokensPrompt(prompt_token_ids=ids), sampling_params(params, self.eos_ids),
                                      request_id, lora_request=self.loras.get(model))
             async for out in stream:
                 choice = out.outputs[0]
+                tokens, finish = len(choice.token_ids), choice.finish_reason if out.finished else None
+                if check and finish is None and tokens >= next_check:
+                    next_check = tokens + CHECK_EVERY
+                    if check(choice.text, tokens):
+                        finish = "rejected"  # the finally below aborts the engine request
                 yield {
                     "text": (prompt + choice.text) if params.get("echo") else choice.text,
                     "error_code": 0,
-                    "usage": {"prompt_tokens": len(ids), "completion_tokens": len(choice.token_ids),
-                              "total_tokens": len(ids) + len(choice.token_ids)},
-                    "finish_reason": choice.finish_reason if out.finished else None,
+                    "usage": {"prompt_tokens": len(ids), "completion_tokens": tokens, "total_tokens": len(ids) + tokens},
+                    "finish_reason": finish,
                 }
+                if finish == "rejected":
+                    return
             finished = True
         except ValueError as exc:  # invalid sampling parameters and the like
             finished = True
@@ -288,6 +330,7 @@ class VLLMWorker(BaseModelWorker):
         finally:
             if not finished:
                 self._abort_later(engine, request_id)
+                self.stats["aborted"] += finish != "rejected"  # counts the clients that went away
 
     async def generate_stream_bytes(self, params: dict):
         async for item in self.generate(params):

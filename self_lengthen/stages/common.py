@@ -54,6 +54,9 @@ def base_parser(description: str, finish_fraction: float = 1.0) -> argparse.Argu
     p.add_argument("--prompt_templates", default=None,
                    help="a prompt-template dir: ours (self_instruct.txt, judge.txt, extend.txt) or the original's "
                         "(self_instruct.md, judge_prompt.md, extend_response.md); default: the flavour's")
+    p.add_argument("--reject_early", action=argparse.BooleanOptionalAction, default=True,
+                   help="let the worker end a request (step1, step2's completion) once the response check is sure "
+                        "to reject its text; the outcome is the same, without the tokens after that point")
     p.add_argument("--request_timeout", type=float, default=1800.0)
     p.add_argument("--retries", type=int, default=4, help="retries of a failing request (with backoff)")
     return p
@@ -106,6 +109,13 @@ class StageContext:
         """The method's request: its max_tokens and its stop strings (besides the model's own end-of-turn tokens)."""
         return {"max_tokens": self.args.max_tokens, "stop": list(STOP_STRINGS), **extra}
 
+    def checked_whole(self, prefix: str = "") -> dict:
+        """Request fields for a text that the response check judges whole (after `prefix`): with --reject_early,
+        the worker ends the request once that check is sure to reject it (finish_reason "rejected")."""
+        if not self.args.reject_early:
+            return {}
+        return {"reject_early": {"prefix": prefix, "meta_words": list(self.flavour.config.meta_words)}}
+
 
 def finished(ctx: StageContext, name: str) -> Path | None:
     """The stage's dataset dir if a previous run completed it (then the stage is a no-op), else None."""
@@ -153,6 +163,7 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
         summary["tokens_capped_this_run"] = journal.capped_tokens_this_run  # in requests that hit max_tokens
         summary["tokens_capped_repeating_this_run"] = journal.capped_repeating_tokens_this_run
         summary["tokens_rejected_this_run"] = dict(journal.rejected_tokens_this_run.most_common())
+        summary["requests_ended_early_this_run"] = journal.ended_early_this_run  # finish_reason "rejected"
         summary["chains_unfinished"] = sum(1 for k in journal.records if k in items and k not in checkpoint.records)
     summary["model"] = model
     rows = rows_of([r for r in records if r["status"] == "accepted"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..client import Completion
 from ..errors import UsageError, cli_main
-from ..text import check_response, count_words, split_blocks
+from ..text import check_response, count_words, reason_of_early_end, split_blocks
 from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
 from .runner import Journal, Stop, require_complete
 
@@ -40,9 +40,13 @@ def finish_round(ctx: StageContext, model: str, instruction: str, text: str,
                  prefix: str) -> tuple[str | None, str | None, Completion]:
     """A round's completion request: the whole text continued after the prefix. Returns (new text or None,
     reject reason or None, the answer)."""
-    rest = ctx.client.complete(model, ctx.prompts.extend_completion(instruction, text, prefix), **ctx.sampling())
+    rest = ctx.client.complete(model, ctx.prompts.extend_completion(instruction, text, prefix),
+                               **ctx.sampling(**ctx.checked_whole(prefix)))
     candidate = prefix + rest.text
-    reason = round_reason(candidate, text, ctx.flavour.config.meta_words)
+    meta_words = ctx.flavour.config.meta_words
+    if rest.finish_reason == "rejected":  # the worker ended it: the check would reject any ending
+        return None, reason_of_early_end(candidate, meta_words), rest
+    reason = round_reason(candidate, text, meta_words)
     return (candidate if reason is None else None), reason, rest
 
 

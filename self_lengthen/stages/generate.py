@@ -4,7 +4,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import cli_main
-from ..text import check_response
+from ..text import check_response, reason_of_early_end
 from .common import StageContext, base_parser, finished, run_stage, stable_key
 from .runner import require_complete
 
@@ -22,10 +22,13 @@ def make_work(ctx: StageContext, model: str):
         for attempt in range(tries):
             if stop.is_set():
                 return None
-            out = ctx.client.chat(model, ctx.prompts.messages(prompt), **ctx.sampling())
+            out = ctx.client.chat(model, ctx.prompts.messages(prompt), **ctx.sampling(**ctx.checked_whole()))
             tokens += out.completion_tokens
             text = out.text.strip()
-            reason = check_response(text, meta_words)
+            if out.finish_reason == "rejected":  # the worker ended it: the check would reject any ending
+                reason = reason_of_early_end(text, meta_words)
+            else:
+                reason = check_response(text, meta_words)
             if reason is None:
                 return {"status": "accepted", "prompt": prompt, "initial_response": text,
                         "tries": attempt + 1, "reasons": reasons, "tokens": tokens}

@@ -66,6 +66,7 @@ class Journal(Checkpoint):
         self.capped_tokens_this_run = 0  # of requests cut at max_tokens
         self.capped_repeating_tokens_this_run = 0  # ... whose own text already repeats (a larger cap would not help)
         self.rejected_tokens_this_run = Counter()  # of requests whose output was rejected, by reason
+        self.ended_early_this_run = 0  # requests the worker ended as certain to be rejected
 
     def record(self, key: str, state: dict, answer: Completion | None = None, rejected: str | None = None) -> None:
         """Record a chain's state after `answer` (the request that just ended; None when no request did)."""
@@ -79,6 +80,7 @@ class Journal(Checkpoint):
             self.capped_repeating_tokens_this_run += tokens if repeating else 0
             if rejected:
                 self.rejected_tokens_this_run[rejected] += tokens
+            self.ended_early_this_run += answer is not None and answer.finish_reason == "rejected"
 
 
 @dataclass
