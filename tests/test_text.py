@@ -260,7 +260,13 @@ def test_a_verdict_holds_for_every_ending_the_bounds_allow(loop, times, before, 
     if reason is None:
         return
     more = "".join(data.draw(st.lists(st.sampled_from(TOKENS), max_size=left)))
-    for ending in (text + more, text[: len(text) - cut], text + more + "。", text + more + "."):
+    # the endings that try hardest to pass: as many distinct ideographs as the tokens left may add (towards Chinese,
+    # where English loops and draft words no longer count), or as many distinct visible ASCII characters (away)
+    ideographs = "".join(chr(0x4E00 + i) for i in range(left * TOKEN_BOUNDS.ideographs)) + "。"
+    words = " ".join(f"w{i}" for i in range(left * TOKEN_BOUNDS.visible))[: max(0, left * TOKEN_BOUNDS.visible - 1)]
+    ascii_run = " " + " ".join(words.split()[:-1]) + "."
+    for ending in (text + more, text[: len(text) - cut], text + more + "。", text + more + ".", text + ideographs,
+                   text[: len(text) - cut] + ideographs, text + ascii_run):
         assert check_response(ending, EN_META) is not None, (reason, ending)
 
 
