@@ -264,7 +264,7 @@ class VLLMWorker(BaseModelWorker):
 
     @functools.cached_property
     def token_bounds(self) -> TokenBounds:
-        """What one token can add to a text (for certain_rejection): read from the vocabulary once, ~1 s."""
+        """What one token can add to a text (for certain_rejection): read from the vocabulary once (0.2 s for 49k)."""
         return TokenBounds.of(self.tokenizer)
 
     def rejection_check(self, params: dict):
