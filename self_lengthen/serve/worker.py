@@ -318,7 +318,8 @@ class VLLMWorker(BaseModelWorker):
                 yield {
                     "text": (prompt + choice.text) if params.get("echo") else choice.text,
                     "error_code": 0,
-                    "usage": {"prompt_tokens": len(ids), "completion_tokens": tokens, "total_tokens": len(ids) + tokens},
+                    "usage": {"prompt_tokens": len(ids), "completion_tokens": tokens,
+                              "total_tokens": len(ids) + tokens},
                     "finish_reason": finish,
                 }
                 if finish == "rejected":
