@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.errors import UsageError, cli_main  # noqa: E402
-from self_lengthen.text import CJK_IDEOGRAPH, has_repeated_ngram  # noqa: E402
+from self_lengthen.text import TokenBounds, has_repeated_ngram  # noqa: E402
 
 
 def completions_after(journal: Path):
@@ -26,16 +26,6 @@ def completions_after(journal: Path):
         if prev and prev.get("prefix") is not None and state.get("prefix") is None and prev["try"] == state["try"]:
             yield prev["prefix"], state["tokens"] - prev["tokens"]
         last[state["key"]] = state
-
-
-def max_ideographs_per_token(model_dir: str) -> float:
-    """Ideographs one token can add, at most: whole ones, plus a third of one per byte of a split character (each
-    U+FFFD of a token decoded alone stands for at most 3 such bytes)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return max(len(CJK_IDEOGRAPH.findall(t)) + t.count("\ufffd") for t in texts)
 
 
 @cli_main
@@ -58,7 +48,10 @@ def main(argv=None):
         from self_lengthen.default_model import ensure_default_model
 
         args.base_model = str(ensure_default_model())
-    print(f"one token adds at most {max_ideographs_per_token(args.base_model):g} ideographs")
+    from transformers import AutoTokenizer
+
+    bounds = TokenBounds.of(AutoTokenizer.from_pretrained(args.base_model))
+    print(f"one token adds at most {bounds.ideographs} ideographs")
 
 
 if __name__ == "__main__":

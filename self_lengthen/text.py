@@ -31,10 +31,17 @@ def count_words(text: str) -> int:
     return cjk + len(CJK_CHAR.sub(" ", text).split())
 
 
+CJK_SHARE = 0.2  # a text is CJK when ideographs make up at least this share of its non-space characters
+
+
+def _visible(text: str) -> int:
+    return sum(1 for ch in text if not ch.isspace())
+
+
 def is_cjk(text: str) -> bool:
-    """True when ideographs make up at least a fifth of the text's non-space characters."""
-    visible = sum(1 for ch in text if not ch.isspace())
-    return visible > 0 and len(CJK_IDEOGRAPH.findall(text)) / visible >= 0.2
+    """True when ideographs make up at least a fifth (CJK_SHARE) of the text's non-space characters."""
+    visible = _visible(text)
+    return visible > 0 and len(CJK_IDEOGRAPH.findall(text)) / visible >= CJK_SHARE
 
 
 def ends_a_sentence(text: str) -> bool:
@@ -109,10 +116,6 @@ class TokenBounds:
                    max(_visible(t) for t in texts))
 
 
-def _visible(text: str) -> int:
-    return sum(1 for ch in text if not ch.isspace())
-
-
 def certain_rejection(text: str, tokens_left: int, bounds: TokenBounds, held_back: int = 0,
                       meta_words: Sequence[str] = ()) -> str | None:
     """Why `check_response` will reject whatever `text` still becomes, or None if it might not.
@@ -128,7 +131,7 @@ def certain_rejection(text: str, tokens_left: int, bounds: TokenBounds, held_bac
     ideographs, visible = len(CJK_IDEOGRAPH.findall(stable)), _visible(stable)
     more_ideographs = len(CJK_IDEOGRAPH.findall(tail)) + tokens_left * bounds.ideographs
     more_visible = _visible(tail) + tokens_left * bounds.visible
-    if ideographs + more_ideographs < 0.2 * (visible + more_ideographs):  # stays under a fifth: English rules
+    if ideographs + more_ideographs < CJK_SHARE * (visible + more_ideographs):  # stays under a fifth: English rules
         words = stable.split()
         if stable and not stable[-1].isspace():
             words = words[:-1]
@@ -136,7 +139,7 @@ def certain_rejection(text: str, tokens_left: int, bounds: TokenBounds, held_bac
             return "repetition"
         if any(w in "\n".join(stable.split("\n")[:2]) for w in meta_words):
             return "meta_words"
-    elif visible and ideographs >= 0.2 * (visible + more_visible):  # stays at a fifth or more: CJK rules
+    elif visible and ideographs >= CJK_SHARE * (visible + more_visible):  # stays at a fifth or more: CJK rules
         cjk = cjk_units(stable)
         if cjk and cjk[-1][-1].isascii():
             cjk = cjk[:-1]

@@ -63,6 +63,11 @@ def lora_rank(adapter_dir: Path) -> int:
     return int(json.loads((adapter_dir / "adapter_config.json").read_text())["r"])
 
 
+def stop_strings(params: dict) -> list[str]:
+    stop = params.get("stop") or []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
 def sampling_params(params: dict, eos_ids: list[int]):
     """Translate FastChat's request fields into vLLM SamplingParams."""
     from vllm import SamplingParams
@@ -72,8 +77,7 @@ def sampling_params(params: dict, eos_ids: list[int]):
     top_k = int(params.get("top_k") or 0)
     if temperature <= 1e-5:  # greedy
         temperature, top_p, top_k = 0.0, 1.0, 0
-    stop = params.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else list(stop)
+    stop = stop_strings(params)
     ignore_eos = bool(params.get("ignore_eos") or False)
     stop_token_ids = set(params.get("stop_token_ids") or []) | set(eos_ids)
     if ignore_eos:  # generate to max_tokens: eos must not stop it under another name either
@@ -277,8 +281,7 @@ class VLLMWorker(BaseModelWorker):
                 and all(isinstance(w, str) for w in spec.get("meta_words", []))):
             raise ValueError('reject_early must be {"prefix": text, "meta_words": [text, ...]}')
         prefix, meta_words = spec.get("prefix", ""), list(spec.get("meta_words", []))
-        stop = params.get("stop") or []
-        held_back = max((len(s) for s in ([stop] if isinstance(stop, str) else stop)), default=1) - 1
+        held_back = max(map(len, stop_strings(params)), default=1) - 1  # what a stop string completed later cuts
         max_tokens = int(params.get("max_new_tokens") or self.context_len)
 
         def check(text: str, tokens: int) -> str | None:
