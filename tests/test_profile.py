@@ -42,7 +42,7 @@ def with_change(tmp_path, change: dict) -> str:
     ({"generation.max_tokens": -1}, "generation.max_tokens=-1 is not a positive whole number, or a mapping"),
     ({"generation.max_tokens": {"generate": 100}}, "generation.max_tokens={'generate': 100} is not"),
     ({"generation.max_tries.extend": -2}, "generation.max_tries.extend=-2 is not a positive whole number"),
-    ({"generation.finish_fraction.extend": 1.5}, "generation.finish_fraction.extend=1.5 is not a number above 0"),
+    ({"generation.finish_fraction": {"extend": 1.5}}, "generation.finish_fraction.extend=1.5 is not a number above 0"),
     ({"generation.time_budget.extend": "10m"}, "generation.time_budget.extend='10m' is not a positive number"),
     ({"generation.drop_short.generate": "no"}, "generation.drop_short.generate='no' is not true or false"),
     ({"generation.judge_parse": "loose"}, "generation.judge_parse='loose' is not strict or lenient"),
