@@ -41,7 +41,7 @@ def main():
     from self_lengthen.flavour import Flavour, PromptBuilder
     from self_lengthen.profile import load_profile
     from self_lengthen.stages.common import STOP_STRINGS
-    from self_lengthen.stages.extend import round_reason, start_round
+    from self_lengthen.stages.extend import finish_round, start_round
 
     cap = int(load_profile(args.profile)["generation"]["max_tokens"]["extend"])
     model = ensure_default_model()
@@ -49,28 +49,27 @@ def main():
     engine = InProcessEngine(model)
     rows = [row for row in fixture_rows() for _ in range(args.attempts)]
 
-    def round_one(prompts, meta, row):
+    def round_one(prompts, row):
         def sampling(**extra):  # the stage's request (ctx.sampling)
             return {"max_tokens": cap, "stop": list(STOP_STRINGS), **extra}
 
-        ctx = SimpleNamespace(client=engine, prompts=prompts, sampling=sampling)
+        # the stage's context, without reject_early: every completion runs to its own end
+        ctx = SimpleNamespace(client=engine, prompts=prompts, sampling=sampling, flavour=prompts.flavour,
+                              checked_whole=lambda prefix="": {})
         prefix, head = start_round(ctx, "base", row["prompt"], row["initial_response"])
-        rest = engine.complete("base", prompts.extend_completion(row["prompt"], row["initial_response"], prefix),
-                               **sampling())
-        candidate = prefix + rest.text
-        return {"head_meta": mentions_meta_words("\n".join(head.text.split("\n")[:2]), meta),
-                "tokens": head.completion_tokens + rest.completion_tokens,
-                "reason": round_reason(candidate, row["initial_response"], meta),
-                "growth": count_words(candidate) / max(1, count_words(row["initial_response"]))}
+        text, reason, rest = finish_round(ctx, "base", row["prompt"], row["initial_response"], prefix)
+        return {"head_meta": mentions_meta_words("\n".join(head.text.split("\n")[:2]),
+                                                 prompts.flavour.config.meta_words),
+                "tokens": head.completion_tokens + rest.completion_tokens, "reason": reason,
+                "growth": count_words(text) / max(1, count_words(row["initial_response"])) if text else None}
 
     results = {str(t): [] for t in args.templates}
     try:
         with ThreadPoolExecutor(args.workers) as pool:
             for turn in range(args.turns):
                 for directory in args.templates:
-                    flavour = Flavour(FLAVOUR, prompt_templates=directory)
-                    prompts = PromptBuilder(flavour, tokenizer)
-                    got = list(pool.map(lambda row: round_one(prompts, flavour.config.meta_words, row), rows))
+                    prompts = PromptBuilder(Flavour(FLAVOUR, prompt_templates=directory), tokenizer)
+                    got = list(pool.map(lambda row: round_one(prompts, row), rows))
                     results[str(directory)] += got
                     print(f"turn {turn + 1}: {directory} done", flush=True)
     finally:

@@ -8,7 +8,6 @@ Assumes one try per chain (cpu-demo's max_tries for step2).
 
 Usage: .venv/bin/python bench/wind_down.py /work/demo_R/results /work/demo_S/results
 """
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -16,12 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.stages.extend import MIN_GROWTH, ROUNDS  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def wind_down(step2: Path) -> dict:
@@ -48,14 +45,20 @@ def wind_down(step2: Path) -> dict:
             "dropped_passing": passing}
 
 
+@cli_main
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__.strip().splitlines()[-1])
+    runs = {results: sorted(results.glob("iter_*/extended_responses.journal.jsonl"))
+            for results in map(Path, sys.argv[1:])}
+    for results, journals in runs.items():
+        if not journals:
+            raise UsageError(f"{results}: no iter_K/extended_responses.journal.jsonl; give a run's results dir")
     print("| run, iteration | chains | finished, kept | last finished (s) | dropped | of them all rounds done | "
           "their last end (s) | would have been kept |")
     print("|---|---|---|---|---|---|---|---|")
-    for results in map(Path, sys.argv[1:]):
-        for step2 in sorted(results.glob("iter_*/extended_responses.journal.jsonl")):
+    for results, journals in runs.items():
+        for step2 in journals:
             w = wind_down(step2.with_name("extended_responses"))
             print(f"| {results.parent.name or results}, {step2.parent.name} | {w['chains']} | {w['finished']}, "
                   f"{w['kept']} | {w['last_finished_s']} | {w['dropped']} | {w['dropped_all_rounds_done']} | "
