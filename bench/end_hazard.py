@@ -21,15 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from heldout_runs import answers, is_clean, measured_iterations  # noqa: E402
+from heldout_runs import answers, measured_iterations  # noqa: E402
 from merge_precision import examples  # noqa: E402
 
 from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.stages.heldout import is_clean  # noqa: E402
 
 
 def final_adapter(results: Path) -> Path:
     its = measured_iterations(results)
-    adapter = results / f"iter_{int(its[-1].name.split('_')[1]) - 1}" / "lora" / "gen_sft" if its else None
+    adapter = results / f"iter_{its[-1][0] - 1}" / "lora" / "gen_sft" if its else None
     if adapter is None or not (adapter / "adapter_config.json").exists():
         raise UsageError(f"{results}: no final gen_sft adapter beside its last held-out answers; "
                          "give a finished run's results dir")

@@ -4,9 +4,8 @@ One run's 16 held-out answers per model give a 95% interval of about +-12% on th
 effect. Every run of `make demo` answers the same held-out instructions with the base model (iteration 1) and with
 its final Generator (the last iteration's), so the runs can be pooled: per run, the ratio of the final Generator's
 mean words to the base's; over runs, the ratio of pooled means for each iteration's Generator, with a 95% interval
-from resampling runs. The same
-for clean answers (ending a sentence, no repeated n-gram, under max_tokens), with the shares of answers that hit
-max_tokens or repeat. Beside them, what the run's adapters trained on: the `gen_sft` targets' mean words, per
+from resampling runs. The same for clean answers (ending a sentence, no repeated n-gram, under max_tokens), with
+the shares of answers that hit max_tokens or repeat. Beside them, what the run's adapters trained on: the `gen_sft` targets' mean words, per
 iteration, as a ratio to the base's held-out mean. Reads only the runs' results; needs no engine.
 
 Usage: .venv/bin/python bench/heldout_runs.py /work/demo_N/results /work/demo_O/results ...
@@ -21,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.report import iteration_dirs  # noqa: E402
+from self_lengthen.stages.heldout import is_clean  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
 RESAMPLES = 10_000
@@ -32,13 +33,9 @@ def answers(iter_dir: Path) -> list[dict]:
     return load_from_disk(str(iter_dir / "heldout")).to_list()
 
 
-def is_clean(row: dict) -> bool:
-    return not (row["unfinished"] or row["repetition"] or row["capped"])
-
-
-def measured_iterations(results: Path) -> list[Path]:
-    its = [d for d in results.glob("iter_*") if (d / "heldout" / "_COMPLETE").exists()]
-    return sorted(its, key=lambda d: int(d.name.split("_")[1]))
+def measured_iterations(results: Path) -> list[tuple[int, Path]]:
+    """(K, results/iter_K) of the iterations whose Generator answered the held-out instructions, in order."""
+    return [(k, d) for k, d in iteration_dirs(results) if (d / "heldout" / "_COMPLETE").exists()]
 
 
 def targets_mean(iter_dir: Path) -> float | None:
@@ -51,13 +48,13 @@ def targets_mean(iter_dir: Path) -> float | None:
 
 def run_figures(results: Path) -> dict:
     its = measured_iterations(results)
-    if len(its) < 2 or its[0].name != "iter_1":
+    if len(its) < 2 or its[0][0] != 1:
         raise UsageError(f"{results}: needs held-out answers of iteration 1 (the base model) and a later "
                          "iteration (its final Generator); give a finished run's results dir")
-    by_iter = {int(d.name.split("_")[1]): answers(d) for d in its}
-    targets = [targets_mean(d) for d in sorted(results.glob("iter_*"), key=lambda d: int(d.name.split("_")[1]))]
-    return {"name": results.parent.name or str(results), "base": by_iter[1], "final": by_iter[max(by_iter)],
-            "final_iter": its[-1].name, "by_iter": by_iter, "targets": [t for t in targets if t is not None]}
+    by_iter = {k: answers(d) for k, d in its}
+    targets = [targets_mean(d) for _, d in iteration_dirs(results)]
+    return {"name": results.parent.name or str(results), "base": by_iter[1], "final": by_iter[its[-1][0]],
+            "final_iter": its[-1][1].name, "by_iter": by_iter, "targets": [t for t in targets if t is not None]}
 
 
 def pooled_ratio(runs: list[dict], pick, later=lambda run: run["final"]) -> float | None:

@@ -13,7 +13,6 @@ Usage: .venv/bin/python bench/temperature_length.py [--temperatures 0.7 0.5] [--
 """
 import argparse
 import os
-import statistics
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ def main():
     p.add_argument("--workers", type=int, default=48)
     args = p.parse_args()
 
+    from heldout_runs import mean_words, share
     from synthesis import FLAVOUR, InProcessEngine
 
     from self_lengthen.chat_template import load_tokenizer
@@ -40,7 +40,7 @@ def main():
     from self_lengthen.flavour import Flavour, PromptBuilder
     from self_lengthen.profile import load_profile
     from self_lengthen.stages.common import STOP_STRINGS
-    from self_lengthen.stages.heldout import heldout_prompts, length_stats, make_work
+    from self_lengthen.stages.heldout import heldout_prompts, is_clean, length_stats, make_work
 
     cap = int(load_profile(args.profile)["generation"]["max_tokens"]["generate"])
     model = ensure_default_model()
@@ -68,11 +68,9 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for t, rows in results.items():
         s = length_stats([r["words"] for r in rows])
-        clean = [r["words"] for r in rows if not (r["unfinished"] or r["repetition"] or r["capped"])]
-        share = (lambda col: 100 * sum(r[col] for r in rows) / len(rows))
-        print(f"| {t} | {s['n']} | {s['mean']} ({s['ci95'][0]}-{s['ci95'][1]}) | {s['median']} | {len(clean)}, "
-              f"{statistics.mean(clean) if clean else float('nan'):.1f} | {share('capped'):.1f} | "
-              f"{share('repetition'):.1f} |")
+        print(f"| {t} | {s['n']} | {s['mean']} ({s['ci95'][0]}-{s['ci95'][1]}) | {s['median']} | "
+              f"{sum(map(is_clean, rows))}, {mean_words(rows, is_clean):.1f} | {share(rows, 'capped'):.1f} | "
+              f"{share(rows, 'repetition'):.1f} |")
     sys.stdout.flush()
     os._exit(0)  # the engine's threads' teardown at exit can hang (as in bench/serving.py)
 

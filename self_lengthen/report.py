@@ -112,7 +112,7 @@ def heldout_row(iter_dir: Path, name: str = "heldout") -> dict | None:
         return None
     from datasets import load_from_disk
 
-    from .stages.heldout import length_stats
+    from .stages.heldout import is_clean, length_stats
 
     data = load_from_disk(str(out))
     summary_path = iter_dir / f"{name}.summary.json"
@@ -123,9 +123,7 @@ def heldout_row(iter_dir: Path, name: str = "heldout") -> dict | None:
     if (iter_dir / f"{name}_longen" / "_COMPLETE").exists():
         scores = longen_scores(load_from_disk(str(iter_dir / f"{name}_longen")).to_list())
         longen = {"longen_following": scores.get("following"), "longen_s_l": scores.get("s_l")}
-    # Clean answers end a sentence, repeat no n-gram and stop before max_tokens: a loop run to the cap is not
-    # writing longer, and it can carry the mean.
-    clean = [r["words"] for r in data if not (r["unfinished"] or r["repetition"] or r["capped"])]
+    clean = [r["words"] for r in data if is_clean(r)]
     return {"model": model, **length_stats(list(data["words"])), "unfinished_pct": share("unfinished"),
             "repetition_pct": share("repetition"), "capped_pct": share("capped"),
             "clean_n": len(clean), "clean_mean": round(statistics.mean(clean), 1) if clean else None, **longen}
@@ -142,15 +140,20 @@ def heldout_line(iter_dir: Path) -> str:
             f"(95% CI {lo}-{hi}), repetition {h['repetition_pct']}%, hit max_tokens {h['capped_pct']}%{longen}")
 
 
+def iteration_dirs(results: Path) -> list[tuple[int, Path]]:
+    """(K, results/iter_K) of a run's macro-iterations, in order."""
+    iters = [(int(d.name[5:]), d) for d in results.glob("iter_*") if d.name[5:].isdigit()]
+    return sorted((k, d) for k, d in iters if k < 10000)
+
+
 def run_report(results: Path) -> Path:
-    iters = sorted((d for d in results.glob("iter_*") if d.name[5:].isdigit() and int(d.name[5:]) < 10000),
-                   key=lambda d: int(d.name[5:]))
+    iters = iteration_dirs(results)
     rows = []
-    for d in iters:
+    for k, d in iters:
         initial = _words(d / "initial_responses", "initial_response")
         extended = _words(d / "extended_responses", "extended_response")
-        rows.append((int(d.name[5:]), initial, extended))
-    heldout = [(int(d.name[5:]), h) for d in iters if (h := heldout_row(d))]
+        rows.append((k, initial, extended))
+    heldout = [(k, h) for k, d in iters if (h := heldout_row(d))]
     lines = ["# Self-Lengthen: response length by iteration", ""]
     if heldout:
         lines += ["## The Generator on held-out instructions", "",
@@ -196,7 +199,7 @@ def run_report(results: Path) -> Path:
         fig.savefig(results / "growth.png", dpi=110)
         plt.close(fig)
         lines += ["", "![growth](growth.png)", ""]
-        lines += [f"- [{d.name}]({d.name}/report.md)" for d in iters if (d / "report.md").exists()]
+        lines += [f"- [{d.name}]({d.name}/report.md)" for _, d in iters if (d / "report.md").exists()]
     report = results / "report.md"
     _write(report, "\n".join(lines) + "\n")
     return report

@@ -66,6 +66,12 @@ COLUMNS = ["prompt", "response", "words", "unfinished", "repetition", "capped"]
 CHECK_TYPES = {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"}
 
 
+def is_clean(row: dict) -> bool:
+    """An answer that ends a sentence, repeats no n-gram and stops before max_tokens: a loop run to the cap is not
+    writing longer, and it can carry a mean."""
+    return not (row["unfinished"] or row["repetition"] or row["capped"])
+
+
 def run(ctx: StageContext, count: int | None) -> Path:
     """The held-out instructions, then the LonGen-style sample; each part skipped if a previous run completed it."""
     model = ctx.model("gen_sft")
