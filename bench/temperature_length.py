@@ -9,7 +9,11 @@ method's other sampling settings, the profile's step1 max_tokens), the temperatu
 this process. Prints per temperature: mean words (95% CI), clean answers (n, mean), shares at max_tokens and with
 a repeated n-gram.
 
-Usage: .venv/bin/python bench/temperature_length.py [--temperatures 0.7 0.5] [--samples 2]
+--settings compares whole sampling settings instead, each the method's with some fields replaced, such as
+"temperature=1,top_p=1,top_k=-1,repetition_penalty=1" (the model's own distribution) beside "method".
+
+Usage: .venv/bin/python bench/temperature_length.py [--temperatures 0.7 0.5 | --settings method FIELD=V,...]
+                                                    [--samples 2]
 """
 import argparse
 import os
@@ -27,10 +31,21 @@ sys.path.insert(0, str(ROOT / "bench"))
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.7, 0.5], help="the method's is 0.7")
+    p.add_argument("--settings", nargs="+", default=None,
+                   help="sampling settings to compare: 'method', or comma-separated FIELD=VALUE replacing the "
+                        "method's temperature, top_p, top_k or repetition_penalty")
     p.add_argument("--samples", type=int, default=2, help="answers per instruction and temperature")
     p.add_argument("--profile", default="cpu-demo", help="whose step1 max_tokens")
     p.add_argument("--workers", type=int, default=48)
     args = p.parse_args()
+    from self_lengthen.client import parse_sampling
+    from self_lengthen.errors import UsageError
+
+    try:
+        settings = ({s: {} if s == "method" else parse_sampling(s) for s in args.settings} if args.settings
+                    else {str(t): {"temperature": t} for t in args.temperatures})
+    except UsageError as exc:
+        sys.exit(f"error: {exc}")
 
     from heldout_runs import mean_words, share
     from synthesis import FLAVOUR, InProcessEngine
@@ -48,27 +63,27 @@ def main():
     prompts = PromptBuilder(flavour, load_tokenizer(model))
     instructions = heldout_prompts(flavour)
     engine = InProcessEngine(model)
-    results = {t: [] for t in args.temperatures}
+    results = {name: [] for name in settings}
     never = threading.Event()
     try:
         with ThreadPoolExecutor(args.workers) as pool:
             for turn in range(args.samples):
-                for t in args.temperatures:
-                    ctx = SimpleNamespace(client=engine, prompts=prompts, sampling=lambda t=t, **extra: {
-                        "max_tokens": cap, "stop": list(STOP_STRINGS), "temperature": t, **extra})
+                for name, fields in settings.items():
+                    ctx = SimpleNamespace(client=engine, prompts=prompts, sampling=lambda fields=fields, **extra: {
+                        "max_tokens": cap, "stop": list(STOP_STRINGS), **fields, **extra})
                     work = make_work(ctx, "base")
-                    results[t] += pool.map(lambda s: work(s, {"prompt": s}, never), instructions)
-                    print(f"turn {turn + 1}: temperature {t} done", flush=True)
+                    results[name] += pool.map(lambda s: work(s, {"prompt": s}, never), instructions)
+                    print(f"turn {turn + 1}: {name} done", flush=True)
     finally:
         engine.close()
 
     print(f"the base model on {len(instructions)} held-out instructions, {args.samples} answers each per "
-          f"temperature, max_tokens {cap} ({args.profile})")
-    print("| temperature | answers | mean words (95% CI) | median | clean: n, mean | at max_tokens % | repetition % |")
+          f"setting, max_tokens {cap} ({args.profile})")
+    print("| sampling | answers | mean words (95% CI) | median | clean: n, mean | at max_tokens % | repetition % |")
     print("|---|---|---|---|---|---|---|")
-    for t, rows in results.items():
+    for name, rows in results.items():
         s = length_stats([r["words"] for r in rows])
-        print(f"| {t} | {s['n']} | {s['mean']} ({s['ci95'][0]}-{s['ci95'][1]}) | {s['median']} | "
+        print(f"| {name} | {s['n']} | {s['mean']} ({s['ci95'][0]}-{s['ci95'][1]}) | {s['median']} | "
               f"{sum(map(is_clean, rows))}, {mean_words(rows, is_clean):.1f} | {share(rows, 'capped'):.1f} | "
               f"{share(rows, 'repetition'):.1f} |")
     sys.stdout.flush()

@@ -26,6 +26,22 @@ def default_base_url() -> str:
 
 # Self-Lengthen's sampling for generation and extension.
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
+
+
+def parse_sampling(text: str) -> dict:
+    """'temperature=1,top_k=-1' -> {'temperature': 1.0, 'top_k': -1}: fields of DEFAULT_SAMPLING that replace the
+    method's (top_k -1: off)."""
+    fields = {}
+    for part in text.split(","):
+        key, _, value = part.strip().partition("=")
+        try:
+            fields[key] = int(value) if key == "top_k" else float(value)
+        except ValueError:
+            fields[key] = None
+        if key not in DEFAULT_SAMPLING or fields[key] is None:
+            raise UsageError(f"sampling {text!r}: expected FIELD=NUMBER,... with FIELD one of "
+                             f"{', '.join(DEFAULT_SAMPLING)}")
+    return fields
 # Fields our API server (like vLLM's) takes but OpenAI-style hosted APIs reject.
 ENGINE_ONLY = ("top_k", "repetition_penalty", "min_tokens", "ignore_eos", "reject_early")
 

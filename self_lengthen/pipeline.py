@@ -31,9 +31,12 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
                prompt_templates: str | None = None, seeds: str | None = None) -> list[str]:
     """A stage's command-line options from the profile's generation sizes and options, and the user's prompt
     templates and seeds (None: the flavour's). `heldout` (the Generator on held-out instructions) takes step1's
-    sizes and the profile's `heldout` count."""
+    sizes and the profile's `heldout` count, and always the method's sampling."""
     gen = profile["generation"]
     count = ["--count", str(gen["heldout"])] if stage == "heldout" and gen.get("heldout") else []
+    sampling = (gen.get("sampling") or {}).get(stage)
+    if sampling:
+        count += ["--sampling", ",".join(f"{key}={value}" for key, value in sampling.items())]
     stage = "generate" if stage == "heldout" else stage
     max_tokens = gen["max_tokens"]
     if isinstance(max_tokens, dict):  # per stage

@@ -51,6 +51,11 @@ MAX_TOKENS = (lambda v: _positive_int(v) or (isinstance(v, dict) and set(v) == s
                                              and all(_positive_int(x) for x in v.values())),
               f"a positive whole number, or a mapping of {', '.join(STAGES)} to one each")
 
+SAMPLING = (lambda v: isinstance(v, dict) and bool(v) and set(v) <= {"temperature", "top_p", "top_k",
+                                                                   "repetition_penalty"}
+                        and all(_number(x) for x in v.values()) and (v.get("top_k", 1) == -1 or _positive_int(v.get("top_k", 1))),
+            "a mapping of some of temperature, top_p, top_k (whole; -1: off), repetition_penalty to numbers")
+
 # Every field a profile may have. A mapping is a section (its fields checked in turn); a tuple is a value.
 SCHEMA = {
     "generation": {
@@ -62,6 +67,7 @@ SCHEMA = {
         "drop_short": per_stage(BOOLEAN, ("generate", "extend")),
         "finish_fraction": per_stage(FRACTION),
         "time_budget": per_stage(POSITIVE),  # minutes
+        "sampling": per_stage(SAMPLING, ("generate", "extend")),  # replaces the method's; the held-out step keeps it
         "heldout": optional(POSITIVE_INT),  # held-out instructions the Generator answers each iteration; null: all
     },
     # Passed to LLaMA-Factory (lora_rank, bf16, deepspeed, gradient_checkpointing and save_steps through our rules).

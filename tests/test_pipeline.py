@@ -431,6 +431,36 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
         assert sizes["generation"]["max_tokens"]["generate"] >= 2048
 
 
+def test_a_profiles_sampling_reaches_step1_and_step2_but_not_the_heldout_answers(tmp_path):
+    """`generation.sampling` replaces fields of the method's sampling in the stages whose texts are trained on;
+    the Generator's held-out answers keep the method's sampling, so iterations stay comparable."""
+    import yaml
+
+    from self_lengthen.client import DEFAULT_SAMPLING, Client, parse_sampling
+    from self_lengthen.errors import UsageError
+    from self_lengthen.pipeline import stage_args
+    from self_lengthen.profile import load_profile
+    from self_lengthen.stages import generate
+
+    profile = yaml.safe_load((ROOT / "self_lengthen" / "profiles" / "cpu-demo.yaml").read_text())
+    profile["generation"]["sampling"] = {"generate": {"temperature": 1.0, "top_k": -1}, "extend": {"top_p": 1.0}}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(profile))
+    sizes = load_profile(str(tmp_path / "mine.yaml"))
+    options = {stage: stage_args(sizes, stage, 1, tmp_path, tmp_path, seed=0)
+               for stage in ("self_instruct", "generate", "extend", "heldout")}
+    given = {stage: opts[opts.index("--sampling") + 1] if "--sampling" in opts else None
+             for stage, opts in options.items()}
+    assert given == {"self_instruct": None, "generate": "temperature=1.0,top_k=-1", "extend": "top_p=1.0",
+                     "heldout": None}
+    args = generate.parser().parse_args(options["generate"])
+    sent = Client("http://127.0.0.1:9/v1", api_key="", sampling=parse_sampling(args.sampling)).sampling
+    assert sent == {**DEFAULT_SAMPLING, "temperature": 1.0, "top_k": -1}
+    with pytest.raises(UsageError, match="sampling 'temperature=hot': expected FIELD=NUMBER"):
+        parse_sampling("temperature=hot")
+    with pytest.raises(UsageError, match="with FIELD one of temperature, top_p, top_k, repetition_penalty"):
+        parse_sampling("min_p=0.1")
+
+
 def test_gpu_profile_trains_as_the_original(tmp_path):
     """LoRA rank 8, alpha 16, all linear layers, batch 1, no accumulation, lr 1e-4, cosine, 10% warm-up, 4 epochs,
     cutoff 16384, bf16, ZeRO-3 offload, continuing from the previous iteration's adapter."""

@@ -149,6 +149,27 @@ def test_sigterm_stops_a_stage_cleanly_and_keeps_its_checkpoint(tmp_path):
     assert not (tmp_path / "results" / "iter_1" / "initial_responses").exists()
 
 
+def test_sampling_option_replaces_the_methods_fields_in_every_request(tmp_path):
+    """--sampling (a profile's generation.sampling) replaces only the fields it names, in every request of the
+    stage, and the stage's summary records what was sent; a bad value is one line before any request."""
+    write_instructions(tmp_path, SHORT_PROMPTS)
+    sent = []
+
+    def answer(payload):
+        sent.append({key: payload.get(key) for key in ("temperature", "top_p", "top_k", "repetition_penalty")})
+        return "A complete answer about the topic, in one sentence."
+
+    with FakeEndpoint(text=answer) as fake:
+        line = one_error_line(step(STEP1, tmp_path, "--sampling", "temperature=warm", base_url=fake.base_url))
+        assert fake.requests == 0 and "sampling 'temperature=warm': expected FIELD=NUMBER" in line
+        proc = step(STEP1, tmp_path, "--sampling", "temperature=1.0,top_k=-1", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = {"temperature": 1.0, "top_p": 0.8, "top_k": -1, "repetition_penalty": 1.1}
+    assert len(sent) == len(SHORT_PROMPTS) * 2 and all(fields == expected for fields in sent)
+    summary = json.loads((tmp_path / "results" / "iter_1" / "initial_responses.summary.json").read_text())
+    assert summary["sampling"] == expected
+
+
 def test_finished_stage_is_a_no_op(tmp_path):
     write_instructions(tmp_path, SHORT_PROMPTS)
     with FakeEndpoint(text="A complete answer about the topic, in one sentence.") as fake:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..chat_template import load_tokenizer
-from ..client import Client
+from ..client import Client, parse_sampling
 from ..default_model import resolve_base_model
 from ..dist import DistEnv
 from ..errors import ArgParser, UsageError
@@ -57,6 +57,9 @@ def base_parser(description: str, finish_fraction: float = 1.0) -> argparse.Argu
     p.add_argument("--reject_early", action=argparse.BooleanOptionalAction, default=True,
                    help="let the worker end a request (step1, step2's completion) once the response check is sure "
                         "to reject its text; the outcome is the same, without the tokens after that point")
+    p.add_argument("--sampling", default=None,
+                   help="FIELD=VALUE,... replacing the method's sampling (temperature 0.7, top_p 0.8, top_k 20, "
+                        "repetition_penalty 1.1; top_k -1: off)")
     p.add_argument("--request_timeout", type=float, default=1800.0)
     p.add_argument("--retries", type=int, default=4, help="retries of a failing request (with backoff)")
     return p
@@ -85,7 +88,8 @@ class StageContext:
         flavour = Flavour(flavour_dir, prompt_templates=args.prompt_templates)
         tokenizer = load_tokenizer(resolve_base_model(args.base_model))
         args.workers = args.workers or default_workers()
-        client = Client(args.base_url, timeout=args.request_timeout, retries=max(0, args.retries))
+        sampling = parse_sampling(args.sampling) if args.sampling else None
+        client = Client(args.base_url, timeout=args.request_timeout, retries=max(0, args.retries), sampling=sampling)
         iter_dir = Path(args.workdir).resolve() / "results" / f"iter_{args.iter}"
         iter_dir.mkdir(parents=True, exist_ok=True)
         return cls(args, flavour, PromptBuilder(flavour, tokenizer), client, iter_dir)
@@ -166,6 +170,7 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
         summary["requests_ended_early_this_run"] = journal.ended_early_this_run  # finish_reason "rejected"
         summary["chains_unfinished"] = sum(1 for k in journal.records if k in items and k not in checkpoint.records)
     summary["model"] = model
+    summary["sampling"] = ctx.client.sampling
     rows = rows_of([r for r in records if r["status"] == "accepted"])
     if length_column is not None and ctx.args.drop_short:
         summary["mean_words_before_drop_short"] = _mean([count_words(r[length_column]) for r in rows])
