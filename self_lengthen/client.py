@@ -5,6 +5,7 @@ backoff; after the last try an `EndpointError` says what failed. A 4xx (an unkno
 raises `RequestRejected` at once with the server's message. The base URL and API key come from the arguments or
 $SELF_LENGTHEN_BASE_URL (else the master's API server) and the cluster key ($SELF_LENGTHEN_API_KEY[_FILE]).
 """
+import math
 import os
 import threading
 import time
@@ -37,11 +38,13 @@ def parse_sampling(text: str) -> dict:
         try:
             fields[key] = int(value) if key == "top_k" else float(value)
         except ValueError:
-            fields[key] = None
-        if key not in DEFAULT_SAMPLING or fields[key] is None:
+            fields[key] = math.nan
+        if key not in DEFAULT_SAMPLING or not math.isfinite(fields[key]):
             raise UsageError(f"sampling {text!r}: expected FIELD=NUMBER,... with FIELD one of "
                              f"{', '.join(DEFAULT_SAMPLING)}")
     return fields
+
+
 # Fields our API server (like vLLM's) takes but OpenAI-style hosted APIs reject.
 ENGINE_ONLY = ("top_k", "repetition_penalty", "min_tokens", "ignore_eos", "reject_early")
 

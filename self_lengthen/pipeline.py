@@ -33,10 +33,10 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
     templates and seeds (None: the flavour's). `heldout` (the Generator on held-out instructions) takes step1's
     sizes and the profile's `heldout` count, and always the method's sampling."""
     gen = profile["generation"]
-    count = ["--count", str(gen["heldout"])] if stage == "heldout" and gen.get("heldout") else []
-    sampling = (gen.get("sampling") or {}).get(stage)
+    extra = ["--count", str(gen["heldout"])] if stage == "heldout" and gen.get("heldout") else []
+    sampling = (gen.get("sampling") or {}).get(stage)  # none for "heldout"
     if sampling:
-        count += ["--sampling", ",".join(f"{key}={value}" for key, value in sampling.items())]
+        extra += ["--sampling", ",".join(f"{key}={value}" for key, value in sampling.items())]
     stage = "generate" if stage == "heldout" else stage
     max_tokens = gen["max_tokens"]
     if isinstance(max_tokens, dict):  # per stage
@@ -64,7 +64,7 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
         out += ["--seeds", str(Path(seeds).resolve())]
     if prompt_templates:
         out += ["--prompt_templates", str(Path(prompt_templates).resolve())]
-    return out + count
+    return out + extra
 
 
 def parse_args(argv):

@@ -51,9 +51,10 @@ MAX_TOKENS = (lambda v: _positive_int(v) or (isinstance(v, dict) and set(v) == s
                                              and all(_positive_int(x) for x in v.values())),
               f"a positive whole number, or a mapping of {', '.join(STAGES)} to one each")
 
-SAMPLING = (lambda v: isinstance(v, dict) and bool(v) and set(v) <= {"temperature", "top_p", "top_k",
-                                                                   "repetition_penalty"}
-                        and all(_number(x) for x in v.values()) and (v.get("top_k", 1) == -1 or _positive_int(v.get("top_k", 1))),
+SAMPLING_FIELDS = {"temperature", "top_p", "top_k", "repetition_penalty"}  # those of client.DEFAULT_SAMPLING
+SAMPLING = (lambda v: isinstance(v, dict) and bool(v) and set(v) <= SAMPLING_FIELDS
+                      and all(_number(x) for x in v.values())
+                      and (v.get("top_k", 1) == -1 or _positive_int(v.get("top_k", 1))),
             "a mapping of some of temperature, top_p, top_k (whole; -1: off), repetition_penalty to numbers")
 
 # Every field a profile may have. A mapping is a section (its fields checked in turn); a tuple is a value.

@@ -459,6 +459,8 @@ def test_a_profiles_sampling_reaches_step1_and_step2_but_not_the_heldout_answers
         parse_sampling("temperature=hot")
     with pytest.raises(UsageError, match="with FIELD one of temperature, top_p, top_k, repetition_penalty"):
         parse_sampling("min_p=0.1")
+    with pytest.raises(UsageError, match="expected FIELD=NUMBER"):
+        parse_sampling("top_p=inf")
 
 
 def test_gpu_profile_trains_as_the_original(tmp_path):

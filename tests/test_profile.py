@@ -72,3 +72,10 @@ def test_a_profile_file_that_is_not_yaml_or_not_there(tmp_path):
     with pytest.raises(UsageError, match="unknown profile"):
         load_profile(str(tmp_path / "absent.yaml"))
     assert load_profile(with_change(tmp_path, {"generation.workers": 3}))["generation"]["workers"] == 3
+
+
+def test_the_sampling_fields_are_the_clients():
+    from self_lengthen.client import DEFAULT_SAMPLING
+    from self_lengthen.profile import SAMPLING_FIELDS
+
+    assert SAMPLING_FIELDS == set(DEFAULT_SAMPLING)
