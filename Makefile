@@ -42,10 +42,12 @@ endef
 # bench/RESULTS.md, 2026-12-04).
 DEMO_ITER ?= 2
 DEMO_ARGS ?= --instruct_count=12 --max_iter=$(DEMO_ITER)
+# The profile: a shipped name or a YAML file of the same shape (run.sh's --profile).
+DEMO_PROFILE ?= cpu-demo
 # The final Generator on the held-out instructions, at cpu-demo's step1 sizes (as each iteration's Generator was).
 DEMO_HELDOUT_ARGS ?= --count=16 --max_tokens=800 --workers=32 --no-drop_short
 demo: setup
-	cd llama && bash run.sh --base_model=default --profile=cpu-demo $(DEMO_ARGS)
+	cd llama && bash run.sh --base_model=default --profile=$(DEMO_PROFILE) $(DEMO_ARGS)
 	$(call final_evaluation,.,$(DEMO_ITER),$(DEMO_HELDOUT_ARGS))
 
 # The study (issue 14): does the Generator lengthen? 3 iterations on the embedded SmolLM2 with room to grow

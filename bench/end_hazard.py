@@ -10,7 +10,9 @@ Also: the probability of ending where the answer does end, the answers' mean los
 and the mean entropy of the model's next-token distributions along them (a sharper model has less). Each adapter
 is applied unmerged in float32 (what was trained, not the served copy).
 
-Usage: .venv/bin/python bench/end_hazard.py /work/demo_N/results /work/demo_O/results ...
+--adapters scores only those runs' adapters (on the answers of all the runs given), to add a run to a table.
+
+Usage: .venv/bin/python bench/end_hazard.py /work/demo_N/results /work/demo_O/results ... [--adapters RESULTS ...]
 """
 import math
 import statistics
@@ -24,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from heldout_runs import answers, measured_iterations  # noqa: E402
 from merge_precision import examples  # noqa: E402
 
-from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.stages.heldout import is_clean  # noqa: E402
 
 
@@ -59,10 +61,13 @@ def end_scores(model, batches: list, eos_id: int) -> dict:
 
 @cli_main
 def main():
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__.strip().splitlines()[-1])
-    runs = [Path(p) for p in sys.argv[1:]]
-    adapters = {results: final_adapter(results) for results in runs}
+    p = ArgParser(prog="end_hazard.py", description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="results dirs whose base answers are scored")
+    p.add_argument("--adapters", nargs="+", type=Path, default=None,
+                   help="results dirs whose final gen_sft to score (default: those of the runs)")
+    args = p.parse_args()
+    runs = args.runs
+    adapters = {results: final_adapter(results) for results in (args.adapters or runs)}
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
