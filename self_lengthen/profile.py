@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .client import DEFAULT_SAMPLING
 from .errors import UsageError
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -51,7 +52,7 @@ MAX_TOKENS = (lambda v: _positive_int(v) or (isinstance(v, dict) and set(v) == s
                                              and all(_positive_int(x) for x in v.values())),
               f"a positive whole number, or a mapping of {', '.join(STAGES)} to one each")
 
-SAMPLING_FIELDS = {"temperature", "top_p", "top_k", "repetition_penalty"}  # those of client.DEFAULT_SAMPLING
+SAMPLING_FIELDS = set(DEFAULT_SAMPLING)
 SAMPLING = (lambda v: isinstance(v, dict) and bool(v) and set(v) <= SAMPLING_FIELDS
                       and all(_number(x) for x in v.values())
                       and (v.get("top_k", 1) == -1 or _positive_int(v.get("top_k", 1))),
