@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .client import DEFAULT_SAMPLING
+from .client import sampling_problem
 from .errors import UsageError
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -52,11 +52,9 @@ MAX_TOKENS = (lambda v: _positive_int(v) or (isinstance(v, dict) and set(v) == s
                                              and all(_positive_int(x) for x in v.values())),
               f"a positive whole number, or a mapping of {', '.join(STAGES)} to one each")
 
-SAMPLING_FIELDS = set(DEFAULT_SAMPLING)
-SAMPLING = (lambda v: isinstance(v, dict) and bool(v) and set(v) <= SAMPLING_FIELDS
-                      and all(_number(x) for x in v.values())
-                      and (v.get("top_k", 1) == -1 or _positive_int(v.get("top_k", 1))),
-            "a mapping of some of temperature, top_p, top_k (whole; -1: off), repetition_penalty to numbers")
+SAMPLING = (lambda v: isinstance(v, dict) and bool(v) and sampling_problem(v) is None,
+            "a mapping of some of temperature (0 or more), top_p (above 0, at most 1), top_k (whole; -1 or 0: off), "
+            "repetition_penalty (above 0) to numbers")
 
 # Every field a profile may have. A mapping is a section (its fields checked in turn); a tuple is a value.
 SCHEMA = {

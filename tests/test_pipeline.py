@@ -455,12 +455,6 @@ def test_a_profiles_sampling_reaches_step1_and_step2_but_not_the_heldout_answers
     args = generate.parser().parse_args(options["generate"])
     sent = Client("http://127.0.0.1:9/v1", api_key="", sampling=parse_sampling(args.sampling)).sampling
     assert sent == {**DEFAULT_SAMPLING, "temperature": 1.0, "top_k": -1}
-    with pytest.raises(UsageError, match="sampling 'temperature=hot': expected FIELD=NUMBER"):
-        parse_sampling("temperature=hot")
-    with pytest.raises(UsageError, match="with FIELD one of temperature, top_p, top_k, repetition_penalty"):
-        parse_sampling("min_p=0.1")
-    with pytest.raises(UsageError, match="expected FIELD=NUMBER"):
-        parse_sampling("top_p=inf")
 
 
 def test_gpu_profile_trains_as_the_original(tmp_path):

@@ -46,7 +46,8 @@ def with_change(tmp_path, change: dict) -> str:
     ({"generation.time_budget.extend": "10m"}, "generation.time_budget.extend='10m' is not a positive number"),
     ({"generation.drop_short.generate": "no"}, "generation.drop_short.generate='no' is not true or false"),
     ({"generation.sampling": {"generate": {"temprature": 1}}}, "generation.sampling.generate={'temprature': 1} is not"),
-    ({"generation.sampling": {"generate": {"top_k": 0}}}, "generation.sampling.generate={'top_k': 0} is not"),
+    ({"generation.sampling": {"generate": {"top_k": 0.5}}}, "generation.sampling.generate={'top_k': 0.5} is not"),
+    ({"generation.sampling": {"extend": {"temperature": -1}}}, "generation.sampling.extend={'temperature': -1} is not"),
     ({"generation.sampling": {"extend": {"top_p": "all"}}}, "generation.sampling.extend={'top_p': 'all'} is not"),
     ({"generation.sampling": {"heldout": {"top_p": 1}}}, "unknown field generation.sampling.heldout"),
     ({"generation.judge_parse": "loose"}, "generation.judge_parse='loose' is not strict or lenient"),
@@ -72,10 +73,5 @@ def test_a_profile_file_that_is_not_yaml_or_not_there(tmp_path):
     with pytest.raises(UsageError, match="unknown profile"):
         load_profile(str(tmp_path / "absent.yaml"))
     assert load_profile(with_change(tmp_path, {"generation.workers": 3}))["generation"]["workers"] == 3
-
-
-def test_the_sampling_fields_are_the_clients():
-    from self_lengthen.client import DEFAULT_SAMPLING
-    from self_lengthen.profile import SAMPLING_FIELDS
-
-    assert SAMPLING_FIELDS == set(DEFAULT_SAMPLING)
+    in_range = {"generate": {"temperature": 0, "top_k": 0}, "extend": {"top_p": 1, "repetition_penalty": 1.0}}
+    assert load_profile(with_change(tmp_path, {"generation.sampling": in_range}))["generation"]["sampling"] == in_range
