@@ -52,7 +52,7 @@ def sampling_problem(fields: dict) -> str | None:
 
 def parse_sampling(text: str) -> dict:
     """'temperature=1,top_k=-1' -> {'temperature': 1.0, 'top_k': -1}: fields of DEFAULT_SAMPLING that replace the
-    method's (top_k -1: off)."""
+    method's (top_k -1 or 0: off)."""
     fields = {}
     for part in text.split(","):
         key, _, value = part.strip().partition("=")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .client import sampling_problem
+from .client import SAMPLING_RANGES, sampling_problem
 from .errors import UsageError
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -53,8 +53,7 @@ MAX_TOKENS = (lambda v: _positive_int(v) or (isinstance(v, dict) and set(v) == s
               f"a positive whole number, or a mapping of {', '.join(STAGES)} to one each")
 
 SAMPLING = (lambda v: isinstance(v, dict) and bool(v) and sampling_problem(v) is None,
-            "a mapping of some of temperature (0 or more), top_p (above 0, at most 1), top_k (whole; -1 or 0: off), "
-            "repetition_penalty (above 0) to numbers")
+            "a mapping of some of " + "; ".join(f"{field} to {words}" for field, (_, words) in SAMPLING_RANGES.items()))
 
 # Every field a profile may have. A mapping is a section (its fields checked in turn); a tuple is a value.
 SCHEMA = {
