@@ -6,7 +6,8 @@ its final Generator (the last iteration's), so the runs can be pooled: per run, 
 mean words to the base's; over runs, the ratio of pooled means for each iteration's Generator, with a 95% interval
 from resampling runs. The same for clean answers (ending a sentence, no repeated n-gram, under max_tokens), with
 the shares of answers that hit max_tokens or repeat. Beside them, what the run's adapters trained on: the `gen_sft`
-targets' mean words, per iteration, as a ratio to the base's held-out mean. Reads only the runs' results; needs no engine.
+targets' mean words, per iteration, as a ratio to the base's held-out mean. Reads only the runs' results; needs no
+engine.
 
 Usage: .venv/bin/python bench/heldout_runs.py /work/demo_N/results /work/demo_O/results ...
 """

@@ -38,7 +38,7 @@ def main():
     p.add_argument("--profile", default="cpu-demo", help="whose step1 max_tokens")
     p.add_argument("--workers", type=int, default=48)
     args = p.parse_args()
-    from self_lengthen.client import parse_sampling
+    from self_lengthen.profile import parse_sampling
     from self_lengthen.errors import UsageError
 
     try:

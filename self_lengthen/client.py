@@ -5,7 +5,6 @@ backoff; after the last try an `EndpointError` says what failed. A 4xx (an unkno
 raises `RequestRejected` at once with the server's message. The base URL and API key come from the arguments or
 $SELF_LENGTHEN_BASE_URL (else the master's API server) and the cluster key ($SELF_LENGTHEN_API_KEY[_FILE]).
 """
-import math
 import os
 import threading
 import time
@@ -27,43 +26,6 @@ def default_base_url() -> str:
 
 # Self-Lengthen's sampling for generation and extension.
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
-
-
-# What each field of the method's sampling may be replaced with (vLLM's own ranges; top_k -1 and 0 both mean off).
-SAMPLING_RANGES = {
-    "temperature": (lambda v: v >= 0, "a number, 0 or more"),
-    "top_p": (lambda v: 0 < v <= 1, "a number above 0 and at most 1"),
-    "top_k": (lambda v: isinstance(v, int) and v >= -1, "a whole number: -1 or 0 (off), or 1 or more"),
-    "repetition_penalty": (lambda v: v > 0, "a positive number"),
-}
-
-
-def sampling_problem(fields: dict) -> str | None:
-    """What is wrong with fields that replace the method's sampling (None: nothing): an unknown field, a value that
-    is not a finite number, or one out of its range."""
-    for key, value in fields.items():
-        if key not in SAMPLING_RANGES:
-            return f"unknown field {key!r} (known: {', '.join(SAMPLING_RANGES)})"
-        ok, words = SAMPLING_RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            return f"{key}={value!r} is not {words}"
-    return None
-
-
-def parse_sampling(text: str) -> dict:
-    """'temperature=1,top_k=-1' -> {'temperature': 1.0, 'top_k': -1}: fields of DEFAULT_SAMPLING that replace the
-    method's (top_k -1 or 0: off)."""
-    fields = {}
-    for part in text.split(","):
-        key, _, value = part.strip().partition("=")
-        try:
-            fields[key] = int(value) if key == "top_k" else float(value)
-        except ValueError:
-            fields[key] = value
-    problem = sampling_problem(fields)
-    if problem:
-        raise UsageError(f"sampling {text!r}: {problem} (write FIELD=NUMBER,...)")
-    return fields
 
 
 # Fields our API server (like vLLM's) takes but OpenAI-style hosted APIs reject.

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import yaml
 
-from .client import SAMPLING_RANGES, sampling_problem
 from .errors import UsageError
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -37,6 +36,44 @@ NON_NEGATIVE = (lambda v: _number(v) and v >= 0, "a number, 0 or more")
 FRACTION = (lambda v: _number(v) and 0 < v <= 1, "a number above 0 and at most 1")
 BOOLEAN = (lambda v: isinstance(v, bool), "true or false")
 TEXT = (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+
+
+# What a field of the method's sampling (client.DEFAULT_SAMPLING) may be replaced with: vLLM's own ranges.
+SAMPLING_RANGES = {
+    "temperature": NON_NEGATIVE,
+    "top_p": FRACTION,
+    "top_k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1,
+              "a whole number: -1 or 0 (off), or 1 or more"),
+    "repetition_penalty": POSITIVE,
+}
+
+
+def sampling_problem(fields: dict) -> str | None:
+    """What is wrong with fields that replace the method's sampling (None: nothing): an unknown field, or a value
+    that is not a number in its range."""
+    for key, value in fields.items():
+        if key not in SAMPLING_RANGES:
+            return f"unknown field {key!r} (known: {', '.join(SAMPLING_RANGES)})"
+        ok, words = SAMPLING_RANGES[key]
+        if not ok(value):
+            return f"{key}={value!r} is not {words}"
+    return None
+
+
+def parse_sampling(text: str) -> dict:
+    """'temperature=1,top_k=-1' -> {'temperature': 1.0, 'top_k': -1}: a stage's --sampling (a profile's
+    generation.sampling for one stage), the fields that replace the method's (top_k -1 or 0: off)."""
+    fields = {}
+    for part in text.split(","):
+        key, _, value = part.strip().partition("=")
+        try:
+            fields[key] = int(value) if key == "top_k" else float(value)
+        except ValueError:
+            fields[key] = value
+    problem = sampling_problem(fields)
+    if problem:
+        raise UsageError(f"sampling {text!r}: {problem} (write FIELD=NUMBER,...)")
+    return fields
 
 
 def optional(check):

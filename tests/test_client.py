@@ -4,9 +4,7 @@ import socket
 import pytest
 
 from fake_endpoint import FakeEndpoint
-from self_lengthen.client import (DEFAULT_SAMPLING, SAMPLING_RANGES, Client, EndpointError, RequestRejected,
-                                  parse_sampling)
-from self_lengthen.errors import UsageError
+from self_lengthen.client import DEFAULT_SAMPLING, Client, EndpointError, RequestRejected
 
 
 def fast_client(url, **kw):
@@ -57,30 +55,6 @@ def test_method_sampling_defaults_are_sent_and_overridable():
     assert {k: seen[0][k] for k in DEFAULT_SAMPLING} == {"temperature": 0.7, "top_p": 0.8, "top_k": 20,
                                                          "repetition_penalty": 1.1}
     assert seen[1]["temperature"] == 0.0 and seen[1]["max_tokens"] == 5 and seen[1]["prompt"] == "Once"
-
-
-@pytest.mark.parametrize("text, problem", [
-    ("temperature=hot", "temperature='hot' is not a number, 0 or more"),
-    ("min_p=0.1", "unknown field 'min_p' (known: temperature, top_p, top_k, repetition_penalty)"),
-    ("top_p=inf", "top_p=inf is not a number above 0 and at most 1"),
-    ("top_p=0", "top_p=0.0 is not a number above 0 and at most 1"),
-    ("temperature=-0.5", "temperature=-0.5 is not a number, 0 or more"),
-    ("top_k=2.5", "top_k='2.5' is not a whole number: -1 or 0 (off), or 1 or more"),
-    ("top_k=-2", "top_k=-2 is not a whole number: -1 or 0 (off), or 1 or more"),
-    ("repetition_penalty=0", "repetition_penalty=0.0 is not a positive number"),
-    ("temperature", "temperature='' is not a number, 0 or more"),
-])
-def test_a_bad_sampling_is_one_line_naming_the_field(text, problem):
-    with pytest.raises(UsageError) as err:
-        parse_sampling(text)
-    assert str(err.value) == f"sampling {text!r}: {problem} (write FIELD=NUMBER,...)"
-
-
-def test_sampling_in_range_parses_and_the_ranges_cover_the_methods_fields():
-    assert parse_sampling("temperature=0,top_p=1,top_k=0,repetition_penalty=1") == {
-        "temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
-    assert parse_sampling(" top_k=-1 , temperature=1.5") == {"top_k": -1, "temperature": 1.5}
-    assert set(SAMPLING_RANGES) == set(DEFAULT_SAMPLING)
 
 
 def test_empty_text_is_returned_for_the_stage_to_judge():

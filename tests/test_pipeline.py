@@ -436,7 +436,8 @@ def test_a_profiles_sampling_reaches_step1_and_step2_but_not_the_heldout_answers
     the Generator's held-out answers keep the method's sampling, so iterations stay comparable."""
     import yaml
 
-    from self_lengthen.client import DEFAULT_SAMPLING, Client, parse_sampling
+    from self_lengthen.client import DEFAULT_SAMPLING, Client
+    from self_lengthen.profile import parse_sampling
     from self_lengthen.errors import UsageError
     from self_lengthen.pipeline import stage_args
     from self_lengthen.profile import load_profile

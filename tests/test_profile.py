@@ -2,8 +2,9 @@
 import pytest
 import yaml
 
+from self_lengthen.client import DEFAULT_SAMPLING
 from self_lengthen.errors import UsageError
-from self_lengthen.profile import PROFILES, load_profile, problems, SCHEMA
+from self_lengthen.profile import PROFILES, SAMPLING_RANGES, SCHEMA, load_profile, parse_sampling, problems
 
 
 @pytest.mark.parametrize("name", ["gpu", "cpu-demo", "tiny", "study"])
@@ -75,3 +76,27 @@ def test_a_profile_file_that_is_not_yaml_or_not_there(tmp_path):
     assert load_profile(with_change(tmp_path, {"generation.workers": 3}))["generation"]["workers"] == 3
     in_range = {"generate": {"temperature": 0, "top_k": 0}, "extend": {"top_p": 1, "repetition_penalty": 1.0}}
     assert load_profile(with_change(tmp_path, {"generation.sampling": in_range}))["generation"]["sampling"] == in_range
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("temperature=hot", "temperature='hot' is not a number, 0 or more"),
+    ("min_p=0.1", "unknown field 'min_p' (known: temperature, top_p, top_k, repetition_penalty)"),
+    ("top_p=inf", "top_p=inf is not a number above 0 and at most 1"),
+    ("top_p=0", "top_p=0.0 is not a number above 0 and at most 1"),
+    ("temperature=-0.5", "temperature=-0.5 is not a number, 0 or more"),
+    ("top_k=2.5", "top_k='2.5' is not a whole number: -1 or 0 (off), or 1 or more"),
+    ("top_k=-2", "top_k=-2 is not a whole number: -1 or 0 (off), or 1 or more"),
+    ("repetition_penalty=0", "repetition_penalty=0.0 is not a positive number"),
+    ("temperature", "temperature='' is not a number, 0 or more"),
+])
+def test_a_bad_sampling_is_one_line_naming_the_field(text, problem):
+    with pytest.raises(UsageError) as err:
+        parse_sampling(text)
+    assert str(err.value) == f"sampling {text!r}: {problem} (write FIELD=NUMBER,...)"
+
+
+def test_sampling_in_range_parses_and_the_ranges_cover_the_methods_fields():
+    assert parse_sampling("temperature=0,top_p=1,top_k=0,repetition_penalty=1") == {
+        "temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+    assert parse_sampling(" top_k=-1 , temperature=1.5") == {"top_k": -1, "temperature": 1.5}
+    assert set(SAMPLING_RANGES) == set(DEFAULT_SAMPLING)

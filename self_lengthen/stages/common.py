@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..chat_template import load_tokenizer
-from ..client import Client, parse_sampling
+from ..client import Client
 from ..default_model import resolve_base_model
 from ..dist import DistEnv
 from ..errors import ArgParser, UsageError
 from ..flavour import Flavour, PromptBuilder
+from ..profile import parse_sampling
 from ..text import count_words, drop_short
 from ..io import write_json_atomic
 from .runner import Checkpoint, Journal, is_complete, run_items, save_dataset, summarize
