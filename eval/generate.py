@@ -1,5 +1,5 @@
 """Answer every query of a LonGen-format JSONL (or every prompt of a LongBench-Write-format one) with a served model,
-adding `response`, `response_length` and `capped` (cut at max_tokens or the model's context).
+adding `response`, `response_length`, `capped` (cut at max_tokens or the model's context) and `tokens` (generated).
 
 Usage: python eval/generate.py FILE --model base|gen_sft [--output OUT] [--workers 8] [--base_url URL]
 Each answer is checkpointed as it arrives (OUT.checkpoint.jsonl); a rerun after a kill does only what is missing.
@@ -50,7 +50,8 @@ def generate(rows: list[dict], client: Client, model: str, output: Path, workers
         for key, row in sorted(items.items()):
             clean = {k: v for k, v in row.items() if k != "_line"}
             clean.update(response=done[key]["response"], response_length=done[key]["response_length"],
-                         capped=done[key].get("capped", False))  # cut at max_tokens or the model's context
+                         capped=done[key].get("capped", False),  # cut at max_tokens or the model's context
+                         tokens=done[key].get("tokens"))
             f.write(json.dumps(clean, ensure_ascii=False) + "\n")
     os.replace(tmp, output)
     print(f"wrote {len(items)} answers to {output}")

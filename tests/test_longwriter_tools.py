@@ -170,14 +170,18 @@ def test_the_ruler_finds_the_longest_length_followed_and_marks_capped_answers(tm
 
 @pytest.mark.slow
 def test_ruler_and_s_q_on_the_served_model_with_small_caps(served, tmp_path):
-    """The real model at a 64-token cap: every Ruler answer is marked capped; it judges its own answers for S_q,
-    and every row ends judged or counted unjudged."""
+    """The real model at a 64-token cap: an answer marked capped used all 64 tokens (the model may end a
+    short one itself), the report counts those; it judges its own answers for S_q, and every row ends
+    judged or counted unjudged."""
     proc = run_eval("longwrite_ruler.py", "--models", "base", "--lengths", "1000,2000", "--count", "2",
                     "--max_tokens", "64", "--outdir", tmp_path / "ruler", "--base_url", served.base_url)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| base | 1000 |" in proc.stdout and "| 2/2 |" in proc.stdout
     answers = [json.loads(line) for line in (tmp_path / "ruler" / "ruler.base.jsonl").read_text().splitlines()]
-    assert len(answers) == 4 and all(a["capped"] and a["response"].strip() for a in answers)
+    assert len(answers) == 4 and all(a["tokens"] == 64 if a["capped"] else a["tokens"] <= 64 for a in answers)
+    assert any(a["capped"] for a in answers) and all(a["response"].strip() for a in answers if a["capped"])
+    for n in (1000, 2000):
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(f"| base | {n} |"))
+        assert row.endswith(f"| {sum(a['capped'] for a in answers if a['length'] == n)}/2 |")
     proc = run_eval("longbench_write_quality.py", tmp_path / "ruler" / "ruler.base.jsonl", "--tries", "2", "--json",
                     env={**os.environ, "SELF_LENGTHEN_BASE_URL": served.base_url})
     assert proc.returncode == 0, proc.stderr[-3000:]
