@@ -1,0 +1,109 @@
+"""The benchmarks and tools outside the library: what they import from it exists, and the pooled held-out figures
+that README and bench/RESULTS.md quote come out right on fixed answers."""
+import ast
+import importlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from self_lengthen.stages.runner import save_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("eval/*.py"), *ROOT.glob("qwen/*.py"), *ROOT.glob("llama/*.py"),
+                  ROOT / "collect_data.py"])
+
+
+def top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def missing_imports(script: Path) -> list[str]:
+    """Names `script` imports, anywhere in it, from the library or from a script beside it, that are not there."""
+    missing, label = [], script.relative_to(ROOT) if script.is_relative_to(ROOT) else script.name
+    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            sibling = script.parent / f"{node.module}.py"
+            if node.module.split(".")[0] == "self_lengthen":
+                module = importlib.import_module(node.module)
+                have = (lambda name: hasattr(module, name)
+                        or hasattr(module, "__path__") and importlib.util.find_spec(f"{node.module}.{name}"))
+            elif sibling.exists():
+                defined = top_level_names(sibling)
+                have = defined.__contains__
+            else:
+                continue
+            missing += [f"{label}:{node.lineno}: {node.module}.{a.name}" for a in node.names
+                        if not have(a.name)]
+        elif isinstance(node, ast.Import):
+            missing += [f"{label}:{node.lineno}: {a.name}" for a in node.names
+                        if a.name.split(".")[0] == "self_lengthen" and importlib.util.find_spec(a.name) is None]
+    return missing
+
+
+def test_every_script_imports_only_what_the_library_and_its_neighbours_have():
+    assert len(SCRIPTS) > 20
+    assert [m for script in SCRIPTS for m in missing_imports(script)] == []
+
+
+def test_the_import_check_names_a_name_the_library_lost(tmp_path):
+    script = tmp_path / "old_bench.py"
+    script.write_text("from self_lengthen.profile import parse_sampling\n"
+                      "def main():\n    from self_lengthen.client import parse_sampling, Client\n"
+                      "    import self_lengthen.gone\n")
+    assert missing_imports(script) == ["old_bench.py:3: self_lengthen.client.parse_sampling",
+                                       "old_bench.py:4: self_lengthen.gone"]
+
+
+def heldout_run(results: Path, words_by_iter: dict[int, list[int]], base_capped_at: int | None = None) -> None:
+    """A run's held-out answers per iteration, one of the base's (iteration 1) at max_tokens if asked."""
+    types = {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"}
+    for k, words in words_by_iter.items():
+        rows = [{"prompt": f"p{i}", "response": "x", "words": w, "unfinished": False, "repetition": False,
+                 "capped": k == 1 and i == base_capped_at} for i, w in enumerate(words)]
+        save_dataset(rows, list(rows[0]), results / f"iter_{k}" / "heldout", types)
+    data = results / "iter_1" / "data"
+    data.mkdir(parents=True)
+    (data / "gen_sft.json").write_text(json.dumps([{"instruction": "p", "input": "", "output": "w " * 150}]))
+
+
+def test_heldout_runs_pools_the_runs_and_counts_the_runs_above_the_base(tmp_path):
+    # run a: base 100, 200 -> final 120, 240 (1.2x); run b: base 100, 100 -> final 90, 90 (0.9x), one base answer capped
+    heldout_run(tmp_path / "a" / "results", {1: [100, 200], 2: [110, 220], 3: [120, 240]})
+    heldout_run(tmp_path / "b" / "results", {1: [100, 100], 2: [90, 90]}, base_capped_at=1)
+    proc = subprocess.run([sys.executable, ROOT / "bench" / "heldout_runs.py", tmp_path / "a" / "results",
+                           tmp_path / "b" / "results"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "| a | iter_3 | 150.0 | 180.0 | 1.20 | 150.0, 180.0 | 0.0, 0.0 | 0.0, 0.0 | 1.00 |" in lines
+    assert "| b | iter_2 | 100.0 | 90.0 | 0.90 | 100.0, 90.0 | 50.0, 0.0 | 0.0, 0.0 | 1.50 |" in lines
+    assert "final Generator's held-out mean above the base's: 1 of 2 runs" in lines
+    # pooled at iteration 2: (110+220+90+90)/(100+200+100+100) = 1.02; clean drops b's capped base answer of 100
+    iter2 = next(line for line in lines if line.startswith("| iter_2 "))
+    assert iter2.startswith("| iter_2 (gen_sft of iteration 1) | 2 | 4 | 1.020 (")
+    assert f"| {510 / 4 / (400 / 3):.3f} (" in iter2
+    iter3 = next(line for line in lines if line.startswith("| iter_3 "))
+    assert iter3.startswith("| iter_3 (gen_sft of iteration 2) | 1 | 2 | 1.200 (1.200-1.200) |")
+
+
+@pytest.mark.parametrize("given", ["missing", "one_iteration"])
+def test_heldout_runs_names_a_results_dir_it_cannot_use(tmp_path, given):
+    results = tmp_path / "results"
+    if given == "one_iteration":
+        heldout_run(results, {1: [100]})
+    proc = subprocess.run([sys.executable, ROOT / "bench" / "heldout_runs.py", results], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "needs held-out answers of iteration 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
