@@ -2,7 +2,6 @@
 that README and bench/RESULTS.md quote come out right on fixed answers."""
 import ast
 import importlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -30,6 +29,15 @@ def top_level_names(path: Path) -> set[str]:
     return names
 
 
+def library_has(module: str, name: str | None = None) -> bool:
+    """Whether the library has `module` and, if named, `name` in it (an attribute or a submodule)."""
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError:
+        return False
+    return name is None or hasattr(found, name) or hasattr(found, "__path__") and library_has(f"{module}.{name}")
+
+
 def missing_imports(script: Path) -> list[str]:
     """Names `script` imports, anywhere in it, from the library or from a script beside it, that are not there."""
     missing, label = [], script.relative_to(ROOT) if script.is_relative_to(ROOT) else script.name
@@ -37,9 +45,7 @@ def missing_imports(script: Path) -> list[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             sibling = script.parent / f"{node.module}.py"
             if node.module.split(".")[0] == "self_lengthen":
-                module = importlib.import_module(node.module)
-                have = (lambda name: hasattr(module, name)
-                        or hasattr(module, "__path__") and importlib.util.find_spec(f"{node.module}.{name}"))
+                have = (lambda name, module=node.module: library_has(module, name))
             elif sibling.exists():
                 defined = top_level_names(sibling)
                 have = defined.__contains__
@@ -49,7 +55,7 @@ def missing_imports(script: Path) -> list[str]:
                         if not have(a.name)]
         elif isinstance(node, ast.Import):
             missing += [f"{label}:{node.lineno}: {a.name}" for a in node.names
-                        if a.name.split(".")[0] == "self_lengthen" and importlib.util.find_spec(a.name) is None]
+                        if a.name.split(".")[0] == "self_lengthen" and not library_has(a.name)]
     return missing
 
 
@@ -62,9 +68,9 @@ def test_the_import_check_names_a_name_the_library_lost(tmp_path):
     script = tmp_path / "old_bench.py"
     script.write_text("from self_lengthen.profile import parse_sampling\n"
                       "def main():\n    from self_lengthen.client import parse_sampling, Client\n"
-                      "    import self_lengthen.gone\n")
+                      "    import self_lengthen.gone\n    from self_lengthen.gone import x\n")
     assert missing_imports(script) == ["old_bench.py:3: self_lengthen.client.parse_sampling",
-                                       "old_bench.py:4: self_lengthen.gone"]
+                                       "old_bench.py:4: self_lengthen.gone", "old_bench.py:5: self_lengthen.gone.x"]
 
 
 def heldout_run(results: Path, words_by_iter: dict[int, list[int]], base_capped_at: int | None = None) -> None:
