@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from self_lengthen.stages.heldout import CHECK_TYPES, COLUMNS
 from self_lengthen.stages.runner import save_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,11 +76,10 @@ def test_the_import_check_names_a_name_the_library_lost(tmp_path):
 
 def heldout_run(results: Path, words_by_iter: dict[int, list[int]], base_capped_at: int | None = None) -> None:
     """A run's held-out answers per iteration, one of the base's (iteration 1) at max_tokens if asked."""
-    types = {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"}
     for k, words in words_by_iter.items():
         rows = [{"prompt": f"p{i}", "response": "x", "words": w, "unfinished": False, "repetition": False,
                  "capped": k == 1 and i == base_capped_at} for i, w in enumerate(words)]
-        save_dataset(rows, list(rows[0]), results / f"iter_{k}" / "heldout", types)
+        save_dataset(rows, COLUMNS, results / f"iter_{k}" / "heldout", CHECK_TYPES)
     data = results / "iter_1" / "data"
     data.mkdir(parents=True)
     (data / "gen_sft.json").write_text(json.dumps([{"instruction": "p", "input": "", "output": "w " * 150}]))

@@ -5,7 +5,7 @@ import shutil
 from conftest import ROOT
 from fake_endpoint import FakeEndpoint
 from self_lengthen.report import heldout_line, heldout_row, run_report
-from self_lengthen.stages.heldout import length_stats
+from self_lengthen.stages.heldout import CHECK_TYPES, length_stats
 from self_lengthen.stages.runner import save_dataset
 from test_stages import STEP0, load_rows, step
 
@@ -86,16 +86,14 @@ def test_the_run_report_leads_with_the_held_out_curve(tmp_path):
         it = results / f"iter_{k}"
         rows = [{"prompt": f"p{i}", "response": "x", "words": w, "unfinished": i == 0, "repetition": False,
                  "capped": False} for i, w in enumerate(words)]
-        save_dataset(rows, list(rows[0]), it / "heldout",
-                     {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"})
+        save_dataset(rows, list(rows[0]), it / "heldout", CHECK_TYPES)
         (it / "heldout.summary.json").write_text(json.dumps({"model": model}))
         save_dataset([{"prompt": "p", "initial_response": "a b c"}], ["prompt", "initial_response"],
                      it / "initial_responses")
     # iteration 1's Generator on the LonGen-style sample: one answer inside its band, one at half its length
     longen = [{"prompt": "q", "response": "x", "words": w, "unfinished": False, "repetition": False, "capped": False,
                "type": "about", "constraint": "about 500 words"} for w in (500, 250)]
-    save_dataset(longen, list(longen[0]), results / "iter_1" / "heldout_longen",
-                 {"words": "int64", "unfinished": "bool", "repetition": "bool", "capped": "bool"})
+    save_dataset(longen, list(longen[0]), results / "iter_1" / "heldout_longen", CHECK_TYPES)
     report = run_report(results).read_text()
     assert report.index("held-out") < report.index("## Synthesis")
     assert "| 1 | base | 3 | 120 |" in report and "| 2 | gen_sft | 3 | 340 |" in report

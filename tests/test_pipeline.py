@@ -437,10 +437,9 @@ def test_a_profiles_sampling_reaches_step1_and_step2_but_not_the_heldout_answers
     import yaml
 
     from self_lengthen.client import DEFAULT_SAMPLING, Client
-    from self_lengthen.profile import parse_sampling
     from self_lengthen.errors import UsageError
     from self_lengthen.pipeline import stage_args
-    from self_lengthen.profile import load_profile
+    from self_lengthen.profile import load_profile, parse_sampling
     from self_lengthen.stages import generate
 
     profile = yaml.safe_load((ROOT / "self_lengthen" / "profiles" / "cpu-demo.yaml").read_text())
