@@ -4,9 +4,13 @@ PY := .venv/bin/python
 export VLLM_CPU_KVCACHE_SPACE ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-serve setup-train default-model test test-fast demo study clean-envs
+.PHONY: setup setup-system setup-serve setup-train default-model test test-fast demo study clean-envs
 
-setup: setup-serve setup-train default-model
+setup: setup-system setup-serve setup-train default-model
+
+# tcmalloc for the CPU engine, where apt-get may install it (scripts/setup_system.sh says what it does).
+setup-system:
+	@bash scripts/setup_system.sh
 
 setup-serve:
 	@bash scripts/setup_env.sh serve

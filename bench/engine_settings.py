@@ -5,7 +5,7 @@ our worker's engines had vLLM's defaults for an engine it does not start itself 
 tokens, 128 sequences); since, on CPU, whole prefills (serve/worker.py engine_defaults: 8,192 batched tokens, the
 default model's length).
 
-Usage: .venv/bin/python bench/engine_settings.py [--tokens 512] [--requests 32] [--only WORD,WORD ...]
+Usage: .venv/bin/python bench/engine_settings.py [--tokens 512] [--requests 32] [--only WORD,WORD ...] [--rounds N]
 Each setting runs in its own process, one after the other; needs the machine to itself.
 """
 import argparse
@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from self_lengthen.devices import find_shared_library  # noqa: E402
+
 # The worker's engine (AsyncLLM.from_engine_args) gets vLLM's plain defaults (and on CPU, whole prefills since
 # 2026-12-03); LLM() gets its offline ones.
 WORKER = {"dtype": "bfloat16", "max_num_batched_tokens": 2048, "max_num_seqs": 128}
@@ -29,6 +31,11 @@ SETTINGS = {
     "float16": {**WORKER, "dtype": "float16"},
     "float32 without chunked prefill (the worker's on a CPU without native bfloat16, since 2026-12-03)": {
         **WORKER, "dtype": "float32", "max_num_batched_tokens": 8192, "enable_chunked_prefill": False},
+    # vLLM's CPU guide asks for these allocators in LD_PRELOAD (its worker warns without them). "preload" is the
+    # process's environment, not an engine argument; a library not on this machine skips the setting.
+    "tcmalloc preloaded": {**WORKER, "preload": ["libtcmalloc_minimal.so.4"]},
+    "Intel OpenMP preloaded": {**WORKER, "preload": ["libiomp5.so"]},
+    "tcmalloc and Intel OpenMP preloaded": {**WORKER, "preload": ["libtcmalloc_minimal.so.4", "libiomp5.so"]},
 }
 
 
@@ -49,6 +56,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--only", default="", help="comma-separated words: run the settings whose names hold one "
                    "(the first one run is the ratios' baseline)")
+    p.add_argument("--rounds", type=int, default=1, help="run the chosen settings this many times, in turn; "
+                   "each setting's rate is the mean of its runs")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a setting (JSON), run in this process
     args = p.parse_args()
     if args.one is not None:
@@ -59,15 +68,24 @@ def main() -> None:
     chosen = {name: s for name, s in SETTINGS.items() if not words or any(w in name for w in words)}
     if not chosen:
         raise SystemExit(f"--only {args.only!r} names none of the settings: {list(SETTINGS)}")
-    for name, setting in chosen.items():
+    runs = {}
+    for name, setting in [item for _ in range(max(1, args.rounds)) for item in chosen.items()]:
+        setting, env = dict(setting), dict(os.environ)
+        if preload := setting.pop("preload", None):
+            paths = [find_shared_library(lib) for lib in preload]
+            if None in paths:
+                print(f"{name}: skipped ({preload} not all found on this machine)", flush=True)
+                continue
+            env["LD_PRELOAD"] = ":".join(paths)
         out = subprocess.run([sys.executable, __file__, "--tokens", str(args.tokens), "--requests",
                               str(args.requests), "--one", json.dumps(setting)],
-                             capture_output=True, text=True, timeout=1800)
+                             capture_output=True, text=True, timeout=1800, env=env)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RATE ")]
         if out.returncode != 0 or not lines:
             raise SystemExit(f"{name}: the engine failed (exit {out.returncode}): {out.stderr[-500:]}")
-        rates[name] = float(lines[-1].split()[1])
-        print(f"{name}: {rates[name]:.1f} tok/s", flush=True)
+        runs.setdefault(name, []).append(float(lines[-1].split()[1]))
+        rates[name] = sum(runs[name]) / len(runs[name])
+        print(f"{name}: {runs[name][-1]:.1f} tok/s", flush=True)
     baseline = next(iter(rates.values()))
     print(f"step2's mix, {args.requests} requests x {args.tokens} tokens: " + "; ".join(
         f"{name} {rate:.1f} tok/s ({rate / baseline:.2f})" for name, rate in rates.items()))

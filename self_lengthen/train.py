@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .devices import TRAINING_PRELOAD, cpu_preload
 from .errors import UsageError
 from .flavour import Flavour, PromptBuilder
 from .io import model_dir_in_place
@@ -202,10 +203,19 @@ def train_env(**extra) -> dict:
     return env
 
 
-def torchrun(config_path: Path, dist, gpus: int, log, timeout: float | None = None) -> None:
-    """Every rank: llamafactory-cli train under torchrun, data-parallel across nodes."""
+def torchrun_env(dist, gpus: int) -> dict:
+    """torchrun's environment on this rank; on CPU with tcmalloc preloaded (1.14x, devices.py) unless the user
+    preloads something else."""
     env = train_env(FORCE_TORCHRUN=1, NNODES=dist.world_size, NODE_RANK=dist.rank, NPROC_PER_NODE=max(1, gpus),
                     MASTER_ADDR=dist.master_addr, MASTER_PORT=dist.master_port)
+    if gpus == 0 and (preload := cpu_preload(TRAINING_PRELOAD)):
+        env.setdefault("LD_PRELOAD", preload)
+    return env
+
+
+def torchrun(config_path: Path, dist, gpus: int, log, timeout: float | None = None) -> None:
+    """Every rank: llamafactory-cli train under torchrun, data-parallel across nodes."""
+    env = torchrun_env(dist, gpus)
     cli = train_python().parent / "llamafactory-cli"
     cmd = [str(cli), "train", str(config_path)]
     resume = last_checkpoint(Path(yaml.safe_load(config_path.read_text())["output_dir"]))

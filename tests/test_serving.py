@@ -311,6 +311,64 @@ def test_merged_engines_share_the_kv_budget_but_get_at_least_2_gib():
     assert merged_kv_space(1, 3) == 1  # never more than the budget
 
 
+def group_members(pgid: int) -> list[int]:
+    """The pids of a process group (its leader and every process it started that stayed in it)."""
+    from pathlib import Path
+
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_the_cpu_engine_runs_with_tcmalloc_and_intel_openmp(served):
+    """vLLM's CPU guide asks for both preloaded (1.08x the engine's tok/s, bench/RESULTS.md 2026-12-05); `make setup`
+    installs tcmalloc where it may. Every process of the worker's group, the engine's included, has both mapped."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from self_lengthen.devices import ENGINE_PRELOAD, cpu_preload
+    from self_lengthen.serve.cluster import engine_env_defaults
+    from self_lengthen.serve.procs import pid_records
+
+    preload = cpu_preload(ENGINE_PRELOAD)
+    if os.geteuid() == 0 and shutil.which("apt-get"):  # where scripts/setup_system.sh installs tcmalloc
+        assert preload, f"{ENGINE_PRELOAD} not all found: did `make setup` (scripts/setup_system.sh) run?"
+    elif not preload:  # elsewhere the engine runs without them, and must not be told to preload them
+        assert "LD_PRELOAD" not in engine_env_defaults(0)
+        return
+    assert engine_env_defaults(0)["LD_PRELOAD"] == preload
+    assert "LD_PRELOAD" not in engine_env_defaults(1)  # GPU engines: vLLM's own choice
+    worker = next(r for r in pid_records(served.workdir / "run" / "rank0") if r["name"] == "worker0")
+    members = group_members(worker["pgid"])
+    assert len(members) >= 2, members  # the worker and its engine's processes
+    for pid in members:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        for name in ENGINE_PRELOAD:
+            assert name in maps, f"{name} not mapped in process {pid} of the worker's group"
+
+
+def test_without_one_of_the_libraries_nothing_is_preloaded(monkeypatch):
+    from self_lengthen import train
+    from self_lengthen.devices import ENGINE_PRELOAD, cpu_preload
+    from self_lengthen.dist import DistEnv
+    from self_lengthen.serve import cluster
+
+    missing = (*ENGINE_PRELOAD, "libno-such-library.so.9")
+    assert cpu_preload(missing) is None
+    monkeypatch.setattr(cluster, "ENGINE_PRELOAD", missing)
+    monkeypatch.setattr(train, "TRAINING_PRELOAD", missing)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert "LD_PRELOAD" not in cluster.engine_env_defaults(0)
+    assert "LD_PRELOAD" not in train.torchrun_env(DistEnv.from_env(), 0)
+
+
 def test_on_a_small_cpu_the_engine_uses_every_core(served):
     """vLLM keeps one core for its scheduler by default; on a machine of up to 4 CPUs our engines take them all
     (1.5x the tokens/s on 2 cores, bench/RESULTS.md)."""

@@ -1,5 +1,6 @@
 """Training with the real LLaMA-Factory in the training env, on the default model and a tiny mk_data output."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -222,7 +223,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
 
     import psutil
 
-    from self_lengthen.train import kill_tree, train_env, train_python
+    from self_lengthen.devices import TRAINING_PRELOAD, cpu_preload
+    from self_lengthen.train import kill_tree, torchrun_env, train_python
 
     workdir = trained["workdir"]
     iter_dir = workdir / "results" / "iter_resume" / "iter_1"
@@ -236,8 +238,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
     assert yaml.safe_load(config.read_text())["save_strategy"] == "steps"
     tokenize(config, workdir / "logs" / "tok_resume.log")
     output_dir = Path(yaml.safe_load(config.read_text())["output_dir"])
-    env = train_env(FORCE_TORCHRUN=1, NNODES=1, NODE_RANK=0, NPROC_PER_NODE=1, MASTER_ADDR="127.0.0.1",
-                    MASTER_PORT=29733)
+    env = torchrun_env(DistEnv(master_port=29733), 0)  # what torchrun() runs it with
     with open(workdir / "logs" / "killed.log", "wb") as log:
         trainer = subprocess.Popen([str(train_python().parent / "llamafactory-cli"), "train", str(config)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -246,6 +247,12 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
         assert trainer.poll() is None and time.monotonic() < deadline, (workdir / "logs" / "killed.log").read_text()[-2000:]
         time.sleep(0.2)
     workers = psutil.Process(trainer.pid).children(recursive=True)
+    # On CPU the trainer runs with tcmalloc (1.14x, devices.py) where the machine has it; `make setup` installs it
+    # where it may (as root with apt-get).
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        assert cpu_preload(TRAINING_PRELOAD), f"{TRAINING_PRELOAD} not found: did `make setup` run?"
+    if cpu_preload(TRAINING_PRELOAD):
+        assert all(TRAINING_PRELOAD[0] in Path(f"/proc/{w.pid}/maps").read_text() for w in workers), workers
     kill_tree(trainer.pid)  # as if the node died: the launcher, torchrun and its worker (in a session of its own)
     trainer.wait(timeout=60)
     assert workers and all(_dead(w) for w in workers)

@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 
 from ..default_model import resolve_base_model
+from ..devices import ENGINE_PRELOAD, cpu_preload
 from ..dist import DistEnv
 from ..env import check_environment, env_port
 from ..errors import ArgParser, UsageError, cli_main
@@ -64,6 +65,8 @@ def engine_env_defaults(gpus: int) -> dict[str, str]:
         if len(cpus) <= SMALL_CPU_COUNT:
             env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        if preload := cpu_preload(ENGINE_PRELOAD):  # tcmalloc and Intel's OpenMP (devices.py)
+            env["LD_PRELOAD"] = preload
     return env
 
 
