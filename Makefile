@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 setup: setup-system setup-serve setup-train default-model
 
-# tcmalloc for the CPU engine, where apt-get may install it (scripts/setup_system.sh says what it does).
+# tcmalloc for CPU serving and training, where apt-get may install it (scripts/setup_system.sh says what it does).
 setup-system:
 	@bash scripts/setup_system.sh
 

