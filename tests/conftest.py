@@ -33,6 +33,14 @@ DOOMED_PREFIX = ("The harbour wakes before the town does, and the gulls are the 
                  + "Fishermen check their nets, count their floats and argue about the weather over tea. " * 6)
 
 
+def setup_installs_tcmalloc() -> bool:
+    """Whether `make setup` installs tcmalloc here (scripts/setup_system.sh: as root with apt-get, unless
+    SELF_LENGTHEN_NO_APT=1); where it does, the CPU engine and training must run with it."""
+    import shutil
+
+    return os.environ.get("SELF_LENGTHEN_NO_APT") != "1" and os.geteuid() == 0 and bool(shutil.which("apt-get"))
+
+
 def env_with(**extra) -> dict:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in extra.items()})

@@ -311,34 +311,21 @@ def test_merged_engines_share_the_kv_budget_but_get_at_least_2_gib():
     assert merged_kv_space(1, 3) == 1  # never more than the budget
 
 
-def group_members(pgid: int) -> list[int]:
-    """The pids of a process group (its leader and every process it started that stayed in it)."""
-    from pathlib import Path
-
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 def test_the_cpu_engine_runs_with_tcmalloc_and_intel_openmp(served):
-    """vLLM's CPU guide asks for both preloaded (1.08x the engine's tok/s, bench/RESULTS.md 2026-12-05); `make setup`
-    installs tcmalloc where it may. Every process of the worker's group, the engine's included, has both mapped."""
-    import os
-    import shutil
+    """vLLM's CPU guide asks for both preloaded (1.03-1.05x the engine's tok/s, bench/RESULTS.md 2026-12-05); `make
+    setup` installs tcmalloc where it may. The worker and every process it started, the engine's included, have both
+    mapped."""
     from pathlib import Path
 
+    import psutil
+
+    from conftest import setup_installs_tcmalloc
     from self_lengthen.devices import ENGINE_PRELOAD, cpu_preload
     from self_lengthen.serve.cluster import engine_env_defaults
     from self_lengthen.serve.procs import pid_records
 
     preload = cpu_preload(ENGINE_PRELOAD)
-    if os.geteuid() == 0 and shutil.which("apt-get"):  # where scripts/setup_system.sh installs tcmalloc
+    if setup_installs_tcmalloc():
         assert preload, f"{ENGINE_PRELOAD} not all found: did `make setup` (scripts/setup_system.sh) run?"
     elif not preload:  # elsewhere the engine runs without them, and must not be told to preload them
         assert "LD_PRELOAD" not in engine_env_defaults(0)
@@ -346,7 +333,8 @@ def test_the_cpu_engine_runs_with_tcmalloc_and_intel_openmp(served):
     assert engine_env_defaults(0)["LD_PRELOAD"] == preload
     assert "LD_PRELOAD" not in engine_env_defaults(1)  # GPU engines: vLLM's own choice
     worker = next(r for r in pid_records(served.workdir / "run" / "rank0") if r["name"] == "worker0")
-    members = group_members(worker["pgid"])
+    process = psutil.Process(worker["pid"])
+    members = [process.pid] + [child.pid for child in process.children(recursive=True)]
     assert len(members) >= 2, members  # the worker and its engine's processes
     for pid in members:
         maps = Path(f"/proc/{pid}/maps").read_text()
@@ -384,3 +372,10 @@ def test_on_a_small_cpu_the_engine_uses_every_core(served):
     else:
         assert "VLLM_CPU_OMP_THREADS_BIND" not in engine_env_defaults(0)
     assert "VLLM_CPU_OMP_THREADS_BIND" not in engine_env_defaults(1)  # GPUs: vLLM's own choice
+
+
+def test_tcmalloc_is_not_required_where_the_user_turned_set_up_s_apt_get_off(monkeypatch):
+    from conftest import setup_installs_tcmalloc
+
+    monkeypatch.setenv("SELF_LENGTHEN_NO_APT", "1")  # scripts/setup_system.sh then installs nothing
+    assert not setup_installs_tcmalloc()

@@ -1,6 +1,5 @@
 """Training with the real LLaMA-Factory in the training env, on the default model and a tiny mk_data output."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, TRAIN_PY
+from conftest import ROOT, TRAIN_PY, setup_installs_tcmalloc
 from self_lengthen.dist import DistEnv
 from self_lengthen.flavour import Flavour, PromptBuilder
 from self_lengthen.profile import load_profile
@@ -248,8 +247,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
         time.sleep(0.2)
     workers = psutil.Process(trainer.pid).children(recursive=True)
     # On CPU the trainer runs with tcmalloc (1.14x, devices.py) where the machine has it; `make setup` installs it
-    # where it may (as root with apt-get).
-    if os.geteuid() == 0 and shutil.which("apt-get"):
+    # where it may.
+    if setup_installs_tcmalloc():
         assert cpu_preload(TRAINING_PRELOAD), f"{TRAINING_PRELOAD} not found: did `make setup` run?"
     if cpu_preload(TRAINING_PRELOAD):
         assert all(TRAINING_PRELOAD[0] in Path(f"/proc/{w.pid}/maps").read_text() for w in workers), workers
