@@ -6,12 +6,10 @@ tokens, 128 sequences); since, on CPU, whole prefills (serve/worker.py engine_de
 default model's length).
 
 Usage: .venv/bin/python bench/engine_settings.py [--tokens 512] [--requests 32] [--only WORD,WORD ...] [--rounds N]
-Each setting runs in its own process, one after the other; needs the machine to itself.
+Each setting's engine runs in its own process (serving.offline), one after the other, with exactly the
+preloads the setting names; needs the machine to itself.
 """
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -40,17 +38,6 @@ SETTINGS = {
 }
 
 
-def one(setting: dict, tokens: int, requests: int) -> float:
-    """tok/s of the engine with `setting` over `requests` of step2's mix, after a warm-up request."""
-    from self_lengthen.default_model import ensure_default_model
-    from serving import offline
-    from synthesis import fixture_rows, step2_requests
-
-    model = ensure_default_model()
-    _, mix = step2_requests(fixture_rows(), model, requests)
-    return offline(model, None, tokens, raw_prompts=mix, engine_args=setting)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=512)
@@ -59,32 +46,26 @@ def main() -> None:
                    "(the first one run is the ratios' baseline)")
     p.add_argument("--rounds", type=int, default=1, help="run the chosen settings this many times, in turn; "
                    "each setting's rate is the mean of its runs")
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a setting (JSON), run in this process
     args = p.parse_args()
-    if args.one is not None:
-        print("RATE", one(json.loads(args.one), args.tokens, args.requests), flush=True)
-        os._exit(0)  # the engine's threads can outlive main otherwise
-    rates = {}
     words = [w for w in args.only.split(",") if w]
     chosen = {name: s for name, s in SETTINGS.items() if not words or any(w in name for w in words)}
     if not chosen:
         raise SystemExit(f"--only {args.only!r} names none of the settings: {list(SETTINGS)}")
-    runs = {}
+    from self_lengthen.default_model import ensure_default_model
+    from serving import offline
+    from synthesis import fixture_rows, step2_requests
+
+    model = ensure_default_model()
+    _, mix = step2_requests(fixture_rows(), model, args.requests)
+    rates, runs = {}, {}
     for name, setting in [item for _ in range(max(1, args.rounds)) for item in chosen.items()]:
-        setting, env = dict(setting), dict(os.environ)
-        if preload := setting.pop("preload", None):
-            paths = [find_shared_library(lib) for lib in preload]
-            if None in paths:
-                print(f"{name}: skipped ({preload} not all found on this machine)", flush=True)
-                continue
-            env["LD_PRELOAD"] = ":".join(paths)
-        out = subprocess.run([sys.executable, __file__, "--tokens", str(args.tokens), "--requests",
-                              str(args.requests), "--one", json.dumps(setting)],
-                             capture_output=True, text=True, timeout=1800, env=env)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("RATE ")]
-        if out.returncode != 0 or not lines:
-            raise SystemExit(f"{name}: the engine failed (exit {out.returncode}): {out.stderr[-500:]}")
-        runs.setdefault(name, []).append(float(lines[-1].split()[1]))
+        setting = dict(setting)
+        paths = [find_shared_library(lib) for lib in setting.pop("preload", [])]
+        if None in paths:
+            print(f"{name}: skipped (not all of its libraries are on this machine)", flush=True)
+            continue
+        rate = offline(model, None, args.tokens, raw_prompts=mix, engine_args=setting, preload=paths)
+        runs.setdefault(name, []).append(rate)
         rates[name] = sum(runs[name]) / len(runs[name])
         print(f"{name}: {runs[name][-1]:.1f} tok/s", flush=True)
     baseline = next(iter(rates.values()))

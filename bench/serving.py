@@ -2,9 +2,11 @@
 LLM.generate on the same 32 chat requests of 256 generated tokens, in one run. Prints the ratio (goal >= 0.90).
 
 Usage: .venv/bin/python bench/serving.py [--requests 32] [--tokens 256]
-Starts its own stack (ports 18900-18902) and stops it before the offline run, so both get the machine alone.
+Starts its own stack (ports 18900-18902) and stops it before the offline run, so both get the machine alone; the
+offline engine runs in a process of its own with the stack's engine environment (offline()).
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -43,16 +45,56 @@ def through_stack(model_dir, messages, tokens):
         subprocess.run(["bash", str(ROOT / "llama" / "stop_server.sh"), f"--workdir={workdir}"], check=False)
 
 
-def offline(model_dir, messages, tokens, raw_prompts=None, engine_args=None):
+def offline(model_dir, messages, tokens, raw_prompts=None, engine_args=None, preload=None):
     """The engine saturated offline, each request generating `tokens`: tokens/s over `messages` (chat) and over
     `raw_prompts` (already formatted), one figure per list given, from one engine built with `engine_args` (vllm.LLM's
-    keywords; default what our worker gives its engines). Returns the one figure, or (chat rate, raw rate) when both lists are given."""
-    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
-    from self_lengthen.serve.worker import engine_defaults
+    keywords; default what our worker gives its engines). Returns the one figure, or (chat rate, raw rate) when both
+    lists are given. See offline_run for `preload`."""
+    run = offline_run(model_dir, messages, tokens, raw_prompts, engine_args, preload)
+    print(f"offline engine: {', '.join(run['preloaded']) or 'no library'} preloaded", flush=True)
+    rates = run["rates"]
+    return rates[0] if len(rates) == 1 else tuple(rates)
 
-    for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
-        os.environ.setdefault(key, value)
+
+def offline_run(model_dir, messages, tokens, raw_prompts=None, engine_args=None, preload=None) -> dict:
+    """offline()'s measurement: {"rates": [...], "preloaded": the libraries of ENGINE_PRELOAD mapped in the engine's
+    every process}.
+
+    The engine runs in a process of its own, started with the environment run_server.sh gives its workers
+    (cluster.engine_env_defaults: on CPU, tcmalloc and Intel's OpenMP preloaded where found), so that it matches the
+    stack's engine: a library in LD_PRELOAD only loads when a process starts, and vLLM forks its engine core.
+    `preload`: the libraries' paths to preload instead ([] for none)."""
+    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+
+    env = dict(os.environ)
+    if preload is not None:
+        env.pop("LD_PRELOAD", None)
+        if preload:
+            env["LD_PRELOAD"] = ":".join(preload)
+    for key, value in engine_env_defaults(gpu_count()).items():
+        if key != "LD_PRELOAD" or preload is None:
+            env.setdefault(key, value)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="bench-offline-", delete=False) as job:
+        json.dump({"model_dir": str(model_dir), "messages": messages, "tokens": tokens, "raw_prompts": raw_prompts,
+                   "engine_args": engine_args}, job)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--offline_job", job.name], capture_output=True, text=True,
+                             timeout=1800, env=env)
+    finally:
+        os.unlink(job.name)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("OFFLINE ")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"the offline engine failed (exit {out.returncode}): {out.stderr[-800:]}")
+    return json.loads(lines[-1][len("OFFLINE "):])
+
+
+def offline_here(model_dir, messages, tokens, raw_prompts, engine_args) -> dict:
+    """offline_run's measurement, in this process as it was started."""
+    import psutil
     from vllm import LLM, SamplingParams
+
+    from self_lengthen.devices import ENGINE_PRELOAD
+    from self_lengthen.serve.worker import engine_defaults
 
     llm = LLM(model=str(model_dir), **(engine_args or engine_defaults()))
     params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
@@ -66,7 +108,9 @@ def offline(model_dir, messages, tokens, raw_prompts=None, engine_args=None):
             start = time.monotonic()
             outs = send(batch, params)
             rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start))
-        return rates[0] if len(rates) == 1 else tuple(rates)
+        me = psutil.Process()
+        maps = [Path(f"/proc/{p.pid}/maps").read_text() for p in [me, *me.children(recursive=True)]]
+        return {"rates": rates, "preloaded": [lib for lib in ENGINE_PRELOAD if all(lib in m for m in maps)]}
     finally:
         llm.llm_engine.engine_core.shutdown()  # its core process outlives the os._exit below otherwise
 
@@ -75,7 +119,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--offline_job", default=None, help=argparse.SUPPRESS)  # offline()'s child: a job file (JSON)
     args = p.parse_args()
+    if args.offline_job:
+        job = json.loads(Path(args.offline_job).read_text())
+        print("OFFLINE", json.dumps(offline_here(**job)), flush=True)
+        os._exit(0)  # the engine is shut down; its threads' teardown at interpreter exit can hang
     from self_lengthen.default_model import ensure_default_model
 
     model = ensure_default_model()

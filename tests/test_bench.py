@@ -113,3 +113,21 @@ def test_heldout_runs_names_a_results_dir_it_cannot_use(tmp_path, given):
                           text=True, timeout=300)
     assert proc.returncode != 0 and "needs held-out answers of iteration 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_offline_engine_runs_with_the_stack_s_preloads_or_exactly_those_asked_for(default_model):
+    """The benches compare the stack against vLLM offline; its engine must run as the stack's does (on CPU with
+    tcmalloc and Intel's OpenMP where found), which the bench's own process, already started, cannot give it."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from serving import offline_run
+
+    from self_lengthen.devices import ENGINE_PRELOAD
+    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+
+    stack = engine_env_defaults(gpu_count()).get("LD_PRELOAD")
+    run = offline_run(default_model, None, 4, raw_prompts=["The river"] * 2)
+    assert len(run["rates"]) == 1 and run["rates"][0] > 0
+    assert run["preloaded"] == (list(ENGINE_PRELOAD) if stack else [])
+    if stack:  # a setting without them gets neither
+        assert offline_run(default_model, None, 4, raw_prompts=["The river"], preload=[])["preloaded"] == []
