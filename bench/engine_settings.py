@@ -35,6 +35,10 @@ SETTINGS = {
     "Intel OpenMP preloaded": {**WORKER, "preload": [INTEL_OPENMP]},
     "tcmalloc and Intel OpenMP preloaded (the worker's on CPU where both are found, since 2026-12-05)": {
         **WORKER, "preload": list(ENGINE_PRELOAD)},
+    # "defaults": start from what the worker gives its engines today (serve/worker.py engine_defaults).
+    "the worker's today (engine_defaults, preloaded)": {"defaults": True, "preload": list(ENGINE_PRELOAD)},
+    "the worker's today, eager (no torch.compile)": {"defaults": True, "enforce_eager": True,
+                                                      "preload": list(ENGINE_PRELOAD)},
 }
 
 
@@ -60,6 +64,10 @@ def main() -> None:
     rates, runs = {}, {}
     for name, setting in [item for _ in range(max(1, args.rounds)) for item in chosen.items()]:
         setting = dict(setting)
+        if setting.pop("defaults", False):
+            from self_lengthen.serve.worker import engine_defaults
+
+            setting = {**engine_defaults(), **setting}
         paths = [find_shared_library(lib) for lib in setting.pop("preload", [])]
         if None in paths:
             print(f"{name}: skipped (not all of its libraries are on this machine)", flush=True)

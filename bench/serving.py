@@ -51,14 +51,15 @@ def offline(model_dir, messages, tokens, raw_prompts=None, engine_args=None, pre
     keywords; default what our worker gives its engines). Returns the one figure, or (chat rate, raw rate) when both
     lists are given. See offline_run for `preload`."""
     run = offline_run(model_dir, messages, tokens, raw_prompts, engine_args, preload)
-    print(f"offline engine: {', '.join(run['preloaded']) or 'no library'} preloaded", flush=True)
+    print(f"offline engine: {', '.join(run['preloaded']) or 'no library'} preloaded; built in {run['start_s']:.1f} s",
+          flush=True)
     rates = run["rates"]
     return rates[0] if len(rates) == 1 else tuple(rates)
 
 
 def offline_run(model_dir, messages, tokens, raw_prompts=None, engine_args=None, preload=None) -> dict:
     """offline()'s measurement: {"rates": [...], "preloaded": the libraries of ENGINE_PRELOAD mapped in the engine's
-    every process}.
+    every process, "start_s": seconds to build the engine (vllm.LLM(), its warm-up included)}.
 
     The engine runs in a process of its own, started with the environment run_server.sh gives its workers
     (cluster.engine_env_defaults: on CPU, tcmalloc and Intel's OpenMP preloaded where found), so that it matches the
@@ -96,7 +97,9 @@ def offline_here(model_dir, messages, tokens, raw_prompts, engine_args) -> dict:
     from self_lengthen.devices import ENGINE_PRELOAD
     from self_lengthen.serve.worker import engine_defaults
 
+    start = time.monotonic()
     llm = LLM(model=str(model_dir), **(engine_args or engine_defaults()))
+    started = time.monotonic() - start
     params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1, max_tokens=tokens,
                             ignore_eos=True)
     sends = [(send, batch) for send, batch in ((llm.chat, messages), (llm.generate, raw_prompts)) if batch]
@@ -110,7 +113,8 @@ def offline_here(model_dir, messages, tokens, raw_prompts, engine_args) -> dict:
             rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - start))
         me = psutil.Process()
         maps = [Path(f"/proc/{p.pid}/maps").read_text() for p in [me, *me.children(recursive=True)]]
-        return {"rates": rates, "preloaded": [lib for lib in ENGINE_PRELOAD if all(lib in m for m in maps)]}
+        return {"rates": rates, "preloaded": [lib for lib in ENGINE_PRELOAD if all(lib in m for m in maps)],
+                "start_s": started}
     finally:
         llm.llm_engine.engine_core.shutdown()  # its core process outlives the os._exit below otherwise
 
