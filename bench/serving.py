@@ -75,14 +75,10 @@ def offline_run(model_dir, messages, tokens, raw_prompts=None, engine_args=None,
     for key, value in engine_env_defaults(gpu_count()).items():
         if key != "LD_PRELOAD" or preload is None:
             env.setdefault(key, value)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="bench-offline-", delete=False) as job:
-        json.dump({"model_dir": str(model_dir), "messages": messages, "tokens": tokens, "raw_prompts": raw_prompts,
-                   "engine_args": engine_args}, job)
-    try:
-        out = subprocess.run([sys.executable, __file__, "--offline_job", job.name], capture_output=True, text=True,
-                             timeout=1800, env=env)
-    finally:
-        os.unlink(job.name)
+    job = {"model_dir": str(model_dir), "messages": messages, "tokens": tokens, "raw_prompts": raw_prompts,
+           "engine_args": engine_args}
+    out = subprocess.run([sys.executable, __file__, "--offline_job"], input=json.dumps(job), capture_output=True,
+                         text=True, timeout=1800, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("OFFLINE ")]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"the offline engine failed (exit {out.returncode}): {out.stderr[-800:]}")
@@ -123,10 +119,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--tokens", type=int, default=256)
-    p.add_argument("--offline_job", default=None, help=argparse.SUPPRESS)  # offline()'s child: a job file (JSON)
+    p.add_argument("--offline_job", action="store_true", help=argparse.SUPPRESS)  # offline()'s child: JSON on stdin
     args = p.parse_args()
     if args.offline_job:
-        job = json.loads(Path(args.offline_job).read_text())
+        job = json.load(sys.stdin)
         print("OFFLINE", json.dumps(offline_here(**job)), flush=True)
         os._exit(0)  # the engine is shut down; its threads' teardown at interpreter exit can hang
     from self_lengthen.default_model import ensure_default_model

@@ -379,3 +379,16 @@ def test_tcmalloc_is_not_required_where_the_user_turned_set_up_s_apt_get_off(mon
 
     monkeypatch.setenv("SELF_LENGTHEN_NO_APT", "1")  # scripts/setup_system.sh then installs nothing
     assert not setup_installs_tcmalloc()
+
+
+def test_cpu_engines_run_eager(served):
+    """On CPU the engines skip torch.compile: no faster compiled, and twice as long to build (engine_defaults)."""
+    from self_lengthen.serve.worker import engine_defaults, vllm_on_cpu
+
+    if not vllm_on_cpu():
+        assert "enforce_eager" not in engine_defaults()  # GPUs keep vLLM's compiled model and CUDA graphs
+        return
+    assert engine_defaults()["enforce_eager"] is True
+    log = (served.workdir / "logs" / "worker0.log").read_text()
+    configs = [line for line in log.splitlines() if "Initializing a V1 LLM engine" in line]
+    assert configs and all("enforce_eager=True" in line for line in configs), configs[:1]

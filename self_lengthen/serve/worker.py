@@ -12,8 +12,8 @@ finish_reason "rejected" and the text so far, and the engine does not generate t
 
 Adapters are served in one of two ways (--adapter-mode):
 - lora: one engine, each adapter a `LoRARequest` (vLLM's multi-LoRA batching). The choice on GPU.
-- merged: each adapter merged into a copy of the base weights, one engine per name. On CPU, vLLM turns torch.compile
-  off for an engine with LoRA enabled, which halves its throughput; merged engines keep it. The copies are made once
+- merged: each adapter merged into a copy of the base weights, one engine per name. On CPU, an engine with LoRA
+  enabled decoded at about half a merged copy's speed when this was built. The copies are made once
   per adapter (keyed by its content) in --merge-dir, and the KV-cache budget is shared between the engines. A copy
   is served in the engines' dtype. In bfloat16 its changed weights are rounded stochastically: a trained adapter
   moves most weights by less than half a bfloat16 step, so rounding to nearest would put them back where the base
@@ -127,11 +127,16 @@ def served_dtype(requested: str = "auto") -> str:
 
 def engine_defaults(requested_dtype: str = "auto") -> dict:
     """What the worker gives each engine on this machine beside the user's settings (benchmarks build theirs alike):
-    its dtype, and on CPU each prompt's prefill in one step. After a partial prefill, vLLM's model runner rewinds a
-    seeded request's random generator past the token it sampled and discards; torch's CPU generator has no offset to
-    rewind, so one seeded request split over two steps killed the engine for every request. Without chunking, vLLM
-    raises a step's token budget to the model's length (bench/RESULTS.md, 2026-12-03: the cost)."""
-    return {"dtype": served_dtype(requested_dtype), **({"enable_chunked_prefill": False} if vllm_on_cpu() else {})}
+    its dtype, and on CPU:
+    - each prompt's prefill in one step. After a partial prefill, vLLM's model runner rewinds a seeded request's
+      random generator past the token it sampled and discards; torch's CPU generator has no offset to rewind, so one
+      seeded request split over two steps killed the engine for every request. Without chunking, vLLM raises a
+      step's token budget to the model's length (bench/RESULTS.md, 2026-12-03: the cost).
+    - no torch.compile (eager). vLLM's CPU engines compile without inductor, and the compiled model decoded step2's
+      mix no faster (184.5 against 183.3 tok/s) while the engine took 33 s to build instead of 16 (bench/RESULTS.md,
+      2026-12-05 morning): iteration 2 starts three."""
+    cpu = {"enable_chunked_prefill": False, "enforce_eager": True} if vllm_on_cpu() else {}
+    return {"dtype": served_dtype(requested_dtype), **cpu}
 
 
 def copy_dtype(dtype: str) -> str:
