@@ -67,14 +67,11 @@ def offline_run(model_dir, messages, tokens, raw_prompts=None, engine_args=None,
     `preload`: the libraries' paths to preload instead ([] for none)."""
     from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
 
-    env = dict(os.environ)
+    env = {**engine_env_defaults(gpu_count()), **os.environ}  # a user's own setting wins, as in the stack
     if preload is not None:
         env.pop("LD_PRELOAD", None)
         if preload:
             env["LD_PRELOAD"] = ":".join(preload)
-    for key, value in engine_env_defaults(gpu_count()).items():
-        if key != "LD_PRELOAD" or preload is None:
-            env.setdefault(key, value)
     job = {"model_dir": str(model_dir), "messages": messages, "tokens": tokens, "raw_prompts": raw_prompts,
            "engine_args": engine_args}
     out = subprocess.run([sys.executable, __file__, "--offline_job"], input=json.dumps(job), capture_output=True,

@@ -17,6 +17,7 @@
     other (as before 2026-12-02) and then beside each other (as the pipeline runs them), each from a fresh workdir:
     wall time and tokens/s of the two stages together, and the ratio of wall times.
 
+The bench starts itself again, once, with the environment our workers get (run_with_engine_env).
 Usage: .venv/bin/python bench/synthesis.py [throughput|rss|step2|step2-fixture|early|beside|all] [--instructions 8]
        [--profile cpu-demo] [--workers N] [--attempts N]
 The stack uses ports 18900-18902 and is stopped before the in-process engine starts, so each side has the machine
@@ -65,11 +66,7 @@ class InProcessEngine:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
-        from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
         from self_lengthen.serve.worker import engine_defaults
-
-        for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
-            os.environ.setdefault(key, value)
 
         async def make():  # as our worker builds its engines on this machine
             return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), **engine_defaults()))
@@ -116,6 +113,7 @@ class InProcessEngine:
 
 
 STAGES = {"generate": "initial_responses", "extend": "extended_responses"}
+SAME_WORK = ["--no-reject_early"]  # (a): what the in-process engine can do too (see throughput)
 
 
 def run_stage(stage: str, workdir: Path, model_dir: Path, profile: str, client=None, extra=(), iteration=1) -> dict:
@@ -176,7 +174,8 @@ def describe(side: str, step1: dict, step2: dict) -> str:
 def throughput(args) -> str:
     """Both sides run step1 on the same instructions. Sampling makes their step1 outputs differ, and step2's
     workload (how many items, so how many requests in flight) follows from them, so both sides run step2 on the
-    stack's step1 output: the same items, prompts and sampling."""
+    stack's step1 output: the same items, prompts and sampling. Both run without --reject_early: ending a text sure
+    to be rejected is our worker's, which the in-process engine does not have, and it changes the work."""
     from self_lengthen.default_model import ensure_default_model
     from self_lengthen.flavour import load_seeds
 
@@ -186,16 +185,17 @@ def throughput(args) -> str:
     stack_dir = new_workdir("stack", prompts)
     stop = start_stack(stack_dir, model)
     try:
-        stack = [run_stage(stage, stack_dir, model, args.profile) for stage in STAGES]
+        stack = [run_stage(stage, stack_dir, model, args.profile, extra=SAME_WORK) for stage in STAGES]
     finally:
         subprocess.run(stop, check=False, timeout=300)
     print(describe("stack", *stack), flush=True)
 
     engine = InProcessEngine(model)
     try:
-        direct = [run_stage("generate", new_workdir("direct-step1", prompts), model, args.profile, client=engine),
+        direct = [run_stage("generate", new_workdir("direct-step1", prompts), model, args.profile, client=engine,
+                            extra=SAME_WORK),
                   run_stage("extend", new_workdir("direct-step2", prompts, initial_from=stack_dir), model,
-                            args.profile, client=engine)]
+                            args.profile, client=engine, extra=SAME_WORK)]
     finally:
         engine.close()
     print(describe("in-process vLLM", *direct), flush=True)
@@ -210,10 +210,6 @@ FIXTURE = ROOT / "bench" / "data" / "step2_initial_responses.jsonl"
 
 
 def start_stack(workdir: Path, model: Path, iteration: int = 0) -> list[str]:
-    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
-
-    for key, value in engine_env_defaults(gpu_count()).items():  # the environment run_server.sh gives its workers
-        os.environ.setdefault(key, value)
     serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
     subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", f"--iter={iteration}",
                     f"--api_port={PORTS['api']}", f"--controller_port={PORTS['controller']}",
@@ -463,7 +459,19 @@ def rss(args) -> str:
             f"ratio {large / small:.2f}")
 
 
+def run_with_engine_env():
+    """Start this bench again, once, with the environment run_server.sh gives its workers where it lacks any of it
+    (on CPU: thread binding, and tcmalloc and Intel's OpenMP preloaded, which load only when a process starts), so
+    that (a)'s in-process engine, whose core vLLM forks from this process, runs as the stack's engine runs."""
+    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+
+    env = {**engine_env_defaults(gpu_count()), **os.environ}  # a user's own setting wins, as in the stack
+    if env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def main():
+    run_with_engine_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("which", nargs="?", choices=["throughput", "rss", "step2", "step2-fixture", "early", "beside", "all"], default="all")
     p.add_argument("--instructions", type=int, default=8)
