@@ -26,6 +26,9 @@ from self_lengthen.text import count_words, mentions_meta_words  # noqa: E402
 
 
 def main():
+    from synthesis import run_with_engine_env
+
+    run_with_engine_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("templates", type=Path, nargs="+", help="prompt-template directories (ours: extend.txt)")
     p.add_argument("--profile", default="cpu-demo", help="whose step2 max_tokens")

@@ -32,6 +32,9 @@ def kind(text: str) -> str:
 
 
 def main() -> None:
+    from synthesis import run_with_engine_env
+
+    run_with_engine_env()  # the engine as our workers run it
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("heldout", type=Path, help="a finished held-out stage's dataset dir (prompt, response)")
     p.add_argument("--count", type=int, default=8)
@@ -40,10 +43,6 @@ def main() -> None:
     from datasets import load_from_disk
 
     from self_lengthen.default_model import ensure_default_model
-    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
-
-    for key, value in engine_env_defaults(gpu_count()).items():
-        os.environ.setdefault(key, value)
     from vllm import LLM, SamplingParams
 
     rows = load_from_disk(str(args.heldout)).to_list()[:args.count]

@@ -41,6 +41,9 @@ def corpus_case(result: dict, cap: int) -> dict:
 
 
 def main():
+    from synthesis import run_with_engine_env
+
+    run_with_engine_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="cpu-demo", help="whose step2 max_tokens")
     p.add_argument("--attempts", type=int, default=2, help="chains per initial response (step2 makes 2)")
@@ -75,7 +78,7 @@ def main():
         from vllm.inputs import TokensPrompt
 
         ids = engine.tokenizer.encode(prompt, add_special_tokens=needs_special_tokens(engine.tokenizer, prompt))
-        params = {**engine.defaults, "stop": list(STOP_STRINGS),
+        params = {**engine.sampling, "stop": list(STOP_STRINGS),
                   "max_new_tokens": min(cap, engine.context_len - len(ids))}
 
         async def run():

@@ -28,6 +28,9 @@ from self_lengthen.text import has_repeated_ngram  # noqa: E402
 
 
 def main():
+    from synthesis import run_with_engine_env
+
+    run_with_engine_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="cpu-demo", help="whose step2 max_tokens")
     p.add_argument("--factor", type=float, default=3.0, help="the completions' cap, in times the profile's")

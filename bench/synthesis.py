@@ -61,12 +61,20 @@ class InProcessEngine:
         from self_lengthen.client import DEFAULT_SAMPLING
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.defaults = DEFAULT_SAMPLING
+        self.sampling = DEFAULT_SAMPLING
+        self.base_url = "an in-process engine"
+        self._count_lock = threading.Lock()
+        self.tokens_received = 0  # what Client counts: completion tokens of every answer, requests in flight
+        self.in_flight = 0
         self.eos_ids = [self.tokenizer.eos_token_id]
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
         from self_lengthen.serve.worker import engine_defaults
+
+        if engine_env() != dict(os.environ):
+            raise SystemExit("InProcessEngine: this process lacks our workers' environment; call "
+                             "synthesis.run_with_engine_env() first thing in the bench's main()")
 
         async def make():  # as our worker builds its engines on this machine
             return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), **engine_defaults()))
@@ -97,7 +105,7 @@ class InProcessEngine:
         from self_lengthen.serve.worker import sampling_params
 
         ids = self.tokenizer.encode(prompt, add_special_tokens=needs_special_tokens(self.tokenizer, prompt))
-        params = {**self.defaults, **{k: v for k, v in sampling.items() if v is not None}}
+        params = {**self.sampling, **{k: v for k, v in sampling.items() if v is not None}}
         # As the API server does: max_tokens is capped by what the context leaves.
         params["max_new_tokens"] = min(int(params.pop("max_tokens")), self.context_len - len(ids))
 
@@ -109,7 +117,16 @@ class InProcessEngine:
             choice = last.outputs[0]
             return Completion(choice.text, choice.finish_reason, len(choice.token_ids)), list(choice.token_ids)
 
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=1800)
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            completion, ids = asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=1800)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+        with self._count_lock:
+            self.tokens_received += completion.completion_tokens
+        return completion, ids
 
 
 STAGES = {"generate": "initial_responses", "extend": "extended_responses"}
@@ -459,13 +476,19 @@ def rss(args) -> str:
             f"ratio {large / small:.2f}")
 
 
-def run_with_engine_env():
-    """Start this bench again, once, with the environment run_server.sh gives its workers where it lacks any of it
-    (on CPU: thread binding, and tcmalloc and Intel's OpenMP preloaded, which load only when a process starts), so
-    that (a)'s in-process engine, whose core vLLM forks from this process, runs as the stack's engine runs."""
+def engine_env() -> dict:
+    """This process's environment with what run_server.sh gives its workers where it is not set (a user's own
+    setting wins, as in the stack)."""
     from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
 
-    env = {**engine_env_defaults(gpu_count()), **os.environ}  # a user's own setting wins, as in the stack
+    return {**engine_env_defaults(gpu_count()), **os.environ}
+
+
+def run_with_engine_env():
+    """Start this bench again, once, with engine_env() where it lacks any of it (on CPU: thread binding, and
+    tcmalloc and Intel's OpenMP preloaded, which load only when a process starts), so that an InProcessEngine, whose
+    core vLLM forks from this process, runs as the stack's engine runs. Call it first thing in main()."""
+    env = engine_env()
     if env != dict(os.environ):
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 

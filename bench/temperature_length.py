@@ -29,6 +29,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main():
+    from synthesis import run_with_engine_env
+
+    run_with_engine_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.7, 0.5], help="the method's is 0.7")
     p.add_argument("--settings", nargs="+", default=None,
