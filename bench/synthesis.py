@@ -54,6 +54,9 @@ class InProcessEngine:
     Prompts and sampling are translated exactly as the worker translates them."""
 
     def __init__(self, model_dir: Path):
+        if engine_env() != dict(os.environ):
+            raise SystemExit("InProcessEngine: this process lacks our workers' environment; call "
+                             "synthesis.run_with_engine_env() first thing in the bench's main()")
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -71,10 +74,6 @@ class InProcessEngine:
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
         from self_lengthen.serve.worker import engine_defaults
-
-        if engine_env() != dict(os.environ):
-            raise SystemExit("InProcessEngine: this process lacks our workers' environment; call "
-                             "synthesis.run_with_engine_env() first thing in the bench's main()")
 
         async def make():  # as our worker builds its engines on this machine
             return AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), **engine_defaults()))

@@ -3,6 +3,7 @@ that README and bench/RESULTS.md quote come out right on fixed answers."""
 import ast
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,53 @@ def test_the_offline_engine_runs_with_the_stack_s_preloads_or_exactly_those_aske
     assert run["preloaded"] == (list(ENGINE_PRELOAD) if stack else [])
     if stack:  # a setting without them gets neither
         assert offline_run(default_model, None, 4, raw_prompts=["The river"], preload=[])["preloaded"] == []
+
+
+IN_PROCESS_STEP2 = """
+import json, os, sys
+from pathlib import Path
+sys.path[:0] = ["bench", "."]
+from synthesis import SAME_WORK, STAGES, InProcessEngine, fixture_rows, new_workdir, run_stage
+from self_lengthen.stages.runner import save_dataset
+
+model = Path(sys.argv[1])
+workdir = new_workdir("test-step2", [])
+save_dataset(fixture_rows()[:1], ["prompt", "initial_response"], workdir / "results" / "iter_1" / STAGES["generate"])
+engine = InProcessEngine(model)
+try:
+    run = run_stage("extend", workdir, model, "tiny", client=engine,
+                    extra=[*SAME_WORK, "--attempts", "1", "--max_tries", "1", "--max_tokens", "48"])
+finally:
+    engine.close()
+print("SUMMARY " + json.dumps(run["summary"]), flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_the_in_process_engine_serves_a_real_stage_as_a_client_does(default_model, tmp_path):
+    """synthesis (a) and the benches built on InProcessEngine hand it to the stages in place of a Client, so it must
+    give them what a Client gives: once a stage read a count it lacked, and (a) broke unnoticed. One chain of step2
+    with short requests (cut at 48 tokens, so rejected at once), in a process with our workers' environment."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from synthesis import engine_env
+
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS_STEP2, str(default_model)], cwd=ROOT,
+                          env={**engine_env(), "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=900)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("SUMMARY ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    summary = json.loads(lines[-1][len("SUMMARY "):])
+    assert summary["items"] == 1 and summary["tokens_generated"] > 0
+    assert summary["tokens_received_this_run"] == summary["tokens_this_run"] == summary["tokens_generated"]
+    assert summary["tokens_recorded_share"] == 1.0
+
+
+def test_an_in_process_engine_refuses_a_process_without_the_workers_environment(default_model):
+    """Without the preloads an engine in the bench's process would run differently from the stack's."""
+    script = ("import sys; sys.path[:0] = ['bench', '.']\n"
+              "from synthesis import InProcessEngine\nInProcessEngine(__import__('pathlib').Path(sys.argv[1]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "VLLM_CPU_KVCACHE_SPACE")}
+    proc = subprocess.run([sys.executable, "-c", script, str(default_model)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "call synthesis.run_with_engine_env()" in proc.stderr
+    assert "Traceback" not in proc.stderr
