@@ -437,7 +437,6 @@ def test_a_profiles_sampling_reaches_step1_and_step2_but_not_the_heldout_answers
     import yaml
 
     from self_lengthen.client import DEFAULT_SAMPLING, Client
-    from self_lengthen.errors import UsageError
     from self_lengthen.pipeline import stage_args
     from self_lengthen.profile import load_profile, parse_sampling
     from self_lengthen.stages import generate

@@ -26,7 +26,6 @@ from ..client import Completion
 from ..errors import UsageError, cli_main
 from ..evaluation import parse_numbers
 from ..io import dataset_prompts, read_jsonl
-from ..text import count_words
 from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
 from .runner import Journal
 
