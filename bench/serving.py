@@ -62,12 +62,12 @@ def offline_run(model_dir, messages, tokens, raw_prompts=None, engine_args=None,
     every process, "start_s": seconds to build the engine (vllm.LLM(), its warm-up included)}.
 
     The engine runs in a process of its own, started with the environment run_server.sh gives its workers
-    (cluster.engine_env_defaults: on CPU, tcmalloc and Intel's OpenMP preloaded where found), so that it matches the
+    (cluster.engine_env: on CPU, tcmalloc and Intel's OpenMP preloaded where found), so that it matches the
     stack's engine: a library in LD_PRELOAD only loads when a process starts, and vLLM forks its engine core.
     `preload`: the libraries' paths to preload instead ([] for none)."""
-    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
+    from self_lengthen.serve.cluster import engine_env
 
-    env = {**engine_env_defaults(gpu_count()), **os.environ}  # a user's own setting wins, as in the stack
+    env = engine_env()
     if preload is not None:
         env.pop("LD_PRELOAD", None)
         if preload:

@@ -54,6 +54,8 @@ class InProcessEngine:
     Prompts and sampling are translated exactly as the worker translates them."""
 
     def __init__(self, model_dir: Path):
+        from self_lengthen.serve.cluster import engine_env
+
         if engine_env() != dict(os.environ):
             raise SystemExit("InProcessEngine: this process lacks our workers' environment; call "
                              "synthesis.run_with_engine_env() first thing in the bench's main()")
@@ -475,18 +477,12 @@ def rss(args) -> str:
             f"ratio {large / small:.2f}")
 
 
-def engine_env() -> dict:
-    """This process's environment with what run_server.sh gives its workers where it is not set (a user's own
-    setting wins, as in the stack)."""
-    from self_lengthen.serve.cluster import engine_env_defaults, gpu_count
-
-    return {**engine_env_defaults(gpu_count()), **os.environ}
-
-
 def run_with_engine_env():
     """Start this bench again, once, with engine_env() where it lacks any of it (on CPU: thread binding, and
     tcmalloc and Intel's OpenMP preloaded, which load only when a process starts), so that an InProcessEngine, whose
     core vLLM forks from this process, runs as the stack's engine runs. Call it first thing in main()."""
+    from self_lengthen.serve.cluster import engine_env
+
     env = engine_env()
     if env != dict(os.environ):
         os.execve(sys.executable, [sys.executable, *sys.argv], env)

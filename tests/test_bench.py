@@ -160,8 +160,7 @@ def test_the_in_process_engine_serves_a_real_stage_as_a_client_does(default_mode
     """synthesis (a) and the benches built on InProcessEngine hand it to the stages in place of a Client, so it must
     give them what a Client gives: once a stage read a count it lacked, and (a) broke unnoticed. One chain of step2
     with short requests (cut at 48 tokens, so rejected at once), in a process with our workers' environment."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from synthesis import engine_env
+    from self_lengthen.serve.cluster import engine_env
 
     proc = subprocess.run([sys.executable, "-c", IN_PROCESS_STEP2, str(default_model)], cwd=ROOT,
                           env={**engine_env(), "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=900)

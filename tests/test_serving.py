@@ -374,6 +374,21 @@ def test_on_a_small_cpu_the_engine_uses_every_core(served):
     assert "VLLM_CPU_OMP_THREADS_BIND" not in engine_env_defaults(1)  # GPUs: vLLM's own choice
 
 
+def test_the_engines_environment_fills_in_our_defaults_and_keeps_the_user_s_own(monkeypatch):
+    """Our workers and the benches' engines start with engine_env(): our settings where the user set none."""
+    import os
+
+    from self_lengthen.serve.cluster import engine_env, engine_env_defaults, gpu_count
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
+    monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
+    env = engine_env()
+    assert engine_env_defaults(gpu_count())["VLLM_CPU_KVCACHE_SPACE"] != "7"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "7"
+    assert env["VLLM_CACHE_ROOT"] == engine_env_defaults(gpu_count())["VLLM_CACHE_ROOT"]
+    assert env["PATH"] == os.environ["PATH"]
+
+
 def test_tcmalloc_is_not_required_where_the_user_turned_set_up_s_apt_get_off(monkeypatch):
     from conftest import setup_installs_tcmalloc
 

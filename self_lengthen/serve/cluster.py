@@ -70,6 +70,12 @@ def engine_env_defaults(gpus: int) -> dict[str, str]:
     return env
 
 
+def engine_env() -> dict[str, str]:
+    """This process's environment with engine_env_defaults where it is not set: what our workers start with (a
+    user's own setting wins). The benches give their own engines the same."""
+    return {**engine_env_defaults(gpu_count()), **os.environ}
+
+
 def is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -138,9 +144,7 @@ class Launch:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def env(self, **extra) -> dict:
-        env = dict(os.environ)
-        for key, value in engine_env_defaults(gpu_count()).items():
-            env.setdefault(key, value)
+        env = engine_env()
         env.setdefault("FASTCHAT_WORKER_API_TIMEOUT", "3600")
         env["LOGDIR"] = str(self.log_dir)  # FastChat's own log files
         env.pop(API_KEY_ENV, None)
