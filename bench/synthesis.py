@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from self_lengthen.client import RequestCount  # noqa: E402
 from self_lengthen.stages.runner import save_dataset  # noqa: E402
 
 FLAVOUR = ROOT / "llama"
@@ -49,14 +50,12 @@ PORTS = {"api": 18900, "controller": 18901, "worker": 18902}
 
 # --- (a) throughput ---------------------------------------------------------------------------------------------
 
-class InProcessEngine:
+class InProcessEngine(RequestCount):
     """The Client interface (chat, complete, models) over a vLLM AsyncLLM in this process: no HTTP, no FastChat.
     Prompts and sampling are translated exactly as the worker translates them."""
 
     def __init__(self, model_dir: Path):
-        from self_lengthen.serve.cluster import engine_env
-
-        if engine_env() != dict(os.environ):
+        if missing_engine_env():
             raise SystemExit("InProcessEngine: this process lacks our workers' environment; call "
                              "synthesis.run_with_engine_env() first thing in the bench's main()")
         from transformers import AutoTokenizer
@@ -68,9 +67,7 @@ class InProcessEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.sampling = DEFAULT_SAMPLING
         self.base_url = "an in-process engine"
-        self._count_lock = threading.Lock()
-        self.tokens_received = 0  # what Client counts: completion tokens of every answer, requests in flight
-        self.in_flight = 0
+        super().__init__()
         self.eos_ids = [self.tokenizer.eos_token_id]
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
@@ -118,15 +115,9 @@ class InProcessEngine:
             choice = last.outputs[0]
             return Completion(choice.text, choice.finish_reason, len(choice.token_ids)), list(choice.token_ids)
 
-        with self._count_lock:
-            self.in_flight += 1
-        try:
+        with self.sending():
             completion, ids = asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=1800)
-        finally:
-            with self._count_lock:
-                self.in_flight -= 1
-        with self._count_lock:
-            self.tokens_received += completion.completion_tokens
+        self.received(completion.completion_tokens)
         return completion, ids
 
 
@@ -477,14 +468,20 @@ def rss(args) -> str:
             f"ratio {large / small:.2f}")
 
 
+def missing_engine_env() -> dict | None:
+    """engine_env() where this process lacks any of it, else None."""
+    from self_lengthen.serve.cluster import engine_env
+
+    env = engine_env()
+    return env if env != dict(os.environ) else None
+
+
 def run_with_engine_env():
     """Start this bench again, once, with engine_env() where it lacks any of it (on CPU: thread binding, and
     tcmalloc and Intel's OpenMP preloaded, which load only when a process starts), so that an InProcessEngine, whose
     core vLLM forks from this process, runs as the stack's engine runs. Call it first thing in main()."""
-    from self_lengthen.serve.cluster import engine_env
-
-    env = engine_env()
-    if env != dict(os.environ):
+    env = missing_engine_env()
+    if env:
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 

@@ -8,6 +8,7 @@ $SELF_LENGTHEN_BASE_URL (else the master's API server) and the cluster key ($SEL
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import requests
@@ -47,7 +48,31 @@ class Completion:
     completion_tokens: int
 
 
-class Client:
+class RequestCount:
+    """What the stages read from whatever answers their requests, kept right across threads: requests sent and not
+    yet answered (in_flight) and completion tokens of every answer received (tokens_received)."""
+
+    def __init__(self):
+        self._count_lock = threading.Lock()
+        self.in_flight = 0
+        self.tokens_received = 0
+
+    @contextmanager
+    def sending(self):
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+
+    def received(self, tokens: int) -> None:
+        with self._count_lock:
+            self.tokens_received += tokens
+
+
+class Client(RequestCount):
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 1800.0,
                  retries: int = 4, backoff: float = 2.0, sampling: dict | None = None, engine_fields: bool = True):
         """engine_fields=False: a hosted API (a judge, say) that rejects the engine's extra sampling fields.
@@ -58,9 +83,7 @@ class Client:
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
         self.engine_fields = engine_fields
         self._local = threading.local()
-        self._count_lock = threading.Lock()
-        self.tokens_received = 0  # completion tokens of every answer this client got
-        self.in_flight = 0  # requests sent and not yet answered
+        super().__init__()
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
@@ -76,13 +99,8 @@ class Client:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                with self._count_lock:
-                    self.in_flight += 1
-                try:
+                with self.sending():
                     r = self._session().post(url, json=payload, timeout=self.timeout)
-                finally:
-                    with self._count_lock:
-                        self.in_flight -= 1
             except requests.Timeout:
                 last = f"timed out after {self.timeout:.0f}s"
                 continue
@@ -101,8 +119,7 @@ class Client:
                 if not isinstance(text, str):
                     raise TypeError(text)
                 tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
-                with self._count_lock:
-                    self.tokens_received += tokens
+                self.received(tokens)
                 return Completion(text, choice.get("finish_reason"), tokens)
             except (ValueError, KeyError, IndexError, TypeError):
                 last = f"unexpected answer {r.text[:120]!r}"

@@ -60,3 +60,23 @@ def test_method_sampling_defaults_are_sent_and_overridable():
 def test_empty_text_is_returned_for_the_stage_to_judge():
     with FakeEndpoint("empty") as fake:
         assert fast_client(fake.base_url).chat("base", [{"role": "user", "content": "hi"}]).text == ""
+
+
+def test_counts_requests_in_flight_and_tokens_received_across_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen_in_flight = []
+    with FakeEndpoint(text=lambda payload: seen_in_flight.append(client.in_flight) or "four words of answer") as fake:
+        client = fast_client(fake.base_url)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: client.complete("base", f"Once {i}"), range(32)))
+    assert client.tokens_received == 32 * 4
+    assert client.in_flight == 0 and len(seen_in_flight) == 32 and min(seen_in_flight) >= 1
+
+
+def test_failed_requests_leave_nothing_in_flight():
+    with FakeEndpoint("timeout", delay=1.0) as fake:
+        client = fast_client(fake.base_url, timeout=0.2)
+        with pytest.raises(EndpointError):
+            client.complete("base", "Once")
+    assert client.in_flight == 0 and client.tokens_received == 0
