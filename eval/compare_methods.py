@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
-from self_lengthen.judge import add_judge_arguments, check_judge_arguments, judge_client  # noqa: E402
+from self_lengthen.judge import add_judge_arguments, judge_client  # noqa: E402
 from self_lengthen.text import count_words, has_repeated_ngram  # noqa: E402
 
 # method: (datasets whose generation it paid for, the dataset it keeps, that dataset's text column)
@@ -106,7 +106,6 @@ def main(argv=None):
     p.add_argument("--output", default=None, help="the report (default: ITER_DIR/methods.md)")
     add_judge_arguments(p, model=None, model_help="score S_q with this judge (default: no quality score)")
     args = p.parse_args(argv)
-    check_judge_arguments(args)
     iter_dir = Path(args.iter_dir)
     if not iter_dir.is_dir():
         raise UsageError(f"{iter_dir}: no such directory (pass a results/iter_K dir)")

@@ -14,7 +14,7 @@ from generate import generate  # noqa: E402
 
 from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
-from self_lengthen.errors import ArgParser, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, cli_main, positive_int  # noqa: E402
 from self_lengthen.evaluation import check_constraints, longen_scores  # noqa: E402
 
 
@@ -25,8 +25,8 @@ def main(argv=None):
     p.add_argument("--models", default="base,gen_sft")
     p.add_argument("--outdir", default=".")
     p.add_argument("--base_url", default=None)
-    p.add_argument("--max_tokens", type=int, default=16384)
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--max_tokens", type=positive_int, default=16384)
+    p.add_argument("--workers", type=positive_int, default=8)
     args = p.parse_args(argv)
     source = Path(args.file)
     rows = read_jsonl(source, required=("query", "type", "constraint"))

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
-from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main, positive_int  # noqa: E402
 from self_lengthen.stages.runner import Checkpoint, run_items  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
@@ -64,12 +64,10 @@ def main(argv=None):
     p.add_argument("file")
     p.add_argument("--model", default="base")
     p.add_argument("--output", default=None)
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--max_tokens", type=int, default=16384)
+    p.add_argument("--workers", type=positive_int, default=8)
+    p.add_argument("--max_tokens", type=positive_int, default=16384)
     p.add_argument("--base_url", default=None)
     args = p.parse_args(argv)
-    if args.workers < 1:
-        raise UsageError(f"--workers={args.workers} must be at least 1")
     source = Path(args.file)
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.{args.model}.jsonl")
     rows = read_jsonl(source)

@@ -20,7 +20,7 @@ from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import longbench_length_score, longwriter_words  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
-from self_lengthen.judge import (add_judge_arguments, check_judge_arguments, judge_client, judge_rows,  # noqa: E402
+from self_lengthen.judge import (add_judge_arguments, judge_client, judge_rows,  # noqa: E402
                                  verdict_parser)
 
 DIMENSIONS = ("relevance", "accuracy", "coherence", "clarity", "breadth and depth", "reading experience")
@@ -77,7 +77,6 @@ def main(argv=None):
     add_judge_arguments(p, model_help="the judge's model name; 'none' for S_l only")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    check_judge_arguments(args)
     rows = read_jsonl(args.file, required=("prompt", "length"))
     check_rows(rows, args.file)
     quality = None

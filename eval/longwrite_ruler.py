@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import generate  # noqa: E402
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main, positive_int  # noqa: E402
 from self_lengthen.evaluation import longbench_length_score, longwriter_words  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
 
@@ -81,12 +81,12 @@ def main(argv=None):
     p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="base")
     p.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
-    p.add_argument("--count", type=int, default=None, help="instructions to use, half per language (default: all)")
+    p.add_argument("--count", type=positive_int, default=None, help="instructions to use, half per language (default: all)")
     p.add_argument("--outdir", default="ruler")
-    p.add_argument("--max_tokens", type=int, default=32768, help="per answer (the server caps it by the context)")
+    p.add_argument("--max_tokens", type=positive_int, default=32768, help="per answer (the server caps it by the context)")
     p.add_argument("--follow", type=float, default=80.0, help="S_l at which a length counts as followed")
     p.add_argument("--base_url", default=None)
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--workers", type=positive_int, default=8)
     args = p.parse_args(argv)
     try:
         lengths = sorted({int(x) for x in args.lengths.split(",") if x.strip()})
@@ -94,8 +94,6 @@ def main(argv=None):
         raise UsageError(f"--lengths={args.lengths!r}: give whole numbers of words separated by commas") from None
     if not lengths or lengths[0] < 1:
         raise UsageError(f"--lengths={args.lengths!r}: give at least one positive length")
-    if args.count is not None and args.count < 1:
-        raise UsageError(f"--count={args.count} must be at least 1")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise UsageError("--models: name at least one served model")

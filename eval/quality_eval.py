@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, cli_main  # noqa: E402
-from self_lengthen.judge import (add_judge_arguments, check_judge_arguments, judge_client, judge_rows,  # noqa: E402
+from self_lengthen.judge import (add_judge_arguments, judge_client, judge_rows,  # noqa: E402
                                  verdict_parser)
 
 DIMENSIONS = ("relevance", "coherence", "accuracy", "consistency", "clarity", "creativity", "engagement")
@@ -41,7 +41,6 @@ def main(argv=None):
     add_judge_arguments(p)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    check_judge_arguments(args)
     rows = read_jsonl(args.file, required=("query", "response"))
     result = evaluate(rows, judge_client(args.judge_base_url), args.judge_model, args.workers, args.tries)
     if args.json:

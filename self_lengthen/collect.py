@@ -10,7 +10,7 @@ from pathlib import Path
 from .default_model import resolve_base_model
 from .dist import DistEnv, Sync, barrier_timeout
 from .env import check_environment
-from .errors import ArgParser, UsageError, cli_main
+from .errors import ArgParser, UsageError, cli_main, positive_int
 from .flavour import pop_flavour_dir
 from .pipeline import stage_args
 from .serve.cluster import add_adapter_mode, gpu_count, server_command
@@ -34,9 +34,9 @@ def main(flavour_dir: Path, argv=None):
     check_environment()
     p = ArgParser(prog="run_collect_data.sh", description=__doc__.splitlines()[0])
     p.add_argument("--base_model", default="default")
-    p.add_argument("--max_iter", type=int, required=True, help="the iteration whose adapters generate")
-    p.add_argument("--instruct_count", type=int, required=True, help="instructions per batch")
-    p.add_argument("--total_count", type=int, required=True,
+    p.add_argument("--max_iter", type=positive_int, required=True, help="the iteration whose adapters generate")
+    p.add_argument("--instruct_count", type=positive_int, required=True, help="instructions per batch")
+    p.add_argument("--total_count", type=positive_int, required=True,
                    help="instructions to request in all: ceil(total_count / instruct_count) batches")
     p.add_argument("--workdir", default=".")
     p.add_argument("--profile", default=None, help="gpu, cpu-demo, study, tiny or a YAML file (default, as run.sh: gpu "
@@ -45,9 +45,6 @@ def main(flavour_dir: Path, argv=None):
     p.add_argument("--prompt_templates", default=None, help="prompt-template dir (default: the flavour's)")
     p.add_argument("--seeds", default=None, help="seed instructions (default: the flavour's seeds.jsonl)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    for name in ("max_iter", "instruct_count", "total_count"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
     workdir = Path(args.workdir).resolve()
     final = workdir / "results" / f"iter_{args.max_iter}"
     if not all(adapter_done(final, m) for m in ("gen_sft", "ext_sft")):

@@ -37,6 +37,19 @@ def cli_main(func):
     return wrapper
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts: a whole number of at least 1 (the parser turns its error into one line)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 class ArgParser:
     """argparse.ArgumentParser whose errors are one `error:` line (via UsageError), not usage text."""
 

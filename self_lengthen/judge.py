@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .client import Client
-from .errors import UsageError
+from .errors import positive_int
 
 _OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 
@@ -75,10 +75,5 @@ def add_judge_arguments(p, model: str | None = "base", model_help: str = "the ju
     """The judge's command-line options, the same in every script that asks one."""
     p.add_argument("--judge_model", default=model, help=model_help)
     p.add_argument("--judge_base_url", default=None, help="the judge's endpoint (default: the local one)")
-    p.add_argument("--workers", type=int, default=4, help="rows judged at a time")
-    p.add_argument("--tries", type=int, default=3, help="judge calls per row before its verdict counts as unreadable")
-
-
-def check_judge_arguments(args) -> None:
-    if args.tries < 1 or args.workers < 1:
-        raise UsageError("--tries and --workers must be at least 1")
+    p.add_argument("--workers", type=positive_int, default=4, help="rows judged at a time")
+    p.add_argument("--tries", type=positive_int, default=3, help="judge calls per row before its verdict counts as unreadable")

@@ -17,7 +17,7 @@ from pathlib import Path
 from .default_model import resolve_base_model
 from .dist import DistEnv, Sync, barrier_timeout
 from .env import check_environment
-from .errors import ArgParser, UsageError, cli_main
+from .errors import ArgParser, UsageError, cli_main, positive_int
 from .flavour import Flavour, load_seeds, pop_flavour_dir
 from .serve.cluster import add_adapter_mode, gpu_count, server_command
 from .profile import load_profile, profile_name
@@ -70,8 +70,8 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
 def parse_args(argv):
     p = ArgParser(prog="run.sh", description="Self-Lengthen macro-iterations on this node.")
     p.add_argument("--base_model", default="default", help="'default' or a local HF model dir")
-    p.add_argument("--instruct_count", type=int, default=None, help="instructions requested per iteration")
-    p.add_argument("--max_iter", type=int, default=None, help="macro-iterations to run")
+    p.add_argument("--instruct_count", type=positive_int, default=None, help="instructions requested per iteration")
+    p.add_argument("--max_iter", type=positive_int, default=None, help="macro-iterations to run")
     p.add_argument("--workdir", default=".", help="holds results/ (shared by all nodes)")
     p.add_argument("--profile", default=None,
                    help="gpu, cpu-demo, study, tiny or a YAML file of the same shape "
@@ -96,8 +96,6 @@ def validate(args) -> None:
     for name in ("instruct_count", "max_iter"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
 
 
 def stop_child(proc: subprocess.Popen, grace: float = 30.0, timeout: float = 120.0) -> None:

@@ -29,8 +29,8 @@ def run_sh(workdir, *args, env=None, timeout=2400, wait=True):
 # --- bad input ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,needle", [
-    (["--max_iter=0"], "--max_iter=0 must be at least 1"),
-    (["--instruct_count=many"], "invalid int value: 'many'"),
+    (["--max_iter=0"], "argument --max_iter: 0 must be at least 1"),
+    (["--instruct_count=many"], "argument --instruct_count: 'many' is not a whole number"),
     (["--colour=blue"], "unknown option --colour=blue"),
     (["--profile=huge"], "--profile=huge: unknown profile"),
     (["--adapter_mode=fast"], "invalid choice: 'fast'"),

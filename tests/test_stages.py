@@ -312,7 +312,7 @@ def test_attempts_sets_how_many_extensions_each_initial_response_gets(tmp_path):
         summary = json.loads((workdir / "results" / "iter_1" / "extended_responses.summary.json").read_text())
         assert summary["items"] == expected
     with FakeEndpoint(delay=0) as fake:
-        assert "--attempts=0 must be at least 1" in one_error_line(
+        assert "argument --attempts: 0 must be at least 1" in one_error_line(
             step(STEP2, tmp_path / "bad", "--attempts", "0", base_url=fake.base_url))
 
 
@@ -534,3 +534,20 @@ def test_drop_short_applies_by_default_and_can_be_turned_off(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         rows[bool(flag)] = len(load_rows(workdir / "results" / "iter_1" / "initial_responses"))
     assert rows == {False: 0, True: 10}
+
+
+@pytest.mark.parametrize("script,args,needle", [
+    (STEP0, ["--iter", "1", "--count", "0"], "argument --count: 0 must be at least 1"),
+    (STEP1, ["--iter", "1", "--max_tries", "-1"], "argument --max_tries: -1 must be at least 1"),
+    (ROOT / "llama" / "heldout_generator.py", ["--iter", "1", "--count", "2.5"],
+     "argument --count: '2.5' is not a whole number"),
+    (ROOT / "eval" / "generate.py", ["x.jsonl", "--workers", "0"], "argument --workers: 0 must be at least 1"),
+    (ROOT / "eval" / "quality_eval.py", ["x.jsonl", "--tries", "0"], "argument --tries: 0 must be at least 1"),
+])
+def test_counts_below_one_get_one_line_from_every_command(tmp_path, script, args, needle):
+    """Every count option takes the same check (errors.positive_int); before, some let 0 through silently (to one
+    worker, or to the method's default)."""
+    proc = subprocess.run([str(SERVE_PY), str(script), *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert needle in one_error_line(proc)
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written

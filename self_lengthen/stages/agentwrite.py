@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..client import Completion
-from ..errors import UsageError, cli_main
+from ..errors import UsageError, cli_main, positive_int
 from ..evaluation import parse_numbers
 from ..io import dataset_prompts, read_jsonl
 from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
@@ -232,7 +232,7 @@ def parser():
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--instructions", default=None,
                    help="a JSONL of instructions or a dataset dir (default: step0's of --iter)")
-    p.add_argument("--count", type=int, default=None, help="only the first N instructions")
+    p.add_argument("--count", type=positive_int, default=None, help="only the first N instructions")
     p.add_argument("--model", default="base", help="the served model that plans and writes (default: base)")
     return p
 
@@ -240,7 +240,5 @@ def parser():
 @cli_main
 def main(flavour_dir: Path, argv=None):
     args = parser().parse_args(argv)
-    if args.count is not None and args.count < 1:
-        raise UsageError(f"--count={args.count} must be at least 1")
     ctx = StageContext.create(args, flavour_dir)
     run(ctx, Path(args.instructions).resolve() if args.instructions else None, args.count, args.model)

@@ -12,7 +12,7 @@ from ..chat_template import load_tokenizer
 from ..client import Client
 from ..default_model import resolve_base_model
 from ..dist import DistEnv
-from ..errors import ArgParser, UsageError
+from ..errors import ArgParser, UsageError, positive_int
 from ..flavour import Flavour, PromptBuilder
 from ..profile import parse_sampling
 from ..text import count_words, drop_short
@@ -39,9 +39,9 @@ def base_parser(description: str, finish_fraction: float = 1.0) -> argparse.Argu
     p = ArgParser(description=description)
     p.add_argument("--iter", type=int, required=True, help="macro-iteration (1-based)")
     p.add_argument("--workdir", default=".", help="where results/ lives (default: here)")
-    p.add_argument("--workers", type=int, default=None, help="requests in flight (default: 32 per GPU, 32 on CPU)")
-    p.add_argument("--max_tokens", type=int, default=DEFAULT_MAX_TOKENS)
-    p.add_argument("--max_tries", type=int, default=None, help="tries per item (default: the method's)")
+    p.add_argument("--workers", type=positive_int, default=None, help="requests in flight (default: 32 per GPU, 32 on CPU)")
+    p.add_argument("--max_tokens", type=positive_int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--max_tries", type=positive_int, default=None, help="tries per item (default: the method's)")
     p.add_argument("--finish_fraction", type=float, default=finish_fraction,
                    help=f"end once more than this share of items is finished (default: the method's {finish_fraction:g})")
     p.add_argument("--time_budget", type=float, default=None,
@@ -78,10 +78,6 @@ class StageContext:
     def create(cls, args, flavour_dir: Path) -> "StageContext":
         if args.iter < 1:
             raise UsageError(f"--iter={args.iter}: iterations are numbered from 1")
-        if args.workers is not None and args.workers < 1:
-            raise UsageError(f"--workers={args.workers} must be at least 1")
-        if args.max_tokens < 1:
-            raise UsageError(f"--max_tokens={args.max_tokens} must be at least 1")
         if not 0 < args.finish_fraction <= 1:
             raise UsageError(f"--finish_fraction={args.finish_fraction} must be in (0, 1]")
         if args.time_budget is not None and not args.time_budget > 0:

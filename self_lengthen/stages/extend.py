@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..client import Completion
-from ..errors import UsageError, cli_main
+from ..errors import cli_main, positive_int
 from ..text import check_response, count_words, reason_of_early_end, split_blocks
 from .common import StageContext, base_parser, finished, journal_path, run_stage, stable_key
 from .runner import Journal, Stop, require_complete
@@ -139,14 +139,11 @@ def run(ctx: StageContext) -> Path:
 
 def parser():
     p = base_parser(__doc__.splitlines()[0], finish_fraction=FINISH_FRACTION)
-    p.add_argument("--attempts", type=int, default=None,
+    p.add_argument("--attempts", type=positive_int, default=None,
                    help=f"independent extensions of each initial response (default: the method's {ATTEMPTS_PER_RESPONSE})")
     return p
 
 
 @cli_main
 def main(flavour_dir: Path, argv=None):
-    args = parser().parse_args(argv)
-    if args.attempts is not None and args.attempts < 1:
-        raise UsageError(f"--attempts={args.attempts} must be at least 1")
-    run(StageContext.create(args, flavour_dir))
+    run(StageContext.create(parser().parse_args(argv), flavour_dir))

@@ -16,7 +16,7 @@ import statistics
 import threading
 from pathlib import Path
 
-from ..errors import UsageError, cli_main
+from ..errors import UsageError, cli_main, positive_int
 from ..evaluation import check_constraints
 from ..flavour import Flavour
 from ..io import read_jsonl
@@ -105,7 +105,7 @@ def length_stats(words: list[int]) -> dict:
 
 def parser():
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--count", type=int, default=None,
+    p.add_argument("--count", type=positive_int, default=None,
                    help="answer only the first N held-out instructions and the first N LonGen-style queries")
     return p
 
@@ -113,6 +113,4 @@ def parser():
 @cli_main
 def main(flavour_dir: Path, argv=None):
     args = parser().parse_args(argv)
-    if args.count is not None and args.count < 1:
-        raise UsageError(f"--count={args.count} must be at least 1")
     run(StageContext.create(args, flavour_dir), args.count)

@@ -4,7 +4,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from ..errors import UsageError, cli_main
+from ..errors import cli_main, positive_int
 from ..flavour import load_seeds
 from ..text import count_words
 from .common import STOP_STRINGS, StageContext, base_parser, finished, run_stage
@@ -118,7 +118,7 @@ def run(ctx: StageContext, count: int, seeds_path: Path) -> Path:
 
 def parser():
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--count", type=int, required=True, help="instructions to request (each up to 10 tries)")
+    p.add_argument("--count", type=positive_int, required=True, help="instructions to request (each up to 10 tries)")
     p.add_argument("--seeds", default=None, help="JSONL with 'prompt', or a save_to_disk dataset dir "
                                                  "(default: the flavour's seeds.jsonl)")
     p.add_argument("--judge_parse", choices=("strict", "lenient"), default="strict",
@@ -130,7 +130,5 @@ def parser():
 @cli_main
 def main(flavour_dir: Path, argv=None):
     args = parser().parse_args(argv)
-    if args.count < 1:
-        raise UsageError(f"--count={args.count} must be at least 1")
     ctx = StageContext.create(args, flavour_dir)
     run(ctx, args.count, Path(args.seeds) if args.seeds else ctx.flavour.dir / "seeds.jsonl")
