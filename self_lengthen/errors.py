@@ -37,7 +37,7 @@ def cli_main(func):
     return wrapper
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, maximum: int | None = None) -> int:
     """An argparse type for counts: a whole number of at least 1 (the parser turns its error into one line)."""
     import argparse
 
@@ -47,7 +47,14 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"{value} must be at most {maximum}")
     return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type for a TCP port to listen on: 1 to 65535."""
+    return positive_int(text, maximum=65535)
 
 
 class ArgParser:

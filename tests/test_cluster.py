@@ -40,6 +40,21 @@ def test_adapters_must_name_the_trained_adapters(tmp_path, default_model, names)
     assert records(tmp_path) == []
 
 
+@pytest.mark.parametrize("option,needle", [
+    ("--api_port=0", "argument --api_port: 0 must be at least 1"),
+    ("--worker_port=70000", "argument --worker_port: 70000 must be at most 65535"),
+    ("--controller_port=http", "argument --controller_port: 'http' is not a whole number"),
+    ("--max_model_len=-4", "argument --max_model_len: -4 must be at least 1"),
+])
+def test_bad_ports_get_one_line_before_anything_starts(tmp_path, option, needle):
+    """Before, --api_port=0 started every server and then failed probing port 80."""
+    proc = start_stack(tmp_path, 0, option, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (tmp_path / "logs").exists() and records(tmp_path) == []
+
+
 def test_only_the_adapters_named_must_exist(tmp_path):
     from self_lengthen.errors import UsageError
     from self_lengthen.serve.cluster import adapter_dirs

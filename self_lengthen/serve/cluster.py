@@ -23,7 +23,7 @@ from ..default_model import resolve_base_model
 from ..devices import ENGINE_PRELOAD, cpu_preload
 from ..dist import DistEnv
 from ..env import check_environment, env_port
-from ..errors import ArgParser, UsageError, cli_main
+from ..errors import ArgParser, UsageError, cli_main, port_number, positive_int
 from ..paths import vllm_cache_root
 from .auth import API_KEY_ENV, auth_headers, read_key
 from .ports import port_in_use, wait_port_free
@@ -339,11 +339,11 @@ def parse(argv):
     s.add_argument("--workdir", default=".")
     s.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness")
     s.add_argument("--host", default=None, help="bind address (default: 127.0.0.1 on one node)")
-    s.add_argument("--api_port", type=int, default=env_port("SELF_LENGTHEN_API_PORT", 8000))
-    s.add_argument("--controller_port", type=int, default=env_port("SELF_LENGTHEN_CONTROLLER_PORT", 21001))
-    s.add_argument("--worker_port", type=int, default=env_port("SELF_LENGTHEN_WORKER_PORT", 21002),
+    s.add_argument("--api_port", type=port_number, default=env_port("SELF_LENGTHEN_API_PORT", 8000))
+    s.add_argument("--controller_port", type=port_number, default=env_port("SELF_LENGTHEN_CONTROLLER_PORT", 21001))
+    s.add_argument("--worker_port", type=port_number, default=env_port("SELF_LENGTHEN_WORKER_PORT", 21002),
                    help="first worker port on this node ($SELF_LENGTHEN_WORKER_PORT)")
-    s.add_argument("--max_model_len", type=int, default=None)
+    s.add_argument("--max_model_len", type=positive_int, default=None)
     s.add_argument("--adapters", type=adapter_names, default=",".join(ADAPTERS),
                    help="which of iteration K's adapters to serve, comma-separated (default: both)")
     add_adapter_mode(s)
