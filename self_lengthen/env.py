@@ -4,7 +4,7 @@ import ipaddress
 import os
 import re
 
-from .errors import UsageError
+from .errors import NotWholeNumber, OutOfRange, UsageError, whole_number_in_range
 
 
 def _raw(name: str) -> str | None:
@@ -17,13 +17,12 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
     if raw is None:
         return default
     try:
-        value = int(raw)
-    except ValueError:
+        return whole_number_in_range(raw, minimum, maximum)
+    except NotWholeNumber:
         raise UsageError(f"{name}={raw!r} is not a whole number; set it to an integer") from None
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    except OutOfRange:
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise UsageError(f"{name}={value} is out of range: it must be {bounds}")
-    return value
+        raise UsageError(f"{name}={int(raw)} is out of range: it must be {bounds}") from None
 
 
 def env_port(name: str, default: int) -> int:

@@ -37,24 +37,42 @@ def cli_main(func):
     return wrapper
 
 
-def positive_int(text: str, maximum: int | None = None) -> int:
-    """An argparse type for counts: a whole number of at least 1 (the parser turns its error into one line)."""
-    import argparse
+class NotWholeNumber(ValueError):
+    pass
 
+
+class OutOfRange(ValueError):
+    pass
+
+
+def whole_number_in_range(text: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """`text` as an int within [minimum, maximum]; the error's message says which rule it broke."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+        raise NotWholeNumber(f"{text!r} is not a whole number") from None
+    if minimum is not None and value < minimum:
+        raise OutOfRange(f"{value} must be at least {minimum}")
     if maximum is not None and value > maximum:
-        raise argparse.ArgumentTypeError(f"{value} must be at most {maximum}")
+        raise OutOfRange(f"{value} must be at most {maximum}")
     return value
 
 
-def port_number(text: str) -> int:
-    """An argparse type for a TCP port to listen on: 1 to 65535."""
-    return positive_int(text, maximum=65535)
+def _argparse_type(minimum: int, maximum: int | None = None):
+    def parse(text: str) -> int:
+        import argparse
+
+        try:
+            return whole_number_in_range(text, minimum, maximum)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+# argparse types; the parser turns their error into one line.
+positive_int = _argparse_type(1)  # a count: a whole number of at least 1
+port_number = _argparse_type(1, 65535)  # a TCP port to listen on
 
 
 class ArgParser:

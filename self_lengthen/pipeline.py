@@ -70,8 +70,8 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
 def parse_args(argv):
     p = ArgParser(prog="run.sh", description="Self-Lengthen macro-iterations on this node.")
     p.add_argument("--base_model", default="default", help="'default' or a local HF model dir")
-    p.add_argument("--instruct_count", type=positive_int, default=None, help="instructions requested per iteration")
-    p.add_argument("--max_iter", type=positive_int, default=None, help="macro-iterations to run")
+    p.add_argument("--instruct_count", type=positive_int, default=5000, help="instructions requested per iteration")
+    p.add_argument("--max_iter", type=positive_int, default=3, help="macro-iterations to run")
     p.add_argument("--workdir", default=".", help="holds results/ (shared by all nodes)")
     p.add_argument("--profile", default=None,
                    help="gpu, cpu-demo, study, tiny or a YAML file of the same shape "
@@ -89,13 +89,6 @@ def parse_args(argv):
     if unknown:
         raise UsageError(f"unknown option {unknown[0]}; run with --help for the options")
     return args
-
-
-def validate(args) -> None:
-    defaults = {"instruct_count": 5000, "max_iter": 3}
-    for name in ("instruct_count", "max_iter"):
-        if getattr(args, name) is None:
-            setattr(args, name, defaults[name])
 
 
 def stop_child(proc: subprocess.Popen, grace: float = 30.0, timeout: float = 120.0) -> None:
@@ -307,7 +300,6 @@ class Pipeline:
 @cli_main
 def main(flavour_dir: Path, argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    validate(args)
     check_environment()
     Pipeline(args, Path(flavour_dir)).main()
 
