@@ -4,8 +4,6 @@
 Usage: python collect_data.py [--results DIR ...] [--output long.jsonl]
 Default --results: qwen/results and llama/results (those that exist).
 """
-import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.io import output_file, write_jsonl_atomic  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
 # (dataset, its response column, the method that made it)
@@ -49,6 +48,7 @@ def main(argv=None):
     p.add_argument("--results", action="append", default=None, help="a results/ dir (repeatable)")
     p.add_argument("--output", default="long.jsonl")
     args = p.parse_args(argv)
+    out = output_file(args.output, "--output")
     if args.results:
         dirs = [Path(d) for d in args.results]
         missing = [str(d) for d in dirs if not d.is_dir()]
@@ -62,12 +62,7 @@ def main(argv=None):
     if not rows:
         raise UsageError(f"no finished initial_responses, extended_responses or agentwrite_responses under "
                          f"{', '.join(map(str, dirs))}")
-    out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    write_jsonl_atomic(out, rows)
     mean = statistics.mean(count_words(r["response"]) for r in rows)
     print(f"wrote {len(rows)} rows to {out}: {counts['initial_responses']} initial, {counts['extended_responses']} "
           f"extended, {counts['agentwrite_responses']} AgentWrite, {counts['duplicates']} duplicates dropped; "

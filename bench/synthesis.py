@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from self_lengthen.client import RequestCount  # noqa: E402
 from self_lengthen.stages.runner import save_dataset  # noqa: E402
+from self_lengthen.io import write_jsonl_atomic  # noqa: E402
 
 FLAVOUR = ROOT / "llama"
 PORTS = {"api": 18900, "controller": 18901, "worker": 18902}
@@ -279,10 +280,7 @@ def step2_fixture(args) -> str:
         subprocess.run(stop, check=False, timeout=300)
     rows = load_from_disk(str(workdir / "results" / "iter_1" / STAGES["generate"]))
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = FIXTURE.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({"prompt": r["prompt"], "initial_response": r["initial_response"]},
-                                      ensure_ascii=False) + "\n" for r in rows))
-    tmp.rename(FIXTURE)
+    write_jsonl_atomic(FIXTURE, ({"prompt": r["prompt"], "initial_response": r["initial_response"]} for r in rows))
     return f"step2 fixture: {len(rows)} initial responses from {args.instructions} instructions -> {FIXTURE}"
 
 

@@ -7,10 +7,11 @@ Usage: python eval/add_length_control.py long.jsonl --output long_lc.jsonl [--mi
 Rows with min_words <= words < max_words are kept. Each gets a constraint type in the method's proportions
 (about 40%, range 25%, above 10%, below 25%) and a round target (to 1000, or to 2000 one time in five, clamped to
 the bounds) that its response satisfies. Chinese constraints use Chinese numerals half of the time. A rewrite that
-loses the constraint falls back to appending it to the query.
+loses the constraint falls back to appending it to the query. Each rewrite is checkpointed as it arrives
+(OUTPUT.checkpoint.jsonl): a rerun after a kill asks only for what is missing. OUTPUT is written once, at the end.
 """
+import hashlib
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -18,9 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.io import read_jsonl  # noqa: E402
-from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.io import output_file, read_jsonl, write_jsonl_atomic  # noqa: E402
+from self_lengthen.errors import ArgParser, UsageError, cli_main, positive_int  # noqa: E402
 from self_lengthen.evaluation import band, int_to_zh, length_score, parse_numbers  # noqa: E402
+from self_lengthen.stages.runner import Checkpoint, run_items  # noqa: E402
 from self_lengthen.text import count_words, is_cjk  # noqa: E402
 
 PROPORTIONS = {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
@@ -100,6 +102,32 @@ def build(rows: list[dict], *, seed: int, lo: int, hi: int) -> list[dict]:
     return planned
 
 
+def rewrite_all(planned: list[dict], client: Client | None, model: str, output: Path, workers: int) -> list[dict]:
+    """The rewritten rows, in order. Each rewrite is checkpointed as it arrives (OUTPUT.checkpoint.jsonl), keyed by
+    its position and content, so a rerun after a kill asks only for what is missing, and a changed plan (other
+    input, seed or bounds) reuses nothing stale."""
+    def key(i: int, item: dict) -> str:
+        content = json.dumps([item["query"], item["constraint"], model if client else None], ensure_ascii=False)
+        return f"{i:07d}-{hashlib.sha1(content.encode()).hexdigest()[:12]}"
+
+    items = {key(i, item): item for i, item in enumerate(planned)}
+
+    def work(_key, item, stop):
+        if stop.is_set():
+            return None
+        query, how = rewrite(client, model, item["query"], item["constraint"], item["numbers"], item["lang"])
+        return {"status": "accepted", "query": query, "rewritten_by": how}
+
+    checkpoint = Checkpoint(output.with_name(output.name + ".checkpoint.jsonl"))
+    try:
+        done = {r["key"]: r for r in run_items(items, work, checkpoint, workers=workers, desc="rewrite")}
+    finally:
+        checkpoint.close()
+    return [{"query": done[k]["query"], "response": item["response"], "type": item["type"],
+             "constraint": item["constraint"], "lang": item["lang"], "rewritten_by": done[k]["rewritten_by"]}
+            for k, item in items.items()]
+
+
 @cli_main
 def main(argv=None):
     p = ArgParser(description=__doc__.splitlines()[0])
@@ -110,26 +138,20 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="base")
     p.add_argument("--base_url", default=None)
+    p.add_argument("--workers", type=positive_int, default=8, help="rewrite requests in flight")
     p.add_argument("--no_llm", action="store_true", help="append the constraint instead of asking the LLM")
     args = p.parse_args(argv)
     if not 0 < args.min_words < args.max_words:
         raise UsageError(f"need 0 < --min_words ({args.min_words}) < --max_words ({args.max_words})")
+    out = output_file(args.output, "--output")
     rows = read_jsonl(args.file, required=("query", "response"))
     planned = build(rows, seed=args.seed, lo=args.min_words, hi=args.max_words)
     client = None if args.no_llm else Client(args.base_url)
-    out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    counts = {"llm": 0, "template": 0}
-    with open(tmp, "w", encoding="utf-8") as f:
-        for item in planned:
-            query, how = rewrite(client, args.model, item["query"], item["constraint"], item["numbers"], item["lang"])
-            counts[how] += 1
-            f.write(json.dumps({"query": query, "response": item["response"], "type": item["type"],
-                                "constraint": item["constraint"], "lang": item["lang"], "rewritten_by": how},
-                               ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    written = rewrite_all(planned, client, args.model, out, args.workers)
+    write_jsonl_atomic(out, written)
+    by_llm = sum(r["rewritten_by"] == "llm" for r in written)
     print(f"kept {len(planned)} of {len(rows)} rows ({args.min_words} <= words < {args.max_words}); rewritten by "
-          f"the LLM: {counts['llm']}, by template: {counts['template']} -> {out}")
+          f"the LLM: {by_llm}, by template: {len(written) - by_llm} -> {out}")
 
 
 if __name__ == "__main__":

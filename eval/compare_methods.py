@@ -8,7 +8,6 @@ repeated n-gram, and with --judge_model, LongBench-Write's quality score S_q (ev
 Writes ITER_DIR/methods.md (or --output) and methods.png beside it (word counts of the kept texts).
 """
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.io import output_file, write_text_atomic  # noqa: E402
 from self_lengthen.judge import add_judge_arguments, judge_client  # noqa: E402
 from self_lengthen.text import count_words, has_repeated_ngram  # noqa: E402
 
@@ -109,6 +109,7 @@ def main(argv=None):
     iter_dir = Path(args.iter_dir)
     if not iter_dir.is_dir():
         raise UsageError(f"{iter_dir}: no such directory (pass a results/iter_K dir)")
+    out = output_file(args.output or str(iter_dir / "methods.md"), "--output")
     results = [measure(iter_dir, m) for m in METHODS]
     if args.judge_model:
         from longbench_write_quality import score_quality
@@ -119,13 +120,10 @@ def main(argv=None):
                        if r["_rows"] else None)
             judged = quality["judged"] if quality else 0
             r["s_q"] = f"{fmt(quality and quality['s_q'])} ({judged} of {r['kept']} judged)"
-    out = Path(args.output) if args.output else iter_dir / "methods.md"
     png = out.with_suffix(".png")
     plot(results, png)
     text = render(iter_dir, results, png)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(out, text)
     print(text)
     print(f"report: {out} (plot: {png})")
 

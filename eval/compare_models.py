@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import generate  # noqa: E402
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.io import read_jsonl  # noqa: E402
+from self_lengthen.io import output_dir, read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, cli_main, positive_int  # noqa: E402
 from self_lengthen.evaluation import check_constraints, longen_scores  # noqa: E402
 
@@ -31,8 +31,7 @@ def main(argv=None):
     source = Path(args.file)
     rows = read_jsonl(source, required=("query", "type", "constraint"))
     check_constraints(rows, str(source))  # before any answer is generated
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = output_dir(args.outdir, "--outdir")
     client = Client(args.base_url)
     table = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:

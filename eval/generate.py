@@ -5,15 +5,13 @@ Usage: python eval/generate.py FILE --model base|gen_sft [--output OUT] [--worke
 Each answer is checkpointed as it arrives (OUT.checkpoint.jsonl); a rerun after a kill does only what is missing.
 OUT (default FILE's name + .MODEL.jsonl) is written once, when every query is answered.
 """
-import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.io import read_jsonl  # noqa: E402
+from self_lengthen.io import output_file, read_jsonl, write_jsonl_atomic  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main, positive_int  # noqa: E402
 from self_lengthen.stages.runner import Checkpoint, run_items  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
@@ -45,15 +43,14 @@ def generate(rows: list[dict], client: Client, model: str, output: Path, workers
     finally:
         checkpoint.close()
     done = {r["key"]: r for r in records}
-    tmp = output.with_name(f".{output.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for key, row in sorted(items.items()):
-            clean = {k: v for k, v in row.items() if k != "_line"}
-            clean.update(response=done[key]["response"], response_length=done[key]["response_length"],
-                         capped=done[key].get("capped", False),  # cut at max_tokens or the model's context
-                         tokens=done[key].get("tokens"))
-            f.write(json.dumps(clean, ensure_ascii=False) + "\n")
-    os.replace(tmp, output)
+    answered = []
+    for key, row in sorted(items.items()):
+        clean = {k: v for k, v in row.items() if k != "_line"}
+        clean.update(response=done[key]["response"], response_length=done[key]["response_length"],
+                     capped=done[key].get("capped", False),  # cut at max_tokens or the model's context
+                     tokens=done[key].get("tokens"))
+        answered.append(clean)
+    write_jsonl_atomic(output, answered)
     print(f"wrote {len(items)} answers to {output}")
     return len(items)
 
@@ -69,7 +66,7 @@ def main(argv=None):
     p.add_argument("--base_url", default=None)
     args = p.parse_args(argv)
     source = Path(args.file)
-    output = Path(args.output) if args.output else source.with_name(f"{source.stem}.{args.model}.jsonl")
+    output = output_file(args.output or str(source.with_name(f"{source.stem}.{args.model}.jsonl")), "--output")
     rows = read_jsonl(source)
     bad = next((r["_line"] for r in rows if not any(isinstance(r.get(f), str) for f in ("query", "prompt"))), None)
     if bad is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from self_lengthen.io import read_jsonl  # noqa: E402
+from self_lengthen.io import output_file, read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import longbench_length_score, longwriter_words  # noqa: E402
 
@@ -60,11 +60,12 @@ def main(argv=None):
     p.add_argument("--plot", default=None, help="write the scatter plot to this PNG")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    plot_path = output_file(args.plot, "--plot") if args.plot else None
     points = pairs(read_jsonl(args.file), args.file)
     scores = [longbench_length_score(x, y) for x, y in points]
     mean = sum(scores) / len(scores)
-    if args.plot:
-        plot(points, args.plot)
+    if plot_path:
+        plot(points, plot_path)
     if args.json:
         print(json.dumps({"S_l": mean, "rows": len(scores)}))
     else:

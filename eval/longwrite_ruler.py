@@ -10,7 +10,6 @@ says where the model was stopped, not where it would have stopped. Writes OUTDIR
 against produced words, log axes, per model). Words are counted as LongBench-Write counts them.
 """
 import json
-import os
 import string
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from generate import generate  # noqa: E402
 from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main, positive_int  # noqa: E402
 from self_lengthen.evaluation import longbench_length_score, longwriter_words  # noqa: E402
-from self_lengthen.io import read_jsonl  # noqa: E402
+from self_lengthen.io import output_dir, read_jsonl, write_text_atomic  # noqa: E402
 
 INSTRUCTIONS = Path(__file__).resolve().parent / "data" / "ruler_instructions.jsonl"
 LENGTHS = (1000, 2000, 5000, 10000, 20000, 30000)
@@ -98,8 +97,7 @@ def main(argv=None):
     if not models:
         raise UsageError("--models: name at least one served model")
     rows = ruler_rows(args.count, lengths)
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = output_dir(args.outdir, "--outdir")
     client = Client(args.base_url)
     results, answered = {}, {}
     for model in models:
@@ -118,9 +116,7 @@ def main(argv=None):
     plot(results, answered, outdir / "ruler.png")
     lines += ["", "![ruler](ruler.png)", ""]
     report = outdir / "ruler.md"
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, report)
+    write_text_atomic(report, "\n".join(lines))
     print("\n".join(lines))
     print(f"report: {report}")
 

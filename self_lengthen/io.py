@@ -1,4 +1,5 @@
-"""Small file helpers: JSONL input with clear errors, atomic JSON output, model dirs that appear whole."""
+"""Small file helpers: JSONL input with clear errors; output paths checked before the work; files written whole
+(temp, then rename); model dirs that appear whole."""
 import json
 import os
 import shutil
@@ -9,10 +10,49 @@ from pathlib import Path
 from .errors import UsageError
 
 
-def write_json_atomic(path: Path, data) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a temp file beside `path`, then rename it over `path`: a reader sees the old file or the whole new
+    one, never a part."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1))
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
+
+
+def write_jsonl_atomic(path: Path, rows) -> None:
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def output_file(text: str, option: str) -> Path:
+    """A file the user asked for, checked before any work is done: a path that is a directory, or whose directory
+    is missing or not writable, is one line, not a traceback after the work."""
+    path = Path(text)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; give a file name")
+    where = path.parent
+    if not where.is_dir():
+        raise UsageError(f"{option} {path}: there is no directory {where}; create it or give another path")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {where}; give a path you can write to")
+    return path
+
+
+def output_dir(text: str, option: str) -> Path:
+    """A directory the user asked for, created if missing and checked before any work is done."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{option} {path}: is a file, not a directory; give a directory") from None
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create it ({exc.strerror}); give another directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in it; give a directory you can write to")
+    return path
 
 
 @contextmanager

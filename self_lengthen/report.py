@@ -2,11 +2,11 @@
 run (the growth of response length, iteration by iteration: the method's key picture, for this run)."""
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 
 from .evaluation import longen_scores
+from .io import write_text_atomic
 from .text import count_words
 from .train import MODELS, cut_stats, tokenized_dir
 
@@ -32,12 +32,6 @@ def _plt():
 
 def _stats(xs: list[int]) -> tuple[str, str]:
     return (f"{statistics.mean(xs):.0f}", f"{statistics.median(xs):.0f}") if xs else ("-", "-")
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def training_rows(iter_dir: Path) -> list[dict]:
@@ -99,7 +93,7 @@ def iteration_report(iter_dir: Path) -> Path:
         plt.close(fig)
         lines += ["", "![word counts](words_hist.png)"]
     report = iter_dir / "report.md"
-    _write(report, "\n".join(lines) + "\n")
+    write_text_atomic(report, "\n".join(lines) + "\n")
     return report
 
 
@@ -201,7 +195,7 @@ def run_report(results: Path) -> Path:
         lines += ["", "![growth](growth.png)", ""]
         lines += [f"- [{d.name}]({d.name}/report.md)" for _, d in iters if (d / "report.md").exists()]
     report = results / "report.md"
-    _write(report, "\n".join(lines) + "\n")
+    write_text_atomic(report, "\n".join(lines) + "\n")
     return report
 
 

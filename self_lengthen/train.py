@@ -18,7 +18,7 @@ import yaml
 from .devices import TRAINING_PRELOAD, cpu_preload
 from .errors import UsageError
 from .flavour import Flavour, PromptBuilder
-from .io import model_dir_in_place
+from .io import model_dir_in_place, write_text_atomic
 from .stages.runner import MARKER, is_complete, require_complete
 
 MODELS = ("gen_sft", "ext_sft")
@@ -163,9 +163,7 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
                              f"{iteration - 1} first")
         config["adapter_name_or_path"] = str(previous)
     path = data_dir / f"train_{name}.yaml"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return path
 
 

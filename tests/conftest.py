@@ -1,7 +1,10 @@
 """Shared fixtures. Heavy things (the converted model, a served stack) are built once per session."""
 import os
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,18 @@ def setup_installs_tcmalloc() -> bool:
     import shutil
 
     return os.environ.get("SELF_LENGTHEN_NO_APT") != "1" and os.geteuid() == 0 and bool(shutil.which("apt-get"))
+
+
+def kill_9_after_lines(running: subprocess.Popen, path: Path, lines: int, timeout: float = 120) -> int:
+    """Wait until `path` (a checkpoint or journal) holds `lines` lines, then kill -9 `running` and reap it. Fails if
+    it ends first or `timeout` seconds pass. Returns the lines the file holds after the kill."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_bytes().count(b"\n") >= lines):
+        assert running.poll() is None and time.monotonic() < deadline, running.stderr.read()[-2000:]
+        time.sleep(0.02)
+    os.kill(running.pid, signal.SIGKILL)
+    running.communicate(timeout=60)
+    return path.read_bytes().count(b"\n")
 
 
 def env_with(**extra) -> dict:

@@ -1,14 +1,12 @@
 """AgentWrite: the plan parser, the stage's chain (plan, then sections), its resume after kill -9, and collect_data."""
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import ROOT, SERVE_PY
+from conftest import ROOT, SERVE_PY, kill_9_after_lines
 from fake_endpoint import FakeEndpoint
 from self_lengthen.stages.agentwrite import parse_plan
 from self_lengthen.stages.runner import MARKER
@@ -109,13 +107,7 @@ def test_kill_9_mid_chain_then_rerun_redoes_no_finished_request(tmp_path):
     needed = len(SHORT_PROMPTS) * 4  # a plan and 3 sections each
     with FakeEndpoint(text=fake_model(delay=0.2), delay=0) as fake:
         running = step(AGENTWRITE, tmp_path, "--workers", "2", base_url=fake.base_url, wait=False)
-        deadline = time.monotonic() + 120
-        while not (journal.exists() and journal.read_bytes().count(b"\n") >= 5):
-            assert running.poll() is None and time.monotonic() < deadline, running.stderr.read()[-2000:]
-            time.sleep(0.02)
-        os.kill(running.pid, signal.SIGKILL)
-        running.communicate(timeout=60)
-        journaled = journal.read_bytes().count(b"\n")
+        journaled = kill_9_after_lines(running, journal, 5)
         assert 5 <= journaled < needed
     with FakeEndpoint(text=fake_model(), delay=0) as fake:
         proc = step(AGENTWRITE, tmp_path, "--workers", "2", base_url=fake.base_url)
@@ -155,6 +147,15 @@ def test_collect_data_gathers_agentwrite_rows_marked_with_their_method(tmp_path)
     assert "2 AgentWrite" in proc.stdout
 
 
+def test_collect_data_refuses_a_bad_output_before_reading_anything(tmp_path):
+    write_instructions(tmp_path, SHORT_PROMPTS[:1])
+    for output, expected in ((tmp_path, "is a directory"), (tmp_path / "no" / "long.jsonl", "there is no directory")):
+        proc = subprocess.run([str(SERVE_PY), str(ROOT / "collect_data.py"), "--results", str(tmp_path / "results"),
+                               "--output", str(output)], capture_output=True, text=True, timeout=300)
+        assert expected in one_error_line(proc)
+    assert not (tmp_path / "no").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
 @pytest.mark.slow
 def test_agentwrite_on_the_served_model_survives_kill_9(served, tmp_path):
     """The real model plans and writes (small sizes); killed with -9 once requests are journaled, then rerun: the
@@ -163,12 +164,7 @@ def test_agentwrite_on_the_served_model_survives_kill_9(served, tmp_path):
     args = ("--max_tokens", "160", "--workers", "3", "--max_tries", "2")
     journal = tmp_path / "results" / "iter_1" / "agentwrite_responses.journal.jsonl"
     running = step(AGENTWRITE, tmp_path, *args, base_url=served.base_url, wait=False)
-    deadline = time.monotonic() + 600
-    while not (journal.exists() and journal.read_bytes().count(b"\n") >= 2):
-        assert running.poll() is None and time.monotonic() < deadline, running.stderr.read()[-2000:]
-        time.sleep(0.05)
-    os.kill(running.pid, signal.SIGKILL)
-    running.communicate(timeout=60)
+    kill_9_after_lines(running, journal, 2, timeout=600)
     before = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
     proc = step(AGENTWRITE, tmp_path, *args, base_url=served.base_url)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import ROOT, SERVE_PY
+from conftest import ROOT, SERVE_PY, kill_9_after_lines
 from fake_endpoint import FakeEndpoint
 from self_lengthen.evaluation import band, int_to_zh, length_score, longbench_length_score, parse_numbers, zh_to_int
 from self_lengthen.text import count_words
@@ -180,14 +180,13 @@ def test_rows_outside_the_bounds_are_dropped():
 
 def test_add_length_control_cli_rewrites_through_the_endpoint(tmp_path):
     src = tmp_path / "long.jsonl"
-    src.write_text("\n".join(json.dumps({"query": "Write about tides.", "response": words(n)}) for n in (2500, 4200)))
-    answers = iter(["Write about tides, in no particular length.", None])
+    src.write_text("\n".join(json.dumps({"query": q, "response": words(n)})
+                             for q, n in (("Write about tides.", 2500), ("Write about rivers.", 4200))))
 
-    def rewrite(payload):  # first answer loses the constraint (template fallback), the rest keep it
-        text = next(answers, None)
-        if text:
-            return text
+    def rewrite(payload):  # the tides rewrite loses the constraint (template fallback), the rivers one keeps it
         prompt = payload["messages"][0]["content"]
+        if "tides" in prompt:
+            return "Write about tides, in no particular length."
         return "Rewritten: " + prompt.split("a length of ")[1].split(". Keep")[0]
 
     with FakeEndpoint(text=rewrite) as fake:
@@ -197,6 +196,67 @@ def test_add_length_control_cli_rewrites_through_the_endpoint(tmp_path):
     assert [o["rewritten_by"] for o in out] == ["template", "llm"]
     for o in out:
         assert set(parse_numbers(o["constraint"])) <= set(parse_numbers(o["query"]))
+
+
+def test_add_length_control_killed_mid_run_asks_again_only_for_what_is_missing(tmp_path):
+    """kill -9 once a few rewrites are checkpointed: the rerun sends exactly the requests that were not, and the
+    output has every row, in the input's order."""
+    src = tmp_path / "long.jsonl"
+    queries = [f"Write about harbour number {i}." for i in range(12)]
+    src.write_text("\n".join(json.dumps({"query": q, "response": words(3000)}) for q in queries))
+    out, checkpoint = tmp_path / "lc.jsonl", tmp_path / "lc.jsonl.checkpoint.jsonl"
+
+    def slow_rewrite(payload):
+        time.sleep(0.3)
+        prompt = payload["messages"][0]["content"]
+        return prompt.split("Request: ")[1] + " Give it " + prompt.split("a length of ")[1].split(". Keep")[0] + "."
+
+    with FakeEndpoint(text=slow_rewrite) as fake:
+        running = subprocess.Popen([str(SERVE_PY), str(ROOT / "eval" / "add_length_control.py"), str(src), "--output",
+                                    str(out), "--base_url", fake.base_url, "--workers", "2"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        done = kill_9_after_lines(running, checkpoint, 3)
+    assert 3 <= done < len(queries) and not out.exists()
+    with FakeEndpoint(text=slow_rewrite) as fake:
+        proc = run_eval("add_length_control.py", src, "--output", out, "--base_url", fake.base_url, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert fake.requests == len(queries) - done
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["query"].split(" Give it ")[0] for r in rows] == queries
+    assert {r["rewritten_by"] for r in rows} == {"llm"}
+
+
+def error_line(proc) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    return line
+
+
+def test_bad_output_paths_get_one_line_before_any_request(tmp_path):
+    """An output that is a directory, or whose directory is missing, is refused before the work (and its
+    requests) starts, not with a traceback after it."""
+    a_dir, a_file = tmp_path / "a_dir", tmp_path / "a_file"
+    a_dir.mkdir()
+    a_file.write_text("x")
+    src = tmp_path / "long.jsonl"
+    src.write_text(json.dumps({"query": "Write about tides.", "response": words(2500)}) + "\n")
+    missing = tmp_path / "no" / "such" / "out.jsonl"
+    with FakeEndpoint(text="Write about tides in about 3000 words.") as fake:
+        url = ("--base_url", fake.base_url)
+        cases = [
+            (("add_length_control.py", src, "--output", a_dir, *url), f"--output {a_dir}: is a directory"),
+            (("add_length_control.py", src, "--output", missing, *url), f"there is no directory {missing.parent}"),
+            (("generate.py", SAMPLE, "--output", missing, *url), f"there is no directory {missing.parent}"),
+            (("compare_models.py", SAMPLE, "--outdir", a_file, *url), f"--outdir {a_file}: is a file, not a directory"),
+            (("longwrite_ruler.py", "--outdir", a_file / "sub", *url), f"--outdir {a_file / 'sub'}: cannot create it"),
+            (("longbench_write_length.py", src, "--plot", a_dir), f"--plot {a_dir}: is a directory"),
+        ]
+        for args, expected in cases:
+            line = error_line(run_eval(*args))
+            assert expected in line, line
+        assert fake.requests == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file", "long.jsonl"]
+    assert list(a_dir.iterdir()) == []
 
 
 # --- quality_eval with a fake judge ---------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..io import write_text_atomic
+
 
 def _start_time(pid: int) -> str | None:
     try:
@@ -25,9 +27,7 @@ def spawn(name: str, cmd: list[str], *, run_dir: Path, log_dir: Path, env: dict,
                                 start_new_session=True)
     record = {"name": name, "pid": proc.pid, "pgid": proc.pid, "start_time": _start_time(proc.pid),
               "cmd": cmd, "log": str(log_path), "host": host, "ports": ports}
-    tmp = run_dir / f".{name}.pid.tmp"
-    tmp.write_text(json.dumps(record))
-    tmp.rename(run_dir / f"{name}.pid")
+    write_text_atomic(run_dir / f"{name}.pid", json.dumps(record))
     return proc
 
 
