@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import requests
 
-from .env import env_int, env_port
+from .env import env_int, env_port, is_http_url
 from .errors import UsageError
 from .serve.auth import read_key
 
@@ -78,6 +78,9 @@ class Client(RequestCount):
         """engine_fields=False: a hosted API (a judge, say) that rejects the engine's extra sampling fields.
         api_key=None: the cluster key (see serve/auth.py); "" sends none."""
         self.base_url = (base_url or os.environ.get("SELF_LENGTHEN_BASE_URL") or default_base_url()).rstrip("/")
+        if not is_http_url(self.base_url):
+            raise UsageError(f"the endpoint {self.base_url!r} is not an http(s) URL; give one like "
+                             f"http://HOST:8000/v1")
         self.api_key = (api_key if api_key is not None else read_key()) or None
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
@@ -137,9 +140,20 @@ class Client(RequestCount):
         return self._post("/completions", {**self._params(model, sampling), "prompt": prompt})
 
     def models(self) -> list[str]:
-        r = self._session().get(f"{self.base_url}/models", timeout=30)
-        r.raise_for_status()
-        return [m["id"] for m in r.json()["data"]]
+        """The names the endpoint serves; one try (a check before the work starts), one line if it fails."""
+        url = f"{self.base_url}/models"
+        try:
+            r = self._session().get(url, timeout=30)
+        except requests.RequestException as exc:
+            raise EndpointError(f"cannot reach the endpoint at {self.base_url} ({type(exc).__name__}); is the server "
+                                f"running (run_server.sh) and is --base_url right?") from None
+        if r.status_code >= 400:
+            raise RequestRejected(f"{url} answered {r.status_code}: {_error_message(r)}")
+        try:
+            return [m["id"] for m in r.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise EndpointError(f"{url} gave an unexpected answer {r.text[:120]!r}; is --base_url an "
+                                f"OpenAI-compatible endpoint?") from None
 
 
 def _error_message(r: requests.Response) -> str:

@@ -48,6 +48,10 @@ def env_gib(name: str, default: int) -> int:
     return env_int(name, default, minimum=1)
 
 
+def is_http_url(text: str) -> bool:
+    return bool(re.fullmatch(r"https?://[^/\s]+(/\S*)?", text))
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -68,7 +72,7 @@ def check_environment() -> None:
         env_seconds(name, default)
     env_gib("VLLM_CPU_KVCACHE_SPACE", 4)
     base_url = _raw("SELF_LENGTHEN_BASE_URL")
-    if base_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", base_url):
+    if base_url and not is_http_url(base_url):
         raise UsageError(f"SELF_LENGTHEN_BASE_URL={base_url!r} is not an http(s) URL; set it like http://HOST:8000/v1")
     for name, what in (("NODE_ADDR", "this node's address"), ("MASTER_ADDR", "the master node's address")):
         addr = _raw(name)

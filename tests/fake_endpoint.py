@@ -15,6 +15,7 @@ OPENAI_FIELDS = {"model", "messages", "prompt", "max_tokens", "temperature", "to
 
 class FakeEndpoint:
     """mode: ok | 500 | timeout | garbage | empty | 400 | strict (a hosted API: 400 for any field it does not know).
+    GET /models lists `models`, except under garbage (HTML) and 400 (a 401 refusal).
     `text` is what ok answers (or a function of the request), with `finish_reason` (likewise);
     `requests` counts calls and `payloads` keeps their bodies, to check what a stage sends."""
 
@@ -38,6 +39,10 @@ class FakeEndpoint:
                 self.wfile.write(body)
 
             def do_GET(self):
+                if fake.mode == "garbage":
+                    return self._send(200, b"<html>not json at all", "text/html")
+                if fake.mode == "400":
+                    return self._send(401, b'{"message": "a key is required"}')
                 data = [{"id": m, "object": "model"} for m in fake.models]
                 self._send(200, json.dumps({"object": "list", "data": data}).encode())
 

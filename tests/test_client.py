@@ -5,6 +5,7 @@ import pytest
 
 from fake_endpoint import FakeEndpoint
 from self_lengthen.client import DEFAULT_SAMPLING, Client, EndpointError, RequestRejected
+from self_lengthen.errors import UsageError
 
 
 def fast_client(url, **kw):
@@ -36,6 +37,26 @@ def test_unreachable_endpoint():
     with pytest.raises(EndpointError) as err:
         fast_client(f"http://127.0.0.1:{port}/v1").complete("base", "Once")
     assert "cannot connect" in str(err.value)
+    with pytest.raises(EndpointError) as err:  # the check a stage or eval/generate.py makes before its work
+        fast_client(f"http://127.0.0.1:{port}/v1").models()
+    assert f"cannot reach the endpoint at http://127.0.0.1:{port}/v1" in str(err.value)
+
+
+def test_models_from_an_endpoint_that_is_not_openai_compatible_or_refuses():
+    with FakeEndpoint("garbage") as fake:
+        with pytest.raises(EndpointError, match="unexpected answer '<html>not json"):
+            fast_client(fake.base_url).models()
+    with FakeEndpoint("400") as fake:
+        with pytest.raises(RequestRejected, match="answered 401: a key is required"):
+            fast_client(fake.base_url).models()
+    with FakeEndpoint() as fake:
+        assert fast_client(fake.base_url).models() == ["base"]
+
+
+@pytest.mark.parametrize("url", ["notaurl", "localhost:8000/v1", "ftp://host/v1", "http://"])
+def test_a_base_url_that_is_not_http_is_refused_at_once(url):
+    with pytest.raises(UsageError, match="is not an http.s. URL; give one like http://HOST:8000/v1"):
+        Client(url)
 
 
 def test_4xx_is_not_retried():

@@ -3,6 +3,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -257,6 +258,19 @@ def test_bad_output_paths_get_one_line_before_any_request(tmp_path):
         assert fake.requests == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file", "long.jsonl"]
     assert list(a_dir.iterdir()) == []
+
+
+def test_a_dead_or_malformed_endpoint_gets_one_line(tmp_path):
+    rows = tmp_path / "answers.jsonl"
+    rows.write_text(json.dumps({"query": "Write about tides.", "response": "Tides rise and fall."}) + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # closed again: nothing listens there
+    line = error_line(run_eval("generate.py", SAMPLE, "--output", tmp_path / "out.jsonl", "--base_url", dead))
+    assert f"cannot reach the endpoint at {dead}" in line
+    line = error_line(run_eval("quality_eval.py", rows, "--judge_base_url", "judge.example.com/v1"))
+    assert "'judge.example.com/v1' is not an http(s) URL" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl"]
 
 
 # --- quality_eval with a fake judge ---------------------------------------------------------------------------------
