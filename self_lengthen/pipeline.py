@@ -19,6 +19,7 @@ from .dist import DistEnv, Sync, barrier_timeout
 from .env import check_environment
 from .errors import ArgParser, UsageError, cli_main, positive_int
 from .flavour import Flavour, load_seeds, pop_flavour_dir
+from .io import output_dir
 from .serve.cluster import add_adapter_mode, gpu_count, server_command
 from .profile import load_profile, profile_name
 from .report import heldout_line
@@ -300,6 +301,7 @@ class Pipeline:
 @cli_main
 def main(flavour_dir: Path, argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    output_dir(args.workdir, "--workdir")
     check_environment()
     Pipeline(args, Path(flavour_dir)).main()
 

@@ -551,3 +551,18 @@ def test_counts_below_one_get_one_line_from_every_command(tmp_path, script, args
                           cwd=tmp_path)
     assert needle in one_error_line(proc)
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+@pytest.mark.parametrize("command", [
+    ["bash", ROOT / "llama" / "run.sh", "--base_model=default"],
+    ["bash", ROOT / "llama" / "run_server.sh", "--base_model=default", "--iter=0"],
+    [SERVE_PY, STEP1, "--iter", "1"],
+    [SERVE_PY, ROOT / "llama" / "heldout_generator.py", "--iter", "1"],
+])
+def test_a_workdir_that_is_a_file_gets_one_line_and_starts_nothing(tmp_path, command):
+    """Before, each of these died with a traceback from mkdir (run.sh after starting its servers' logs)."""
+    (tmp_path / "results").write_text("not a directory")
+    proc = subprocess.run([*map(str, command), f"--workdir={tmp_path / 'results'}"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert f"--workdir {tmp_path / 'results'}: is a file, not a directory" in one_error_line(proc)
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]

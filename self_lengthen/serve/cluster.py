@@ -24,6 +24,7 @@ from ..devices import ENGINE_PRELOAD, cpu_preload
 from ..dist import DistEnv
 from ..env import check_environment, env_port
 from ..errors import ArgParser, UsageError, cli_main, port_number, positive_int
+from ..io import output_dir
 from ..paths import vllm_cache_root
 from .auth import API_KEY_ENV, auth_headers, read_key
 from .ports import port_in_use, wait_port_free
@@ -371,6 +372,7 @@ def main(argv=None):
         raise UsageError(f"--iter={args.iter} must be 0 or more")
     if args.timeout <= 0:
         raise UsageError(f"--timeout={args.timeout} must be positive")
+    output_dir(args.workdir, "--workdir")  # logs and pid files go there
     launch = Launch(args, DistEnv.from_env())
     names = launch.run()
     where = launch.api_url + "/v1" if launch.dist.is_master else f"workers on rank {launch.dist.rank}"

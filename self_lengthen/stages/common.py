@@ -16,7 +16,7 @@ from ..errors import ArgParser, UsageError, positive_int
 from ..flavour import Flavour, PromptBuilder
 from ..profile import parse_sampling
 from ..text import count_words, drop_short
-from ..io import write_json_atomic
+from ..io import output_dir, write_json_atomic
 from .runner import Checkpoint, Journal, is_complete, run_items, save_dataset, summarize
 
 DEFAULT_MAX_TOKENS = 16384  # the method's; the API server caps it by the model's context
@@ -87,7 +87,7 @@ class StageContext:
         args.workers = args.workers or default_workers()
         sampling = parse_sampling(args.sampling) if args.sampling else None
         client = Client(args.base_url, timeout=args.request_timeout, retries=max(0, args.retries), sampling=sampling)
-        iter_dir = Path(args.workdir).resolve() / "results" / f"iter_{args.iter}"
+        iter_dir = output_dir(args.workdir, "--workdir").resolve() / "results" / f"iter_{args.iter}"
         iter_dir.mkdir(parents=True, exist_ok=True)
         return cls(args, flavour, PromptBuilder(flavour, tokenizer), client, iter_dir)
 
