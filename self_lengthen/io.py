@@ -77,6 +77,8 @@ def read_jsonl(path, required: tuple[str, ...] = (), allow_empty: bool = False) 
     """Rows (JSON objects, with their line number as `_line`) of a JSONL file. A missing file, a line that is not
     a JSON object or lacks a required field, or (unless allowed) an empty file gets one clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory; give a JSONL file")
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     rows = []

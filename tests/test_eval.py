@@ -102,6 +102,8 @@ def test_bad_rows_get_one_line_naming_the_line(tmp_path, row, needle):
 def test_missing_file_and_invalid_json(tmp_path):
     proc = run_eval("length_following_eval.py", tmp_path / "none.jsonl")
     assert proc.returncode != 0 and "no such file" in proc.stderr
+    proc = run_eval("length_following_eval.py", tmp_path)
+    assert f"error: {tmp_path}: is a directory; give a JSONL file" in proc.stderr
     (tmp_path / "broken.jsonl").write_text('{"type": "about"}\n{nope\n')
     proc = run_eval("length_following_eval.py", tmp_path / "broken.jsonl")
     assert proc.returncode != 0 and "line 2 is not valid JSON" in proc.stderr
