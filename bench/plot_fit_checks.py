@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from self_lengthen.errors import UsageError, cli_main  # noqa: E402
-from self_lengthen.report import _plt  # noqa: E402
+from self_lengthen.report import pyplot, save_figure  # noqa: E402
 
 
 def load(spec: str) -> tuple[str, dict]:
@@ -31,7 +31,7 @@ def main(argv=None):
     p.add_argument("runs", nargs="+", help="LABEL=WORKDIR of a fit_check.py run")
     args = p.parse_args(argv)
     runs = [load(spec) for spec in args.runs]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     xs = range(len(runs))
     means = [r["mean"] for _, r in runs]
@@ -46,8 +46,7 @@ def main(argv=None):
     ax.set_ylim(0, max(r["ci95"][1] for _, r in runs) * 1.25)
     ax.set_ylabel("words")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out)
+    save_figure(fig, args.out, dpi=100)
     print(args.out)
 
 

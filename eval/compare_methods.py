@@ -57,9 +57,9 @@ def measure(iter_dir: Path, method: str) -> dict:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    from self_lengthen.report import _plt
+    from self_lengthen.report import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     top = max((max(r["_words"]) for r in results if r["_words"]), default=1)
     bins = [top * i / 20 for i in range(21)]
@@ -68,9 +68,7 @@ def plot(results: list[dict], path: Path) -> None:
             ax.hist(r["_words"], bins=bins, alpha=0.55, label=f"{r['method']} ({r['kept']} kept)")
     ax.set(xlabel="words", ylabel="kept texts", title="Kept texts by method")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def fmt(value) -> str:

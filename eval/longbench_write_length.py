@@ -35,22 +35,17 @@ def pairs(rows: list[dict], source: str) -> list[tuple[float, float]]:
 
 
 def plot(points: list[tuple[float, float]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from self_lengthen.report import pyplot, save_figure
 
     xs, ys = zip(*points)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = pyplot().subplots(figsize=(5, 5))
     ax.scatter(xs, ys, s=14, alpha=0.7)
     lo, hi = min(xs + ys) * 0.8, max(xs + ys) * 1.25
     ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="output = required")
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="required length (words)",
            ylabel="output length (words)", title="Required vs. output length")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 @cli_main

@@ -58,9 +58,9 @@ def longest_followed(table: list[dict], follow: float) -> int | None:
 
 
 def plot(results: dict[str, list[dict]], answered: dict[str, list[dict]], path: Path) -> None:
-    from self_lengthen.report import _plt
+    from self_lengthen.report import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for model, table in results.items():
         pts = [(r["length"], max(longwriter_words(r["response"]), 1)) for r in answered[model]]
@@ -70,9 +70,7 @@ def plot(results: dict[str, list[dict]], answered: dict[str, list[dict]], path: 
     ax.plot(lengths, lengths, "k--", linewidth=1, label="produced = required")
     ax.set(xscale="log", yscale="log", xlabel="required words", ylabel="produced words", title="LongWrite-Ruler")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @cli_main

@@ -2,6 +2,7 @@
 run (the growth of response length, iteration by iteration: the method's key picture, for this run)."""
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -21,13 +22,24 @@ def _words(dataset_dir: Path, column: str) -> list[int]:
     return [count_words(t) for t in load_from_disk(str(dataset_dir))[column]]
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot without a display, imported only when a plot is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Lay `fig` out, write it whole (temp, then rename; the format from the name, else PNG) and close it."""
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    os.replace(tmp, path)
+    pyplot().close(fig)
 
 
 def _stats(xs: list[int]) -> tuple[str, str]:
@@ -78,7 +90,7 @@ def iteration_report(iter_dir: Path) -> Path:
         lines += [f"| {t['adapter']} | {t['rows']} | {t['cut'] or '-'} | {t['steps']} | {t['epochs']} | "
                   f"{t['loss_first_epoch']} | {t['loss_last_epoch']} |" for t in trained]
     if initial or extended:
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 3.5))
         everything = initial + extended
         lo, hi = min(everything), max(everything)
@@ -88,9 +100,7 @@ def iteration_report(iter_dir: Path) -> Path:
                 ax.hist(xs, bins=bins, alpha=0.6, label=f"{name} (n={len(xs)})")
         ax.set(xlabel="words", ylabel="responses", title=f"{iter_dir.name}: response length")
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
-        fig.tight_layout()
-        fig.savefig(iter_dir / "words_hist.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, iter_dir / "words_hist.png")
         lines += ["", "![word counts](words_hist.png)"]
     report = iter_dir / "report.md"
     write_text_atomic(report, "\n".join(lines) + "\n")
@@ -171,7 +181,7 @@ def run_report(results: Path) -> Path:
         if initial or extended:  # not the final Generator's held-out-only iteration
             lines.append(f"| {k} | {' | '.join(_stats(initial))} | {' | '.join(_stats(extended))} |")
     if rows:
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         measured = [(k, h) for k, h in heldout if h["n"]]
         if measured:
@@ -189,9 +199,7 @@ def run_report(results: Path) -> Path:
         ax.set(xlabel="iteration", ylabel="mean words", title="Response length growth")
         ax.set_xticks(sorted({r[0] for r in rows} | {k for k, _ in measured}))
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
-        fig.tight_layout()
-        fig.savefig(results / "growth.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, results / "growth.png")
         lines += ["", "![growth](growth.png)", ""]
         lines += [f"- [{d.name}]({d.name}/report.md)" for _, d in iters if (d / "report.md").exists()]
     report = results / "report.md"
