@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.io import output_file, write_text_atomic  # noqa: E402
-from self_lengthen.judge import add_judge_arguments, judge_client  # noqa: E402
+from self_lengthen.judge import add_judge_arguments, judge_client, verdicts_path  # noqa: E402
 from self_lengthen.text import count_words, has_repeated_ngram  # noqa: E402
 
 # method: (datasets whose generation it paid for, the dataset it keeps, that dataset's text column)
@@ -113,8 +113,9 @@ def main(argv=None):
         from longbench_write_quality import score_quality
 
         client = judge_client(args.judge_base_url)
+        verdicts = verdicts_path(args, out)
         for r in results:
-            quality = (score_quality(r["_rows"], client, args.judge_model, args.workers, args.tries)
+            quality = (score_quality(r["_rows"], client, args.judge_model, args.workers, args.tries, verdicts)
                        if r["_rows"] else None)
             judged = quality["judged"] if quality else 0
             r["s_q"] = f"{fmt(quality and quality['s_q'])} ({judged} of {r['kept']} judged)"

@@ -21,7 +21,7 @@ from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
 from self_lengthen.evaluation import longbench_length_score, longwriter_words  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.judge import (add_judge_arguments, judge_client, judge_rows,  # noqa: E402
-                                 verdict_parser)
+                                 verdict_parser, verdicts_path)
 
 DIMENSIONS = ("relevance", "accuracy", "coherence", "clarity", "breadth and depth", "reading experience")
 PROMPT = string.Template((Path(__file__).with_name("longbench_write_quality.md")).read_text())
@@ -42,11 +42,12 @@ def check_rows(rows: list[dict], source: str) -> None:
             raise UsageError(f"{source}: line {row['_line']}: 'length' must be a positive number")
 
 
-def score_quality(rows: list[dict], client: Client, model: str, workers: int, tries: int = 3) -> dict:
+def score_quality(rows: list[dict], client: Client, model: str, workers: int, tries: int = 3,
+                  checkpoint: Path | None = None) -> dict:
     """S_q over rows with prompt (or query) and response; per-row quality in `per_row` (None: unjudged)."""
     verdicts = judge_rows(rows, client, model,
                           lambda r: PROMPT.substitute(prompt=r.get("prompt") or r["query"], response=r["response"]),
-                          PARSE, workers, tries)
+                          PARSE, workers, tries, checkpoint)
     per_row = [sum(v.values()) / len(v) * 10 if v else None for v in verdicts]
     judged = [q for q in per_row if q is not None]
     means = {d: round(sum(v[d] for v in verdicts if v) / len(judged), 2) if judged else None for d in DIMENSIONS}
@@ -81,7 +82,8 @@ def main(argv=None):
     check_rows(rows, args.file)
     quality = None
     if args.judge_model != "none":
-        quality = score_quality(rows, judge_client(args.judge_base_url), args.judge_model, args.workers, args.tries)
+        quality = score_quality(rows, judge_client(args.judge_base_url), args.judge_model, args.workers, args.tries,
+                                verdicts_path(args, Path(args.file)))
     table = score_file(rows, quality)
     if args.json:
         print(json.dumps({"bands": table, **({k: v for k, v in quality.items() if k != "per_row"} if quality else {})}))

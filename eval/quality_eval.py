@@ -15,7 +15,7 @@ from self_lengthen.client import Client  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
 from self_lengthen.errors import ArgParser, cli_main  # noqa: E402
 from self_lengthen.judge import (add_judge_arguments, judge_client, judge_rows,  # noqa: E402
-                                 verdict_parser)
+                                 verdict_parser, verdicts_path)
 
 DIMENSIONS = ("relevance", "coherence", "accuracy", "consistency", "clarity", "creativity", "engagement")
 PROMPT = string.Template((Path(__file__).with_name("quality_eval.md")).read_text())
@@ -25,9 +25,9 @@ PROMPT = string.Template((Path(__file__).with_name("quality_eval.md")).read_text
 parse_verdict = verdict_parser(PROMPT.template, DIMENSIONS, 1, 10)
 
 
-def evaluate(rows, client: Client, model: str, workers: int, tries: int) -> dict:
+def evaluate(rows, client: Client, model: str, workers: int, tries: int, checkpoint: Path | None = None) -> dict:
     verdicts = judge_rows(rows, client, model, lambda r: PROMPT.substitute(query=r["query"], response=r["response"]),
-                          parse_verdict, workers, tries)
+                          parse_verdict, workers, tries, checkpoint)
     good = [v for v in verdicts if v is not None]
     means = {d: (sum(v[d] for v in good) / len(good) if good else None) for d in DIMENSIONS}
     overall = sum(means[d] for d in DIMENSIONS) / len(DIMENSIONS) if good else None
@@ -42,7 +42,8 @@ def main(argv=None):
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     rows = read_jsonl(args.file, required=("query", "response"))
-    result = evaluate(rows, judge_client(args.judge_base_url), args.judge_model, args.workers, args.tries)
+    result = evaluate(rows, judge_client(args.judge_base_url), args.judge_model, args.workers, args.tries,
+                      verdicts_path(args, Path(args.file)))
     if args.json:
         print(json.dumps(result))
         return

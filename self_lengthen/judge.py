@@ -1,13 +1,17 @@
 """An LLM judge over any OpenAI-compatible endpoint: a score per dimension, parsed leniently, asked again when the
-verdict cannot be read."""
+verdict cannot be read, each verdict checkpointed as it arrives (a hosted judge costs money per call)."""
+import hashlib
 import json
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from .client import Client
 from .errors import positive_int
+from .io import output_file
 
 _OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 
@@ -57,18 +61,40 @@ def verdict_parser(prompt_text: str, dimensions: tuple[str, ...], lo: float, hi:
 
 
 def judge_rows(rows: list[dict], client: Client, model: str, prompt_of: Callable[[dict], str],
-               parse: Callable[[str], dict | None], workers: int, tries: int) -> list[dict | None]:
-    """One verdict per row (None where `tries` answers could not be parsed), `workers` rows at a time."""
-    def one(row: dict) -> dict | None:
+               parse: Callable[[str], dict | None], workers: int, tries: int,
+               checkpoint: Path | None = None) -> list[dict | None]:
+    """One verdict per row (None where `tries` answers could not be parsed), `workers` rows at a time. With
+    `checkpoint`, each verdict is appended as it arrives, and a rerun reuses every verdict there of the same judge
+    model on the same prompt: a kill loses only the verdicts in flight."""
+    from .stages.runner import Checkpoint
+
+    prompts = [prompt_of(row) for row in rows]
+    keys = [hashlib.sha1(json.dumps([model, p]).encode()).hexdigest() for p in prompts]
+    saved = Checkpoint(checkpoint) if checkpoint else None
+    reused = sum(k in saved.records for k in set(keys)) if saved else 0
+    if reused:
+        print(f"reusing {reused} verdicts from {checkpoint} (delete it to judge afresh)", file=sys.stderr)
+
+    def one(i: int) -> dict | None:
+        if saved and keys[i] in saved.records:
+            return saved.records[keys[i]]["verdict"]
+        verdict = None
         for _ in range(tries):
-            answer = client.chat(model, [{"role": "user", "content": prompt_of(row)}], max_tokens=300, temperature=0.2)
+            answer = client.chat(model, [{"role": "user", "content": prompts[i]}], max_tokens=300, temperature=0.2)
             verdict = parse(answer.text)
             if verdict is not None:
-                return verdict
-        return None
+                break
+        if saved:
+            saved.append({"key": keys[i], "verdict": verdict})
+        return verdict
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, rows))
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        return list(pool.map(one, range(len(rows))))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an error or Ctrl-C: rows not yet started are not judged
+        if saved:
+            saved.close()
 
 
 def add_judge_arguments(p, model: str | None = "base", model_help: str = "the judge's model name") -> None:
@@ -77,3 +103,10 @@ def add_judge_arguments(p, model: str | None = "base", model_help: str = "the ju
     p.add_argument("--judge_base_url", default=None, help="the judge's endpoint (default: the local one)")
     p.add_argument("--workers", type=positive_int, default=4, help="rows judged at a time")
     p.add_argument("--tries", type=positive_int, default=3, help="judge calls per row before its verdict counts as unreadable")
+    p.add_argument("--verdicts", default=None,
+                   help="the checkpoint of verdicts, reused by a rerun (default: beside the input, <name>.verdicts.jsonl)")
+
+
+def verdicts_path(args, beside: Path) -> Path:
+    """Where the judge's verdicts are checkpointed: --verdicts, else `beside`'s name + .verdicts.jsonl."""
+    return output_file(args.verdicts or str(beside.with_name(beside.name + ".verdicts.jsonl")), "--verdicts")

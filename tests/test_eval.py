@@ -313,6 +313,33 @@ def test_quality_eval_handles_and_counts_malformed_verdicts(tmp_path):
     result = json.loads(proc.stdout)
     assert result["judged"] == 2 and result["unparseable"] == 1
     assert result["per_dimension"]["relevance"] == 8 and result["overall"] == pytest.approx(47 / 7)
+    with FakeEndpoint(text=judge) as fake:  # again: every verdict, the unreadable one too, comes from the checkpoint
+        again = run_eval("quality_eval.py", rows, "--judge_base_url", fake.base_url, "--json")
+        assert fake.requests == 0
+    assert json.loads(again.stdout) == result and "reusing 3 verdicts" in again.stderr
+
+
+def test_quality_eval_killed_mid_run_asks_the_judge_only_for_what_is_missing(tmp_path):
+    verdict = json.dumps({d: 6 for d in quality_eval.DIMENSIONS})
+
+    def slow_judge(payload):
+        time.sleep(0.3)
+        return verdict
+
+    rows = tmp_path / "gen.jsonl"
+    rows.write_text("\n".join(json.dumps({"query": f"Write about harbour {i}.", "response": "text"}) for i in range(10)))
+    checkpoint = tmp_path / "gen.jsonl.verdicts.jsonl"
+    with FakeEndpoint(text=slow_judge) as fake:
+        running = subprocess.Popen([str(SERVE_PY), str(ROOT / "eval" / "quality_eval.py"), str(rows), "--judge_base_url",
+                                    fake.base_url, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        done = kill_9_after_lines(running, checkpoint, 3)
+    assert 3 <= done < 10
+    with FakeEndpoint(text=slow_judge) as fake:
+        proc = run_eval("quality_eval.py", rows, "--judge_base_url", fake.base_url, "--json", "--workers", "2")
+        assert fake.requests == 10 - done
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["judged"] == 10
 
 
 def test_parse_verdict_is_lenient_but_checks_range():
