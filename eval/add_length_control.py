@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.io import output_file, read_jsonl, write_jsonl_atomic  # noqa: E402
+from self_lengthen.io import Checkpoint, output_file, read_jsonl, write_jsonl_atomic  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main, positive_int  # noqa: E402
 from self_lengthen.evaluation import band, int_to_zh, length_score, parse_numbers  # noqa: E402
-from self_lengthen.stages.runner import Checkpoint, run_items  # noqa: E402
+from self_lengthen.stages.runner import run_items  # noqa: E402
 from self_lengthen.text import count_words, is_cjk  # noqa: E402
 
 PROPORTIONS = {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}

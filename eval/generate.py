@@ -11,9 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from self_lengthen.client import Client  # noqa: E402
-from self_lengthen.io import output_file, read_jsonl, write_jsonl_atomic  # noqa: E402
+from self_lengthen.io import Checkpoint, output_file, read_jsonl, write_jsonl_atomic  # noqa: E402
 from self_lengthen.errors import ArgParser, UsageError, cli_main, positive_int  # noqa: E402
-from self_lengthen.stages.runner import Checkpoint, run_items  # noqa: E402
+from self_lengthen.stages.runner import run_items  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
 

@@ -1,9 +1,10 @@
 """Small file helpers: JSONL input with clear errors; output paths checked before the work; files written whole
-(temp, then rename); model dirs that appear whole."""
+(temp, then rename); append-only checkpoints; model dirs that appear whole."""
 import json
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +26,35 @@ def write_json_atomic(path: Path, data) -> None:
 
 def write_jsonl_atomic(path: Path, rows) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+class Checkpoint:
+    """Append-only JSONL of finished records, keyed by `key`. A torn last line (kill -9 mid-write) is dropped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, dict] = {}
+        if path.exists():
+            raw = path.read_bytes()
+            good_end = raw.rfind(b"\n") + 1
+            for line in raw[:good_end].splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    self.records[rec["key"]] = rec
+            if good_end < len(raw):  # cut the torn tail so the next append starts on a fresh line
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+        self._file = open(path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def append(self, record: dict) -> None:
+        with self._lock:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+            self.records[record["key"]] = record
+
+    def close(self):
+        self._file.close()
 
 
 def output_file(text: str, option: str) -> Path:

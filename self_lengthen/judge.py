@@ -11,7 +11,7 @@ from typing import Callable
 
 from .client import Client
 from .errors import positive_int
-from .io import output_file
+from .io import Checkpoint, output_file
 
 _OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 
@@ -66,8 +66,6 @@ def judge_rows(rows: list[dict], client: Client, model: str, prompt_of: Callable
     """One verdict per row (None where `tries` answers could not be parsed), `workers` rows at a time. With
     `checkpoint`, each verdict is appended as it arrives, and a rerun reuses every verdict there of the same judge
     model on the same prompt: a kill loses only the verdicts in flight."""
-    from .stages.runner import Checkpoint
-
     prompts = [prompt_of(row) for row in rows]
     keys = [hashlib.sha1(json.dumps([model, p]).encode()).hexdigest() for p in prompts]
     saved = Checkpoint(checkpoint) if checkpoint else None

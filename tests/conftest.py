@@ -18,6 +18,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LOGDIR", tempfile.mkdtemp(prefix="self-lengthen-test-logs-"))
 
 
+def one_error_line(proc) -> str:
+    """The one `error:` line of a command that failed on bad input, with no traceback."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     from self_lengthen.default_model import ensure_default_model

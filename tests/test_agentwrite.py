@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from conftest import ROOT, SERVE_PY, kill_9_after_lines
+from conftest import ROOT, SERVE_PY, kill_9_after_lines, one_error_line
 from fake_endpoint import FakeEndpoint
 from self_lengthen.stages.agentwrite import parse_plan
 from self_lengthen.stages.runner import MARKER
-from test_stages import SHORT_PROMPTS, load_rows, one_error_line, step, write_instructions
+from test_stages import SHORT_PROMPTS, load_rows, step, write_instructions
 
 AGENTWRITE = ROOT / "llama" / "agentwrite.py"
 PLAN = "Section 1: the setting (120 words)\nSection 2: the turn (150 words)\nSection 3: the ending (100 words)"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SERVE_PY
+from conftest import ROOT, SERVE_PY, one_error_line
 from fake_endpoint import FakeEndpoint
 from self_lengthen.stages.runner import MARKER, save_dataset
 
@@ -33,14 +33,6 @@ def step(script, workdir, *args, base_url, timeout=900, wait=True, iteration=1):
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def one_error_line(proc) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    return errors[0]
 
 
 def write_instructions(workdir: Path, prompts):
@@ -560,7 +552,7 @@ def test_counts_below_one_get_one_line_from_every_command(tmp_path, script, args
     [SERVE_PY, ROOT / "llama" / "heldout_generator.py", "--iter", "1"],
 ])
 def test_a_workdir_that_is_a_file_gets_one_line_and_starts_nothing(tmp_path, command):
-    """Before, each of these died with a traceback from mkdir (run.sh after starting its servers' logs)."""
+    """Before, each of these died with a traceback from mkdir (run.sh at results/.sync, before any server)."""
     (tmp_path / "results").write_text("not a directory")
     proc = subprocess.run([*map(str, command), f"--workdir={tmp_path / 'results'}"], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)

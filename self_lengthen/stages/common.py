@@ -16,8 +16,8 @@ from ..errors import ArgParser, UsageError, positive_int
 from ..flavour import Flavour, PromptBuilder
 from ..profile import parse_sampling
 from ..text import count_words, drop_short
-from ..io import output_dir, write_json_atomic
-from .runner import Checkpoint, Journal, is_complete, run_items, save_dataset, summarize
+from ..io import Checkpoint, output_dir, write_json_atomic
+from .runner import Journal, is_complete, run_items, save_dataset, summarize
 
 DEFAULT_MAX_TOKENS = 16384  # the method's; the API server caps it by the model's context
 # Every request of steps 0-2 stops at a horizontal rule or a triple newline, as the method's do.

@@ -21,38 +21,10 @@ from tqdm import tqdm
 
 from ..client import Completion
 from ..errors import UsageError
+from ..io import Checkpoint
 from ..text import has_repeated_ngram
 
 MARKER = "_COMPLETE"
-
-
-class Checkpoint:
-    """Append-only JSONL of finished records, keyed by `key`. A torn last line (kill -9 mid-write) is dropped."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict] = {}
-        if path.exists():
-            raw = path.read_bytes()
-            good_end = raw.rfind(b"\n") + 1
-            for line in raw[:good_end].splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    self.records[rec["key"]] = rec
-            if good_end < len(raw):  # cut the torn tail so the next append starts on a fresh line
-                with open(path, "r+b") as f:
-                    f.truncate(good_end)
-        self._file = open(path, "a", encoding="utf-8")
-        self._lock = threading.Lock()
-
-    def append(self, record: dict) -> None:
-        with self._lock:
-            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self._file.flush()
-            self.records[record["key"]] = record
-
-    def close(self):
-        self._file.close()
 
 
 class Journal(Checkpoint):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from ..errors import cli_main, positive_int
 from ..flavour import load_seeds
+from ..io import Checkpoint
 from ..text import count_words
 from .common import STOP_STRINGS, StageContext, base_parser, finished, run_stage
 from .heldout import heldout_prompts
-from .runner import Checkpoint
 
 MAX_TRIES = 10
 JUDGE_MAX_TOKENS = 24
