@@ -7,8 +7,9 @@ Usage: python eval/add_length_control.py long.jsonl --output long_lc.jsonl [--mi
 Rows with min_words <= words < max_words are kept. Each gets a constraint type in the method's proportions
 (about 40%, range 25%, above 10%, below 25%) and a round target (to 1000, or to 2000 one time in five, clamped to
 the bounds) that its response satisfies. Chinese constraints use Chinese numerals half of the time. A rewrite that
-loses the constraint falls back to appending it to the query. Each rewrite is checkpointed as it arrives
-(OUTPUT.checkpoint.jsonl): a rerun after a kill asks only for what is missing. OUTPUT is written once, at the end.
+loses the constraint falls back to appending it to the query (with `--no_llm`, every query does). Each LLM rewrite
+is checkpointed as it arrives (OUTPUT.checkpoint.jsonl): a rerun after a kill asks only for what is missing. OUTPUT
+is written once, at the end.
 """
 import hashlib
 import json
@@ -103,26 +104,30 @@ def build(rows: list[dict], *, seed: int, lo: int, hi: int) -> list[dict]:
 
 
 def rewrite_all(planned: list[dict], client: Client | None, model: str, output: Path, workers: int) -> list[dict]:
-    """The rewritten rows, in order. Each rewrite is checkpointed as it arrives (OUTPUT.checkpoint.jsonl), keyed by
-    its position and content, so a rerun after a kill asks only for what is missing, and a changed plan (other
+    """The rewritten rows, in order. Each LLM rewrite is checkpointed as it arrives (OUTPUT.checkpoint.jsonl), keyed
+    by its position and content, so a rerun after a kill asks only for what is missing, and a changed plan (other
     input, seed or bounds) reuses nothing stale."""
     def key(i: int, item: dict) -> str:
-        content = json.dumps([item["query"], item["constraint"], model if client else None], ensure_ascii=False)
+        content = json.dumps([item["query"], item["constraint"], model], ensure_ascii=False)
         return f"{i:07d}-{hashlib.sha1(content.encode()).hexdigest()[:12]}"
 
     items = {key(i, item): item for i, item in enumerate(planned)}
 
-    def work(_key, item, stop):
-        if stop.is_set():
-            return None
+    def rewritten(item: dict) -> dict:
         query, how = rewrite(client, model, item["query"], item["constraint"], item["numbers"], item["lang"])
-        return {"status": "accepted", "query": query, "rewritten_by": how}
+        return {"query": query, "rewritten_by": how}
 
-    checkpoint = Checkpoint(output.with_name(output.name + ".checkpoint.jsonl"))
-    try:
-        done = {r["key"]: r for r in run_items(items, work, checkpoint, workers=workers, desc="rewrite")}
-    finally:
-        checkpoint.close()
+    if client is None:  # by template: instant and asks nothing remote, so there is nothing to checkpoint
+        done = {k: rewritten(item) for k, item in items.items()}
+    else:
+        def work(_key, item, stop):
+            return None if stop.is_set() else {"status": "accepted", **rewritten(item)}
+
+        checkpoint = Checkpoint(output.with_name(output.name + ".checkpoint.jsonl"))
+        try:
+            done = {r["key"]: r for r in run_items(items, work, checkpoint, workers=workers, desc="rewrite")}
+        finally:
+            checkpoint.close()
     return [{"query": done[k]["query"], "response": item["response"], "type": item["type"],
              "constraint": item["constraint"], "lang": item["lang"], "rewritten_by": done[k]["rewritten_by"]}
             for k, item in items.items()]

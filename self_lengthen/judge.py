@@ -63,9 +63,9 @@ def verdict_parser(prompt_text: str, dimensions: tuple[str, ...], lo: float, hi:
 def judge_rows(rows: list[dict], client: Client, model: str, prompt_of: Callable[[dict], str],
                parse: Callable[[str], dict | None], workers: int, tries: int,
                checkpoint: Path | None = None) -> list[dict | None]:
-    """One verdict per row (None where `tries` answers could not be parsed), `workers` rows at a time. With
-    `checkpoint`, each verdict is appended as it arrives, and a rerun reuses every verdict there of the same judge
-    model on the same prompt: a kill loses only the verdicts in flight."""
+    """One verdict per row (None where `tries` answers could not be parsed), `workers` prompts at a time; rows with
+    the same prompt share one verdict. With `checkpoint`, each verdict is appended as it arrives, and a rerun reuses
+    every verdict there of the same judge model on the same prompt: a kill loses only the verdicts in flight."""
     prompts = [prompt_of(row) for row in rows]
     keys = [hashlib.sha1(json.dumps([model, p]).encode()).hexdigest() for p in prompts]
     saved = Checkpoint(checkpoint) if checkpoint else None
@@ -86,9 +86,13 @@ def judge_rows(rows: list[dict], client: Client, model: str, prompt_of: Callable
             saved.append({"key": keys[i], "verdict": verdict})
         return verdict
 
+    first_row = {}  # each distinct prompt is judged once, for its first row
+    for i, k in enumerate(keys):
+        first_row.setdefault(k, i)
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        return list(pool.map(one, range(len(rows))))
+        verdicts = dict(zip(first_row, pool.map(one, first_row.values())))
+        return [verdicts[k] for k in keys]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # an error or Ctrl-C: rows not yet started are not judged
         if saved:

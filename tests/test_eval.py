@@ -201,6 +201,18 @@ def test_add_length_control_cli_rewrites_through_the_endpoint(tmp_path):
         assert set(parse_numbers(o["constraint"])) <= set(parse_numbers(o["query"]))
 
 
+def test_add_length_control_without_the_llm_appends_each_constraint_and_writes_only_its_output(tmp_path):
+    """--no_llm asks nothing remote, so it leaves no checkpoint beside the output (it used to)."""
+    src = tmp_path / "long.jsonl"
+    src.write_text(json.dumps({"query": "Write about tides.", "response": words(2500)}) + "\n")
+    proc = run_eval("add_length_control.py", src, "--output", tmp_path / "lc.jsonl", "--no_llm")
+    assert proc.returncode == 0, proc.stderr
+    [row] = [json.loads(line) for line in (tmp_path / "lc.jsonl").read_text().splitlines()]
+    assert row["rewritten_by"] == "template"
+    assert row["query"] == f"Write about tides. The answer should be {row['constraint']}."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lc.jsonl", "long.jsonl"]
+
+
 def test_add_length_control_killed_mid_run_asks_again_only_for_what_is_missing(tmp_path):
     """kill -9 once a few rewrites are checkpointed: the rerun sends exactly the requests that were not, and the
     output has every row, in the input's order."""
@@ -316,6 +328,18 @@ def test_quality_eval_handles_and_counts_malformed_verdicts(tmp_path):
         again = run_eval("quality_eval.py", rows, "--judge_base_url", fake.base_url, "--json")
         assert fake.requests == 0
     assert json.loads(again.stdout) == result and "reusing 3 verdicts" in again.stderr
+
+
+def test_quality_eval_judges_rows_with_the_same_prompt_once(tmp_path):
+    verdict = json.dumps({d: 7 for d in quality_eval.DIMENSIONS})
+    same = {"query": "Write about tides.", "response": "Tides rise and fall."}
+    rows = tmp_path / "gen.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in (same, {"query": "Write about rivers.", "response": "x"}, same)))
+    with FakeEndpoint(text=verdict) as fake:
+        proc = run_eval("quality_eval.py", rows, "--judge_base_url", fake.base_url, "--json")
+        assert fake.requests == 2
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["judged"] == 3
 
 
 def test_quality_eval_killed_mid_run_asks_the_judge_only_for_what_is_missing(tmp_path):
