@@ -54,7 +54,8 @@ def run_figures(results: Path) -> dict:
                          "iteration (its final Generator); give a finished run's results dir")
     by_iter = {k: answers(d) for k, d in its}
     targets = [targets_mean(d) for _, d in iteration_dirs(results)]
-    return {"name": results.parent.name or str(results), "base": by_iter[1], "final": by_iter[its[-1][0]],
+    name = results.parent.name if results.name == "results" else results.name  # demo_X/results or demo_X
+    return {"name": name or str(results), "base": by_iter[1], "final": by_iter[its[-1][0]],
             "final_iter": its[-1][1].name, "by_iter": by_iter, "targets": [t for t in targets if t is not None]}
 
 

@@ -89,9 +89,9 @@ def heldout_run(results: Path, words_by_iter: dict[int, list[int]], base_capped_
 def test_heldout_runs_pools_the_runs_and_counts_the_runs_above_the_base(tmp_path):
     # run a: base 100, 200 -> final 120, 240 (1.2x); run b: base 100, 100 -> final 90, 90 (0.9x), one base answer capped
     heldout_run(tmp_path / "a" / "results", {1: [100, 200], 2: [110, 220], 3: [120, 240]})
-    heldout_run(tmp_path / "b" / "results", {1: [100, 100], 2: [90, 90]}, base_capped_at=1)
+    heldout_run(tmp_path / "b", {1: [100, 100], 2: [90, 90]}, base_capped_at=1)  # a run named by its own dir
     proc = subprocess.run([sys.executable, ROOT / "bench" / "heldout_runs.py", tmp_path / "a" / "results",
-                           tmp_path / "b" / "results"], capture_output=True, text=True, timeout=300)
+                           tmp_path / "b"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "| a | iter_3 | 150.0 | 180.0 | 1.20 | 150.0, 180.0 | 0.0, 0.0 | 0.0, 0.0 | 1.00 |" in lines
