@@ -1,5 +1,7 @@
 """One clear line for bad input: `UsageError` carries it, `cli_main` prints it and exits non-zero."""
 import functools
+import os
+import select
 import signal
 import sys
 
@@ -17,7 +19,8 @@ def _raise_terminated(signum, frame):
 
 
 def cli_main(func):
-    """Wrap a command's main(): a UsageError becomes `error: <message>` on stderr and exit code 2."""
+    """Wrap a command's main(): a UsageError becomes `error: <message>` on stderr and exit code 2; a reader that
+    closes stdout early (`| head`) ends the command quietly."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -33,8 +36,25 @@ def cli_main(func):
         except Terminated:
             print("terminated", file=sys.stderr)
             sys.exit(143)
+        except BrokenPipeError:
+            if not _stdout_is_closed():
+                raise
+            # the reader left (`... | head`): stop quietly, as other command-line tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
 
     return wrapper
+
+
+def _stdout_is_closed() -> bool:
+    """Whether stdout's reader has gone (a BrokenPipeError can also come from a socket: a real error). A pipe with
+    no reader left polls as an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # stdout replaced or already closed: not a pipe we can ask
+        return False
 
 
 class NotWholeNumber(ValueError):
