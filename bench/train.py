@@ -1,17 +1,22 @@
 """Training throughput: the project's training call against a plain `llamafactory-cli train`, same data, in one run.
 
-Ours is what run.sh does: mk_config's YAML, rank 0 tokenizes once, then `llamafactory-cli train` under torchrun.
+Ours is what run.sh does: mk_config's YAML, rank 0 tokenizes once, then `llamafactory-cli train` (on one CPU node in
+the process itself, train.in_one_process).
 Plain is the same YAML as a user would hand it to `llamafactory-cli train`: without the lines in OUR_LINES, on the
 model itself (ours trains on a float32 copy of it on a CPU without native bfloat16: train.training_base). Both
 train one epoch of the cpu-demo profile's sizes on the same rows, whose lengths vary as synthesized responses do.
 Throughput is real (unpadded) tokens trained per second of wall time, start-up included; the trainer's own loop
 time (train_runtime) is printed beside it.
 
-Usage: .venv/bin/python bench/train.py [--rows 64] [--seed 0]
+With --launch, the same rows are trained instead under torchrun and in one process, in turns (`--repeats` each):
+wall and loop time, loss, and whether the adapters are bit-identical.
+
+Usage: .venv/bin/python bench/train.py [--rows 64] [--seed 0] [--launch [--repeats 2]]
 """
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -28,8 +33,8 @@ from self_lengthen.dist import DistEnv  # noqa: E402
 from self_lengthen.flavour import Flavour, PromptBuilder  # noqa: E402
 from self_lengthen.profile import load_profile  # noqa: E402
 from self_lengthen.stages.runner import save_dataset  # noqa: E402
-from self_lengthen.train import (mk_config, mk_data, pick_template, run_logged, tokenize, torchrun,  # noqa: E402
-                                 train_env, train_python)
+from self_lengthen.train import (mk_config, mk_data, pick_template, run_logged, tokenize,  # noqa: E402
+                                 torchrun_env, train_adapter, train_env, train_python, trainer_env)
 
 # What mk_config adds to a LLaMA-Factory YAML beyond the profile's sizes: tokenize once; batches grouped by length;
 # no activation recomputation where memory is plentiful (cpu-demo). None changes what is computed per sample.
@@ -77,12 +82,47 @@ def train_runtime(output_dir: Path) -> float:
     return float(json.loads((output_dir / "train_results.json").read_text())["train_runtime"])
 
 
+def compare_launch(config: Path, work: Path, repeats: int) -> None:
+    """torchrun (a launcher, torchrun, DDP over one worker) against one process, in turns, on the same tokenized rows."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = Path(yaml.safe_load(config.read_text())["output_dir"])
+    cli = str(train_python().parent / "llamafactory-cli")
+    envs = {"torchrun": torchrun_env(DistEnv(), 0), "one process": trainer_env(DistEnv(), 0)}
+    assert "FORCE_TORCHRUN" not in envs["one process"], "trainer_env no longer trains one CPU node in one process"
+    walls, adapters = {name: [] for name in envs}, {}
+    for i in range(repeats):
+        for name, env in envs.items():
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.monotonic()
+            run_logged([cli, "train", str(config)], work / f"launch_{i}_{name.replace(' ', '_')}.log", env=env,
+                       what=f"training ({name})")
+            walls[name].append(time.monotonic() - start)
+            results = json.loads((out / "all_results.json").read_text())
+            adapters.setdefault(name, []).append(load_file(str(out / "adapter_model.safetensors")))
+            print(f"{name}: {walls[name][-1]:.1f} s wall, {results['train_runtime']:.1f} s loop, "
+                  f"loss {results['train_loss']:.6f}", flush=True)
+    first = adapters["torchrun"][0]
+    same = all(a.keys() == first.keys() and all(torch.equal(a[k], first[k]) for k in first)
+               for runs in adapters.values() for a in runs)
+    mean = {name: sum(w) / len(w) for name, w in walls.items()}
+    print(f"mean wall: torchrun {mean['torchrun']:.1f} s, one process {mean['one process']:.1f} s, "
+          f"ratio {mean['torchrun'] / mean['one process']:.2f}; every adapter bit-identical: {same}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--launch", action="store_true", help="torchrun against one process instead of ours against plain")
+    p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     work, config = build(args.rows, args.seed)
+    if args.launch:
+        tokenize([config], work / "tok.log")
+        compare_launch(config, work, args.repeats)
+        return
     ours_cfg = yaml.safe_load(config.read_text())
     plain_cfg = {k: v for k, v in ours_cfg.items() if k not in OUR_LINES}
     plain_cfg["output_dir"] = str(work / "plain_out")
@@ -92,8 +132,8 @@ def main():
 
     # Ours first: it reads the model from a cold page cache, which only slows it down.
     start = time.monotonic()
-    tokenize(config, work / "tok.log")
-    torchrun(config, DistEnv(), 0, work / "ours.log")
+    tokenize([config], work / "tok.log")
+    train_adapter(config, DistEnv(), 0, work / "ours.log")
     ours_s = time.monotonic() - start
     start = time.monotonic()
     run_logged([str(train_python().parent / "llamafactory-cli"), "train", str(plain)], work / "plain.log",

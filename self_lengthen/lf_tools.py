@@ -4,8 +4,8 @@
       prints, as one JSON line, the first LLaMA-Factory template that tokenizes a probe conversation exactly like
       the model's chat template renders it with that system prompt (or none), and the system text the training rows
       must carry for that (null: the template's own default); exit 3 if no template does;
-  python -m self_lengthen.lf_tools tokenize CONFIG.yaml
-      tokenizes the config's dataset once into its `tokenized_path` (written under a temp name, then renamed), and
+  python -m self_lengthen.lf_tools tokenize CONFIG.yaml [CONFIG.yaml ...]
+      tokenizes each config's dataset once into its `tokenized_path` (written under a temp name, then renamed), and
       writes beside it `<tokenized_path>.stats.json`: how many rows LLaMA-Factory cut at the config's cutoff_len.
 
 Only the standard library and llamafactory are imported here: this env has a different transformers.
@@ -77,12 +77,18 @@ def pick_template(args) -> int:
 
 
 def tokenize(args) -> int:
+    for path in args.configs:
+        tokenize_one(path)
+    return 0
+
+
+def tokenize_one(config_path: str) -> None:
     import yaml
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_tokenizer
 
-    with open(args.config) as f:
+    with open(config_path) as f:
         config = yaml.safe_load(f)
     final = config["tokenized_path"].rstrip("/")
     tmp = final + ".tmp"
@@ -101,7 +107,6 @@ def tokenize(args) -> int:
         json.dump(stats, f)
     os.replace(final + ".stats.json.tmp", final + ".stats.json")
     print(json.dumps(stats))
-    return 0
 
 
 def cut_rows(config: dict, tokenizer, template, cutoff_len: int) -> dict:
@@ -134,7 +139,7 @@ def main(argv=None) -> int:
     pick.add_argument("--candidates", required=True)
     pick.add_argument("--system", default=None)
     tok = sub.add_parser("tokenize")
-    tok.add_argument("config")
+    tok.add_argument("configs", nargs="+")
     args = p.parse_args(argv)
     return pick_template(args) if args.cmd == "pick-template" else tokenize(args)
 

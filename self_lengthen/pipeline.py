@@ -4,7 +4,7 @@ Iteration K (1..max_iter), with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from the
   1. run_server (all ranks) serving the base model and, from K=2, the LoRAs of iteration K-1
   2. rank 0: step0 self-instruct; step1 Generator, and beside it the same model on the held-out instructions (a
      measurement); step2 Extender. Then a barrier, and stop_server (all ranks)
-  3. rank 0: mk_data, mk_config; a barrier; every rank trains gen_sft, then ext_sft
+  3. rank 0: mk_data, mk_config, and tokenizes both datasets; a barrier; every rank trains gen_sft, then ext_sft
 Each finished step leaves a marker, so a rerun after any crash continues at the first unfinished step and never
 redoes finished training. A failing rank writes a failure marker; the others stop with its message.
 """
@@ -23,7 +23,7 @@ from .io import output_dir
 from .serve.cluster import add_adapter_mode, gpu_count, server_command
 from .profile import load_profile, profile_name
 from .report import heldout_line
-from .train import MODELS, adapter_done, mk_config, mk_data, pick_template, publish_adapter, tokenize, torchrun
+from .train import MODELS, adapter_done, mk_config, mk_data, pick_template, publish_adapter, tokenize, train_adapter
 
 STEP_TIMEOUT_SERVER = 1800
 
@@ -156,6 +156,7 @@ class Pipeline:
             self.profile = load_profile(self.profile_name)
             self.sync.timeout = barrier_timeout(self.profile, self.profile_name)
             self.model_dir = resolve_base_model(args.base_model)
+            self.lf_template = None  # (template, system) for training, once found (pick_template)
         except BaseException as exc:
             self.sync.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
@@ -220,17 +221,30 @@ class Pipeline:
             subprocess.run(self.serve_cmd("stop"), cwd=self.workdir, capture_output=True, timeout=300)
 
     def prepare_training(self, k: int) -> None:
+        """rank 0: the training data and configs, then the datasets of the adapters still to train, tokenized."""
         d = self.iter_dir(k)
         if self.dist.is_master and not all((d / "data" / f"train_{m}.yaml").exists() for m in MODELS):
             from .chat_template import load_tokenizer
             from .flavour import PromptBuilder
 
             prompts = PromptBuilder(self.flavour, load_tokenizer(self.model_dir))
-            template, system = pick_template(self.model_dir, self.flavour)
+            if self.lf_template is None:  # the same model and flavour every iteration: checked once per run
+                self.lf_template = pick_template(self.model_dir, self.flavour)
+            template, system = self.lf_template
             data_dir = mk_data(d, prompts, system, seed=self.args.seed)
             for name in MODELS:
                 mk_config(d, k, name, self.model_dir, self.flavour, self.profile, template, self.gpus)
             self.say(f"iteration {k}: training data in {data_dir} (LLaMA-Factory template {template})")
+        todo = [name for name in MODELS if not adapter_done(d, name)]
+        if self.dist.is_master and todo:
+            self.say(f"iteration {k}: tokenizing {', '.join(todo)}")
+            configs = [d / "data" / f"train_{name}.yaml" for name in todo]
+            for name, stats in zip(todo, tokenize(configs, self.logs / f"tokenize_iter{k}.log",
+                                                  timeout=self.sync.timeout)):
+                if stats and stats["cut"]:
+                    self.say(f"iteration {k}: warning: {stats['cut']} of {stats['rows']} {name} rows are longer than "
+                             f"cutoff_len {stats['cutoff_len']}; LLaMA-Factory cuts them, and a cut answer loses "
+                             f"its end (raise training.cutoff_len in the profile)")
         self.sync.barrier(f"iter_{k}/data")
 
     def train(self, k: int) -> None:
@@ -239,17 +253,9 @@ class Pipeline:
             if adapter_done(d, name):
                 continue
             config = d / "data" / f"train_{name}.yaml"
-            if self.dist.is_master:
-                self.say(f"iteration {k}: tokenizing {name}")
-                stats = tokenize(config, self.logs / f"tokenize_iter{k}_{name}.log", timeout=self.sync.timeout)
-                if stats and stats["cut"]:
-                    self.say(f"iteration {k}: warning: {stats['cut']} of {stats['rows']} {name} rows are longer than "
-                             f"cutoff_len {stats['cutoff_len']}; LLaMA-Factory cuts them, and a cut answer loses "
-                             f"its end (raise training.cutoff_len in the profile)")
-            self.sync.barrier(f"iter_{k}/tokenized_{name}")
             self.say(f"iteration {k}: training {name} on {self.dist.world_size} node(s)")
-            torchrun(config, self.dist, self.gpus, self.logs / f"train_iter{k}_{name}.rank{self.dist.rank}.log",
-                     timeout=self.sync.timeout)
+            train_adapter(config, self.dist, self.gpus,
+                          self.logs / f"train_iter{k}_{name}.rank{self.dist.rank}.log", timeout=self.sync.timeout)
             self.sync.barrier(f"iter_{k}/trained_{name}")
             if self.dist.is_master:
                 publish_adapter(d, name)

@@ -2,8 +2,9 @@
 
 mk_data       results/iter_K/extended_responses -> results/iter_K/data/{gen_sft,ext_sft}.json + dataset_info.json
 mk_config     one LLaMA-Factory YAML per model, from the flavour's template and the profile's sizes
-tokenize      rank 0 tokenizes each dataset once, through LLaMA-Factory's data API (training env)
-train         every rank runs `llamafactory-cli train` under torchrun (FORCE_TORCHRUN, NNODES, NODE_RANK, ...)
+tokenize      rank 0 tokenizes the datasets once, in one process, through LLaMA-Factory's data API (training env)
+train_adapter every rank runs `llamafactory-cli train` under torchrun (FORCE_TORCHRUN, NNODES, NODE_RANK, ...); on one
+              CPU node, in the process itself
 """
 import json
 import os
@@ -145,7 +146,7 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     if int(config.get("per_device_train_batch_size", 1)) > 1:
         # Batches of similar lengths: less padding to compute on, same samples, steps and batch size.
         config.setdefault("train_sampling_strategy", "group_by_length")
-    if save_steps:  # checkpoints a crashed training resumes from (see torchrun); the last two are kept
+    if save_steps:  # checkpoints a crashed training resumes from (see train_adapter); the last two are kept
         config.update(save_strategy="steps", save_steps=int(save_steps), save_total_limit=2)
     data_dir = iter_dir / "data"
     base = training_base(model_dir, iter_dir.parent, gpus)
@@ -167,12 +168,12 @@ def mk_config(iter_dir: Path, iteration: int, name: str, model_dir: Path, flavou
     return path
 
 
-def tokenize(config_path: Path, log, timeout: float = 7200) -> dict:
-    """Single process: no distributed variables, or HF would wait for the other ranks to join. Returns how many rows
-    are longer than cutoff_len (cut_stats)."""
-    run_logged([str(train_python()), "-m", "self_lengthen.lf_tools", "tokenize", str(config_path)], log,
-               env=train_env(), what=f"tokenizing {config_path.name}", timeout=timeout)
-    return cut_stats(Path(yaml.safe_load(config_path.read_text())["tokenized_path"]))
+def tokenize(config_paths: list[Path], log, timeout: float = 7200) -> list[dict]:
+    """Each config's dataset, in one process (LLaMA-Factory is imported once); no distributed variables, or HF would
+    wait for the other ranks to join. Returns, per config, how many rows are longer than cutoff_len (cut_stats)."""
+    run_logged([str(train_python()), "-m", "self_lengthen.lf_tools", "tokenize", *map(str, config_paths)], log,
+               env=train_env(), what=f"tokenizing {', '.join(p.name for p in config_paths)}", timeout=timeout)
+    return [cut_stats(Path(yaml.safe_load(p.read_text())["tokenized_path"])) for p in config_paths]
 
 
 def tokenized_dir(data_dir: Path, name: str) -> Path:
@@ -201,19 +202,34 @@ def train_env(**extra) -> dict:
     return env
 
 
+def in_one_process(dist, gpus: int) -> bool:
+    """One node, on CPU: LLaMA-Factory trains in the process it starts in. There torchrun and DDP over a single
+    process only add time (9 s of 55 on a demo's rows) and the adapter is bit-identical (bench/train.py --launch,
+    bench/RESULTS.md 2026-12-05 night). GPUs keep torchrun, as the method runs them: this was measured on CPU only."""
+    return dist.world_size == 1 and gpus == 0
+
+
+def trainer_env(dist, gpus: int) -> dict:
+    """The trainer's environment on this rank: torchrun's (torchrun_env) unless it trains in one process."""
+    return with_preload(train_env(), gpus) if in_one_process(dist, gpus) else torchrun_env(dist, gpus)
+
+
 def torchrun_env(dist, gpus: int) -> dict:
-    """torchrun's environment on this rank; on CPU with tcmalloc preloaded (1.14x, devices.py) unless the user
-    preloads something else."""
-    env = train_env(FORCE_TORCHRUN=1, NNODES=dist.world_size, NODE_RANK=dist.rank, NPROC_PER_NODE=max(1, gpus),
-                    MASTER_ADDR=dist.master_addr, MASTER_PORT=dist.master_port)
+    return with_preload(train_env(FORCE_TORCHRUN=1, NNODES=dist.world_size, NODE_RANK=dist.rank,
+                                  NPROC_PER_NODE=max(1, gpus), MASTER_ADDR=dist.master_addr,
+                                  MASTER_PORT=dist.master_port), gpus)
+
+
+def with_preload(env: dict, gpus: int) -> dict:
+    """On CPU, tcmalloc preloaded for the trainer (1.14x, devices.py) unless the user preloads something else."""
     if gpus == 0 and (preload := cpu_preload(TRAINING_PRELOAD)):
         env.setdefault("LD_PRELOAD", preload)
     return env
 
 
-def torchrun(config_path: Path, dist, gpus: int, log, timeout: float | None = None) -> None:
-    """Every rank: llamafactory-cli train under torchrun, data-parallel across nodes."""
-    env = torchrun_env(dist, gpus)
+def train_adapter(config_path: Path, dist, gpus: int, log, timeout: float | None = None) -> None:
+    """Every rank: llamafactory-cli train, data-parallel across nodes under torchrun (trainer_env)."""
+    env = trainer_env(dist, gpus)
     cli = train_python().parent / "llamafactory-cli"
     cmd = [str(cli), "train", str(config_path)]
     resume = last_checkpoint(Path(yaml.safe_load(config_path.read_text())["output_dir"]))
@@ -234,7 +250,7 @@ def last_checkpoint(output_dir: Path) -> Path | None:
 
 def run_logged(cmd: list[str], log: Path, *, env: dict, what: str, timeout: float | None = None) -> None:
     """Run `cmd` in its own process group with output to `log`; on failure or timeout, one error with the log's tail.
-    At the timeout the whole group (torchrun and its workers) is killed."""
+    At the timeout the whole group (the trainer, or torchrun and its workers) is killed."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,

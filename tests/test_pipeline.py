@@ -308,27 +308,27 @@ def test_when_a_rank_fails_the_other_stops_with_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_when_a_rank_is_killed_with_9_the_other_stops_at_its_heartbeat_timeout(one_iteration, tmp_path):
-    """Rank 0 dies by kill -9 (it and every process under it, as a node that dies) while it tokenizes gen_sft, so it
-    writes no failure marker. Rank 1, waiting for it at the barrier, sees rank 0's heartbeat stop and exits with
+    """Rank 0 dies by kill -9 (it and every process under it, as a node that dies) while it prepares the training data,
+    so it writes no failure marker. Rank 1, waiting for it at the barrier, sees rank 0's heartbeat stop and exits with
     one clear line, long before the barrier's 15-min timeout."""
     copy_synthesis(one_iteration, tmp_path)
     env = {"SELF_LENGTHEN_BARRIER_TIMEOUT": 900, "SELF_LENGTHEN_HEARTBEAT_TIMEOUT": 20}
     zero = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(0, **env), wait=False)
     one = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(1, **env), wait=False)
     try:
-        waiting = tmp_path / "results" / ".sync" / "iter_1__tokenized_gen_sft" / "rank1"
+        waiting = tmp_path / "results" / ".sync" / "iter_1__data" / "rank1"
         deadline = time.monotonic() + 600
         while not waiting.exists():
             assert time.monotonic() < deadline and zero.poll() is None and one.poll() is None
             time.sleep(0.2)
-        assert not (tmp_path / "results" / ".sync" / "iter_1__tokenized_gen_sft" / "rank0").exists()
+        assert not (tmp_path / "results" / ".sync" / "iter_1__data" / "rank0").exists()
         kill_tree(zero.pid)
         killed = time.monotonic()
         out = one.communicate(timeout=600)[0]
         assert one.returncode != 0
         assert time.monotonic() - killed < 120, out[-2000:]
         last = out.strip().splitlines()[-1]
-        assert "stops at step 'iter_1/tokenized_gen_sft': no heartbeat from rank 0" in last, out[-2000:]
+        assert "stops at step 'iter_1/data': no heartbeat from rank 0" in last, out[-2000:]
     finally:
         for proc in (zero, one):
             if proc.poll() is None:

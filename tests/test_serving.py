@@ -354,7 +354,8 @@ def test_without_one_of_the_libraries_nothing_is_preloaded(monkeypatch):
     monkeypatch.setattr(train, "TRAINING_PRELOAD", missing)
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     assert "LD_PRELOAD" not in cluster.engine_env_defaults(0)
-    assert "LD_PRELOAD" not in train.torchrun_env(DistEnv.from_env(), 0)
+    assert "LD_PRELOAD" not in train.trainer_env(DistEnv(), 0)
+    assert "LD_PRELOAD" not in train.torchrun_env(DistEnv(world_size=2), 0)
 
 
 def test_on_a_small_cpu_the_engine_uses_every_core(served):

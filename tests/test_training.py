@@ -14,7 +14,7 @@ from self_lengthen.flavour import Flavour, PromptBuilder
 from self_lengthen.profile import load_profile
 from self_lengthen.stages.runner import save_dataset
 from self_lengthen.train import (MODELS, cut_stats, drop_lines, mk_config, mk_data, pick_template,
-                                 publish_adapter, tokenize, torchrun)
+                                 publish_adapter, tokenize, train_adapter)
 
 pytestmark = pytest.mark.slow
 ROWS = [{"prompt": f"Write about the history of bridge number {i}.",
@@ -42,8 +42,8 @@ def trained(tmp_path_factory, default_model):
     config = yaml.safe_load(configs["gen_sft"].read_text())
     config.update(learning_rate=5e-3, max_steps=4)
     configs["gen_sft"].write_text(yaml.safe_dump(config))
-    tokenize(configs["gen_sft"], workdir / "logs" / "tok.log")
-    torchrun(configs["gen_sft"], DistEnv(), 0, workdir / "logs" / "train.log")
+    tokenize([configs["gen_sft"]], workdir / "logs" / "tok.log")
+    train_adapter(configs["gen_sft"], DistEnv(), 0, workdir / "logs" / "train.log")
     adapter = publish_adapter(iter_dir, "gen_sft")
     return {"workdir": workdir, "iter_dir": iter_dir, "data_dir": data_dir, "system": system, "template": template,
             "adapter": adapter, "profile": profile, "flavour": flavour, "prompts": prompts}
@@ -79,7 +79,7 @@ def test_tokenizing_counts_the_rows_longer_than_cutoff_len(trained, tmp_path):
         shutil.copytree(data_dir / "tokenized_gen_sft", tokenized)
         path = tmp_path / f"train_{cutoff}.yaml"
         path.write_text(yaml.safe_dump({**config, "cutoff_len": cutoff, "tokenized_path": str(tokenized)}))
-        stats = tokenize(path, tmp_path / f"tok_{cutoff}.log")
+        [stats] = tokenize([path], tmp_path / f"tok_{cutoff}.log")
         expected = sum(n > cutoff for n in lengths)
         assert stats == cut_stats(tokenized) == {"rows": len(ROWS), "cut": expected, "cutoff_len": cutoff}
         assert expected == (0 if cutoff == lengths[-1] else len(ROWS))
@@ -189,8 +189,8 @@ def test_continuing_from_an_adapter_carries_its_weights_over(trained, default_mo
     assert config["tokenized_path"] != str(trained["iter_dir"] / "data" / "tokenized_gen_sft")
     config.update(learning_rate=0.0, max_steps=1)
     config_path.write_text(yaml.safe_dump(config))
-    tokenize(config_path, workdir / "logs" / "tok2.log")
-    torchrun(config_path, DistEnv(), 0, workdir / "logs" / "train2.log")
+    tokenize([config_path], workdir / "logs" / "tok2.log")
+    train_adapter(config_path, DistEnv(), 0, workdir / "logs" / "train2.log")
     continued = publish_adapter(iter2, "gen_sft")
     before = load_file(str(trained["adapter"] / "adapter_model.safetensors"))
     after = load_file(str(Path(continued) / "adapter_model.safetensors"))
@@ -215,18 +215,22 @@ def _dead(proc, timeout: float = 30.0) -> bool:
     return False
 
 
-def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_model):
-    """The trainer is killed with -9 once checkpoint-2 is complete; the rerun goes on from a checkpoint, not step 0."""
+@pytest.mark.parametrize("launch", ["one process", "torchrun"])
+def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_model, launch):
+    """The trainer is killed with -9 once checkpoint-2 is complete; the rerun goes on from a checkpoint, not step 0.
+    One CPU node trains in one process; several nodes (or GPUs) under torchrun, whose launcher, torchrun and worker
+    (in a session of its own) must all die with it, as when a node dies."""
     import copy
     import time
 
     import psutil
 
     from self_lengthen.devices import TRAINING_PRELOAD, cpu_preload
-    from self_lengthen.train import kill_tree, torchrun_env, train_python
+    from self_lengthen.train import kill_tree, torchrun_env, train_python, trainer_env
 
     workdir = trained["workdir"]
-    iter_dir = workdir / "results" / "iter_resume" / "iter_1"
+    tag = launch.replace(" ", "_")
+    iter_dir = workdir / "results" / f"iter_resume_{tag}" / "iter_1"
     save_dataset(ROWS, ["prompt", "initial_response", "extended_response"], iter_dir / "extended_responses")
     from transformers import AutoTokenizer
 
@@ -235,30 +239,34 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
     profile["training"].update(max_steps=8, save_steps=1)
     config = mk_config(iter_dir, 1, "ext_sft", default_model, trained["flavour"], profile, trained["template"], gpus=0)
     assert yaml.safe_load(config.read_text())["save_strategy"] == "steps"
-    tokenize(config, workdir / "logs" / "tok_resume.log")
+    tokenize([config], workdir / "logs" / f"tok_resume_{tag}.log")
     output_dir = Path(yaml.safe_load(config.read_text())["output_dir"])
-    env = torchrun_env(DistEnv(master_port=29733), 0)  # what torchrun() runs it with
-    with open(workdir / "logs" / "killed.log", "wb") as log:
+    # what train_adapter() runs it with, on one CPU node and on a rank of several
+    env = trainer_env(DistEnv(), 0) if launch == "one process" else torchrun_env(DistEnv(master_port=29733), 0)
+    killed_log = workdir / "logs" / f"killed_{tag}.log"
+    with open(killed_log, "wb") as log:
         trainer = subprocess.Popen([str(train_python().parent / "llamafactory-cli"), "train", str(config)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 600
     while not (output_dir / "checkpoint-2" / "trainer_state.json").exists():
-        assert trainer.poll() is None and time.monotonic() < deadline, (workdir / "logs" / "killed.log").read_text()[-2000:]
+        assert trainer.poll() is None and time.monotonic() < deadline, killed_log.read_text()[-2000:]
         time.sleep(0.2)
-    workers = psutil.Process(trainer.pid).children(recursive=True)
+    processes = [psutil.Process(trainer.pid), *psutil.Process(trainer.pid).children(recursive=True)]
+    if launch == "torchrun":
+        assert len(processes) >= 3, processes  # LLaMA-Factory's launcher, torchrun, the worker
     # On CPU the trainer runs with tcmalloc (1.14x, devices.py) where the machine has it; `make setup` installs it
     # where it may.
     if setup_installs_tcmalloc():
         assert cpu_preload(TRAINING_PRELOAD), f"{TRAINING_PRELOAD} not found: did `make setup` run?"
     if cpu_preload(TRAINING_PRELOAD):
-        assert all(TRAINING_PRELOAD[0] in Path(f"/proc/{w.pid}/maps").read_text() for w in workers), workers
-    kill_tree(trainer.pid)  # as if the node died: the launcher, torchrun and its worker (in a session of its own)
+        assert all(TRAINING_PRELOAD[0] in Path(f"/proc/{p.pid}/maps").read_text() for p in processes), processes
+    kill_tree(trainer.pid)
     trainer.wait(timeout=60)
-    assert workers and all(_dead(w) for w in workers)
+    assert all(_dead(p) for p in processes)
     assert not (output_dir / "adapter_model.safetensors").exists()  # it really was cut short
 
-    torchrun(config, DistEnv(), 0, workdir / "logs" / "resumed.log")
-    log = (workdir / "logs" / "resumed.log").read_text()
+    train_adapter(config, DistEnv(), 0, workdir / "logs" / f"resumed_{tag}.log")
+    log = (workdir / "logs" / f"resumed_{tag}.log").read_text()
     assert "self-lengthen: resuming from" in log
     resumed_at = int(re.search(r"Resuming training from checkpoint with epoch \d+ and global step (\d+)", log)[1])
     assert 2 <= resumed_at < 8
@@ -268,6 +276,38 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
     adapter = publish_adapter(iter_dir, "ext_sft")
     assert (Path(adapter) / "adapter_model.safetensors").is_file()
     assert not list(Path(adapter).glob("checkpoint-*"))
+
+
+def test_one_cpu_node_trains_in_one_process_and_gets_torchruns_adapter_bit_for_bit(trained):
+    """On one CPU node LLaMA-Factory trains in the process it starts in: torchrun and DDP over one process only cost
+    start-up time there. The fixture's adapter, trained that way, equals the one torchrun trains from the same
+    config. Several nodes, and GPUs, keep torchrun."""
+    import torch
+    from safetensors.torch import load_file
+
+    from self_lengthen.train import torchrun_env, train_python, trainer_env
+
+    assert "FORCE_TORCHRUN" not in trainer_env(DistEnv(), 0)
+    assert trainer_env(DistEnv(world_size=2, rank=1), 0)["FORCE_TORCHRUN"] == "1"
+    assert trainer_env(DistEnv(), 1)["FORCE_TORCHRUN"] == "1"
+    assert "distributed training: False" in (trained["workdir"] / "logs" / "train.log").read_text()
+    config = trained["data_dir"] / "train_gen_sft.yaml"
+    output_dir = Path(yaml.safe_load(config.read_text())["output_dir"])
+    log = trained["workdir"] / "logs" / "train_torchrun.log"
+    try:
+        with open(log, "wb") as out:
+            subprocess.run([str(train_python().parent / "llamafactory-cli"), "train", str(config)], stdout=out,
+                           stderr=subprocess.STDOUT, env=torchrun_env(DistEnv(master_port=29734), 0), timeout=600,
+                           check=True)
+        assert "distributed training: True" in log.read_text()
+        ours = load_file(str(trained["adapter"] / "adapter_model.safetensors"))
+        theirs = load_file(str(output_dir / "adapter_model.safetensors"))
+        assert ours.keys() == theirs.keys() and len(ours) > 0
+        differ = {k: (ours[k].float() - theirs[k].float()).abs().max().item() for k in ours
+                  if not torch.equal(ours[k], theirs[k])}
+        assert not differ, (len(differ), max(differ.values()))
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def test_serving_worker_loads_the_trained_adapter_as_a_lora_request(trained):
