@@ -278,36 +278,19 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, default_mod
     assert not list(Path(adapter).glob("checkpoint-*"))
 
 
-def test_one_cpu_node_trains_in_one_process_and_gets_torchruns_adapter_bit_for_bit(trained):
+def test_one_cpu_node_trains_in_one_process_and_several_nodes_or_gpus_under_torchrun(trained):
     """On one CPU node LLaMA-Factory trains in the process it starts in: torchrun and DDP over one process only cost
-    start-up time there. The fixture's adapter, trained that way, equals the one torchrun trains from the same
-    config. Several nodes, and GPUs, keep torchrun."""
-    import torch
-    from safetensors.torch import load_file
-
-    from self_lengthen.train import torchrun_env, train_python, trainer_env
+    start-up time there (bench/train.py --launch: the same adapter, bit for bit, in 6 of 6 runs; bench/RESULTS.md,
+    2026-12-05 night). The fixture's adapter was trained that way. Several nodes, and GPUs, keep torchrun."""
+    from self_lengthen.train import trainer_env
 
     assert "FORCE_TORCHRUN" not in trainer_env(DistEnv(), 0)
-    assert trainer_env(DistEnv(world_size=2, rank=1), 0)["FORCE_TORCHRUN"] == "1"
+    several = trainer_env(DistEnv(world_size=2, rank=1, master_port=29555), 0)
+    assert (several["FORCE_TORCHRUN"], several["NNODES"], several["NODE_RANK"], several["MASTER_PORT"]) == \
+        ("1", "2", "1", "29555")
     assert trainer_env(DistEnv(), 1)["FORCE_TORCHRUN"] == "1"
-    assert "distributed training: False" in (trained["workdir"] / "logs" / "train.log").read_text()
-    config = trained["data_dir"] / "train_gen_sft.yaml"
-    output_dir = Path(yaml.safe_load(config.read_text())["output_dir"])
-    log = trained["workdir"] / "logs" / "train_torchrun.log"
-    try:
-        with open(log, "wb") as out:
-            subprocess.run([str(train_python().parent / "llamafactory-cli"), "train", str(config)], stdout=out,
-                           stderr=subprocess.STDOUT, env=torchrun_env(DistEnv(master_port=29734), 0), timeout=600,
-                           check=True)
-        assert "distributed training: True" in log.read_text()
-        ours = load_file(str(trained["adapter"] / "adapter_model.safetensors"))
-        theirs = load_file(str(output_dir / "adapter_model.safetensors"))
-        assert ours.keys() == theirs.keys() and len(ours) > 0
-        differ = {k: (ours[k].float() - theirs[k].float()).abs().max().item() for k in ours
-                  if not torch.equal(ours[k], theirs[k])}
-        assert not differ, (len(differ), max(differ.values()))
-    finally:
-        shutil.rmtree(output_dir, ignore_errors=True)
+    log = (trained["workdir"] / "logs" / "train.log").read_text()
+    assert "distributed training: False" in log and "'train_runtime'" in log
 
 
 def test_serving_worker_loads_the_trained_adapter_as_a_lora_request(trained):
