@@ -55,6 +55,35 @@ def test_bad_ports_get_one_line_before_anything_starts(tmp_path, option, needle)
     assert not (tmp_path / "logs").exists() and records(tmp_path) == []
 
 
+@pytest.mark.parametrize("option,needle", [
+    ("--api_port=21002", "--api_port=21002 is also a worker's port (--worker_port=21002, 1 worker(s))"),
+    ("--controller_port=8000", "--api_port and --controller_port are both 8000"),
+])
+def test_servers_sharing_a_port_get_one_line_before_anything_starts(tmp_path, default_model, option, needle):
+    """Before, the controller and the API server started and the worker then failed, blaming an earlier run."""
+    proc = start_stack(tmp_path, 0, option, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert records(tmp_path) == []
+
+
+def test_worker_ports_stop_at_65535():
+    """One port per worker (per GPU on a node): the last must exist; before, the bind failed with its own error."""
+    from types import SimpleNamespace
+
+    from self_lengthen.errors import UsageError
+    from self_lengthen.serve.cluster import worker_ports
+
+    args = SimpleNamespace(worker_port=65534, api_port=8000, controller_port=21001)
+    assert worker_ports(args, 2) == [65534, 65535]
+    with pytest.raises(UsageError, match=r"--worker_port=65534: 3 workers need ports 65534-65536, past 65535; "
+                                         r"pick a --worker_port of at most 65533"):
+        worker_ports(args, 3)
+    with pytest.raises(UsageError, match=r"--controller_port=21001 is also a worker's port"):
+        worker_ports(SimpleNamespace(worker_port=21000, api_port=8000, controller_port=21001), 4)
+
+
 def test_only_the_adapters_named_must_exist(tmp_path):
     from self_lengthen.errors import UsageError
     from self_lengthen.serve.cluster import adapter_dirs

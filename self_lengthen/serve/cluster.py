@@ -95,6 +95,22 @@ def approx_params(model_dir: Path) -> float:
     return size / 2
 
 
+def worker_ports(args, workers: int) -> list[int]:
+    """One port per worker on this node, from --worker_port up: none past 65535, none the controller's or the API's."""
+    first, last = args.worker_port, args.worker_port + workers - 1
+    if last > 65535:
+        raise UsageError(f"--worker_port={first}: {workers} workers need ports {first}-{last}, past 65535; "
+                         f"pick a --worker_port of at most {65536 - workers}")
+    named = {"--api_port": args.api_port, "--controller_port": args.controller_port}
+    if args.api_port == args.controller_port:
+        raise UsageError(f"--api_port and --controller_port are both {args.api_port}; give each its own port")
+    for option, port in named.items():
+        if first <= port <= last:
+            raise UsageError(f"{option}={port} is also a worker's port (--worker_port={first}, {workers} worker(s)); "
+                             f"give each server its own port")
+    return list(range(first, last + 1))
+
+
 def adapter_dirs(workdir: Path, iteration: int, names=ADAPTERS) -> dict[str, Path]:
     if iteration < 1:
         return {}
@@ -177,6 +193,7 @@ class Launch:
         adapters = adapter_dirs(self.workdir, args.iter, args.adapters)
         names = [BASE_NAME, *adapters]
         plan = self.worker_plan(model)
+        ports = worker_ports(args, len(plan))  # before anything starts
         if dist.is_master:
             self.start("controller", ["self_lengthen.serve.controller", "--host", self.host,
                                       "--port", str(args.controller_port)], [args.controller_port])
@@ -186,8 +203,7 @@ class Launch:
             self.wait_for(lambda: post(self.controller_url + "/list_workers", timeout=3, key=self.api_key) is not None,
                           "controller")
         my_workers = []
-        for i, w in enumerate(plan):
-            port = args.worker_port + i
+        for i, (w, port) in enumerate(zip(plan, ports)):
             addr = f"http://{self.host}:{port}"
             cmd = ["self_lengthen.serve.worker", "--model-path", str(model), "--base-name", BASE_NAME,
                    "--host", self.host, "--port", str(port), "--worker-address", addr,
