@@ -12,7 +12,7 @@ from .dist import DistEnv, Sync, barrier_timeout
 from .env import check_environment
 from .errors import ArgParser, UsageError, cli_main, positive_int
 from .flavour import pop_flavour_dir
-from .pipeline import stage_args
+from .pipeline import run_stage, stage_args
 from .serve.cluster import add_adapter_mode, gpu_count, server_command
 from .profile import load_profile, profile_name
 from .train import adapter_done
@@ -63,17 +63,13 @@ def main(flavour_dir: Path, argv=None):
         subprocess.run(stop, capture_output=True, timeout=300)
         with sync.heartbeat():
             # step0 asks the base model, step1 and the held-out answers the final Generator; no stage here extends
-            subprocess.run(server_command("start", workdir, base_model=model, iter=args.max_iter, adapters="gen_sft",
-                                          adapter_mode=args.adapter_mode), check=True)
+            run_stage(server_command("start", workdir, base_model=model, iter=args.max_iter, adapters="gen_sft",
+                                     adapter_mode=args.adapter_mode), "collect: starting the servers", workdir,
+                      timeout=sync.timeout)
             if dist.is_master:
-                final_generator_heldout(flavour_dir, args, workdir, model, profile)
-                collect_batches(flavour_dir, args, workdir, model, profile)
+                final_generator_heldout(flavour_dir, args, workdir, model, profile, sync.timeout)
+                collect_batches(flavour_dir, args, workdir, model, profile, sync.timeout)
             sync.barrier(done_step)
-    except subprocess.CalledProcessError as exc:
-        what = Path(exc.cmd[1]).name if exc.cmd[1].endswith(".py") else "starting the servers"
-        message = f"collect: {what} failed (exit {exc.returncode}); see the output above"
-        sync.fail(message)
-        raise UsageError(message) from None
     except BaseException as exc:
         sync.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
@@ -81,18 +77,20 @@ def main(flavour_dir: Path, argv=None):
         subprocess.run(stop, capture_output=True, timeout=300)
 
 
-def final_generator_heldout(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict) -> None:
+def final_generator_heldout(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict,
+                            timeout: float) -> None:
     """While the final adapters are served: the final Generator on the held-out instructions, recorded as the
     Generator of iteration max_iter + 1 (the one that would start it), then the run's report again."""
     options = stage_args(profile, "heldout", args.max_iter + 1, workdir, model, seed=0,
                          prompt_templates=args.prompt_templates)
-    subprocess.run([sys.executable, str(flavour_dir / "heldout_generator.py"), *options], check=True)
+    run_stage([sys.executable, str(flavour_dir / "heldout_generator.py"), *options],
+              "collect: heldout_generator.py", workdir, timeout=timeout)
     from .report import run_report
 
     run_report(workdir / "results")
 
 
-def collect_batches(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict) -> None:
+def collect_batches(flavour_dir: Path, args, workdir: Path, model: Path, profile: dict, timeout: float) -> None:
     batches = -(-args.total_count // args.instruct_count)
     rows = 0
     for batch in range(FIRST_BATCH, FIRST_BATCH + batches):
@@ -103,7 +101,8 @@ def collect_batches(flavour_dir: Path, args, workdir: Path, model: Path, profile
                     ("step1_gen_initial_responses.py", "generate", [])):
                 options = stage_args(profile, stage, batch, workdir, model, seed=0,
                                      prompt_templates=args.prompt_templates, seeds=args.seeds)
-                subprocess.run([sys.executable, str(flavour_dir / script), *options, *extra], check=True)
+                run_stage([sys.executable, str(flavour_dir / script), *options, *extra], f"collect: {script}",
+                          workdir, timeout=timeout)
         rows += rows_in(batch_out)
         print(f"collect: batch {batch - FIRST_BATCH + 1}/{batches} (iter_{batch}) done; {rows} initial responses "
               f"so far", flush=True)

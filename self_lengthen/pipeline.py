@@ -107,11 +107,33 @@ def stop_child(proc: subprocess.Popen, grace: float = 30.0, timeout: float = 120
         proc.wait()
 
 
+def overdue(what: str, timeout: float) -> str:
+    return (f"{what} ran past {timeout:.0f} s (the profile's barrier_timeout) and was stopped; what it finished is "
+            f"kept: raise barrier_timeout (or $SELF_LENGTHEN_BARRIER_TIMEOUT) and run again to go on")
+
+
+def run_stage(cmd: list[str], what: str, cwd: Path, timeout: float) -> None:
+    """One stage (or a server start) in `cwd`, its output to the terminal. Past `timeout` (the barrier_timeout the
+    other ranks wait no longer than) it gets SIGTERM, checkpoints what it finished, and the run fails saying so."""
+    proc = subprocess.Popen(cmd, cwd=cwd)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_child(proc, grace=0)
+        raise UsageError(overdue(what, timeout)) from None
+    except BaseException:
+        stop_child(proc)
+        raise
+    if code != 0:
+        raise UsageError(f"{what} failed (exit {code}); see the output above")
+
+
 def run_beside(side: list[str], side_what: str, log: Path, main: list[str], main_what: str, cwd: Path,
-               say=print) -> None:
+               timeout: float, say=print) -> None:
     """`side` (its output into `log`) beside `main` (output to the terminal), both in `cwd`: two stages against the
     same served model, so that each fills the engine's batch while the other's last requests run nearly alone. If
-    either fails, the other is stopped (SIGTERM: it checkpoints what it finished) and the run fails naming it."""
+    either fails, or both have not ended within `timeout`, the rest are stopped (SIGTERM: each checkpoints what it
+    finished) and the run fails naming the stage."""
     say(f"{side_what}, beside the next stage (output: {log})")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -119,8 +141,14 @@ def run_beside(side: list[str], side_what: str, log: Path, main: list[str], main
     say(main_what)
     main_proc = subprocess.Popen(main, cwd=cwd)
     running = {side_proc: (side_what, f"see {log}"), main_proc: (main_what, "see the output above")}
+    deadline = time.monotonic() + timeout
     try:
         while running:
+            if time.monotonic() > deadline:
+                late = " and ".join(what for what, _ in running.values())
+                for proc in running:
+                    stop_child(proc, grace=0)
+                raise UsageError(overdue(late, timeout))
             for proc, (what, where) in list(running.items()):
                 code = proc.poll()
                 if code is None:
@@ -173,14 +201,7 @@ class Pipeline:
 
     def run(self, cmd: list[str], what: str) -> None:
         self.say(what)
-        proc = subprocess.Popen(cmd, cwd=self.workdir)
-        try:
-            code = proc.wait()
-        except BaseException:
-            stop_child(proc)
-            raise
-        if code != 0:
-            raise UsageError(f"{what} failed (exit {code}); see the output above")
+        run_stage(cmd, what, self.workdir, timeout=self.sync.timeout)
 
     def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
         if action != "start":
@@ -212,7 +233,8 @@ class Pipeline:
                 run_beside([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
                            f"iteration {k}: the Generator on held-out instructions", self.logs / f"heldout_iter{k}.log",
                            [py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
-                           f"iteration {k}: step1 Generator", cwd=self.workdir, say=self.say)
+                           f"iteration {k}: step1 Generator", cwd=self.workdir, timeout=self.sync.timeout,
+                           say=self.say)
                 self.say(f"iteration {k}: {heldout_line(self.iter_dir(k))}")
                 self.run([py, self.script("step2_ext_responses.py"), *self.stage_args(k, "extend")],
                          f"iteration {k}: step2 Extender")
@@ -235,8 +257,8 @@ class Pipeline:
             for name in MODELS:
                 mk_config(d, k, name, self.model_dir, self.flavour, self.profile, template, self.gpus)
             self.say(f"iteration {k}: training data in {data_dir} (LLaMA-Factory template {template})")
-        todo = [name for name in MODELS if not adapter_done(d, name)]
-        if self.dist.is_master and todo:
+        todo = [name for name in MODELS if not adapter_done(d, name)] if self.dist.is_master else []
+        if todo:
             self.say(f"iteration {k}: tokenizing {', '.join(todo)}")
             configs = [d / "data" / f"train_{name}.yaml" for name in todo]
             for name, stats in zip(todo, tokenize(configs, self.logs / f"tokenize_iter{k}.log",

@@ -197,7 +197,7 @@ def test_run_collect_datas_batches_survive_20_kills(tmp_path):
               "from self_lengthen.profile import load_profile; "
               "args = argparse.Namespace(total_count=24, instruct_count=4, prompt_templates=None, seeds=None); "
               "collect_batches(Path('llama').resolve(), args, Path(sys.argv[1]), Path(sys.argv[2]), "
-              "load_profile(sys.argv[3]))")
+              "load_profile(sys.argv[3]), timeout=600)")
 
     def command(workdir, url):  # the stages find the endpoint at $SELF_LENGTHEN_BASE_URL, as under run_collect_data
         return [str(SERVE_PY), "-c", script, str(workdir), "default", str(tmp_path / "profile.yaml")]

@@ -316,12 +316,15 @@ def test_when_a_rank_is_killed_with_9_the_other_stops_at_its_heartbeat_timeout(o
     zero = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(0, **env), wait=False)
     one = run_sh(tmp_path, *TINY, "--max_iter=1", env=two_node_env(1, **env), wait=False)
     try:
-        waiting = tmp_path / "results" / ".sync" / "iter_1__data" / "rank1"
+        sync = tmp_path / "results" / ".sync"
+        # rank 1 waits at iter_1/data, and rank 0 is past the synthesis, preparing the data (with its heartbeat on:
+        # a rank killed before its first beat may yet come, and is only named at the barrier's timeout)
+        ready = [sync / "iter_1__data" / "rank1", sync / "iter_1__synthesis" / "rank0", sync / "alive-rank0"]
         deadline = time.monotonic() + 600
-        while not waiting.exists():
+        while not all(p.exists() for p in ready):
             assert time.monotonic() < deadline and zero.poll() is None and one.poll() is None
             time.sleep(0.2)
-        assert not (tmp_path / "results" / ".sync" / "iter_1__data" / "rank0").exists()
+        assert not (sync / "iter_1__data" / "rank0").exists()
         kill_tree(zero.pid)
         killed = time.monotonic()
         out = one.communicate(timeout=600)[0]
@@ -362,11 +365,32 @@ def test_a_stage_run_beside_another_stops_it_when_it_fails(tmp_path, failing):
     side, main = (fail, sleep) if failing == "side" else (sleep, fail)
     start = time.monotonic()
     with pytest.raises(UsageError) as err:
-        run_beside(side, "the side stage", tmp_path / "side.log", main, "the main stage", cwd=tmp_path)
+        run_beside(side, "the side stage", tmp_path / "side.log", main, "the main stage", cwd=tmp_path, timeout=60)
     assert time.monotonic() - start < 30
     assert f"the {failing} stage" in str(err.value) and "failed (exit 3)" in str(err.value)
     assert ("side.log" in str(err.value)) == (failing == "side")
     assert marker.read_text() == "stopped"
+
+
+def test_a_stage_past_the_barrier_timeout_is_stopped_and_the_run_fails_saying_so(tmp_path):
+    """Every wait has a timeout: a stage (or two beside each other) still running after the profile's barrier_timeout,
+    which the other ranks would not wait past, gets SIGTERM, so it checkpoints what it finished."""
+    from self_lengthen.errors import UsageError
+    from self_lengthen.pipeline import run_beside, run_stage
+
+    py, marker = sys.executable, tmp_path / "stopped"
+    start = time.monotonic()
+    with pytest.raises(UsageError) as err:
+        run_stage([py, "-c", SLEEPER, str(marker)], "step2", cwd=tmp_path, timeout=2)
+    assert time.monotonic() - start < 30 and marker.read_text() == "stopped"
+    assert str(err.value).startswith("step2 ran past 2 s (the profile's barrier_timeout) and was stopped;")
+    marker.unlink()
+    start = time.monotonic()
+    with pytest.raises(UsageError) as err:
+        run_beside([py, "-c", SLEEPER, str(marker)], "the held-out answers", tmp_path / "side.log",
+                   [py, "-c", "print('done')"], "step1", cwd=tmp_path, timeout=2)
+    assert time.monotonic() - start < 30 and marker.read_text() == "stopped"
+    assert str(err.value).startswith("the held-out answers ran past 2 s")
 
 
 def test_a_stage_run_beside_another_writes_its_output_to_its_log(tmp_path, capfd):
@@ -376,7 +400,7 @@ def test_a_stage_run_beside_another_writes_its_output_to_its_log(tmp_path, capfd
     side = [py, "-c", "import sys, time; print('side progress', file=sys.stderr); time.sleep(1); print('side done')"]
     main = [py, "-c", "print('main output')"]
     run_beside(side, "the side stage", tmp_path / "logs" / "side.log", main, "the main stage", cwd=tmp_path,
-               say=said.append)
+               timeout=60, say=said.append)
     assert said == [f"the side stage, beside the next stage (output: {tmp_path / 'logs' / 'side.log'})", "the main stage"]
     log = (tmp_path / "logs" / "side.log").read_text()
     assert "side progress" in log and "side done" in log and "main output" not in log
