@@ -408,3 +408,43 @@ def test_cpu_engines_run_eager(served):
     log = (served.workdir / "logs" / "worker0.log").read_text()
     configs = [line for line in log.splitlines() if "Initializing a V1 LLM engine" in line]
     assert configs and all("enforce_eager=True" in line for line in configs), configs[:1]
+
+
+def test_cpu_engines_start_together(served):
+    """On CPU the three engines of iteration 2 start at once: an eager engine's start is mostly two processes
+    importing vLLM, one core each (bench/engine_start.py). All three began before the first was up."""
+    from self_lengthen.serve.worker import resolve_engine_start, vllm_on_cpu
+
+    assert resolve_engine_start("in-turn") == "in-turn"
+    if not vllm_on_cpu():
+        assert resolve_engine_start("auto") == "in-turn"  # on a GPU they would profile its memory at once
+        return
+    assert resolve_engine_start("auto") == "together"
+    lines = (served.workdir / "logs" / "worker0.log").read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if "starting the engine for" in line]
+    ready = [i for i, line in enumerate(lines) if "init engine (profile, create kv cache, warmup model) took" in line]
+    assert len(starts) == 3 and len(ready) == 3, (starts, ready)
+    assert starts[-1] < ready[0]
+
+
+def test_engines_started_together_are_all_kept_for_shutdown_when_one_fails():
+    """A failed start fails the worker, and every engine that did start is handed over to be shut down."""
+    import asyncio
+    import threading
+    from pathlib import Path
+
+    from self_lengthen.serve.worker import start_together
+
+    threads, engines = set(), {}
+
+    def start(name, path):
+        threads.add(threading.get_ident())
+        if name == "ext_sft":
+            raise RuntimeError(f"no memory for {path}")
+        return f"engine of {name}"
+
+    models = {"base": Path("b"), "gen_sft": Path("g"), "ext_sft": Path("e")}
+    with pytest.raises(RuntimeError, match="no memory for e"):
+        asyncio.run(start_together(start, models, engines))
+    assert engines == {"base": "engine of base", "gen_sft": "engine of gen_sft"}
+    assert threading.get_ident() not in threads  # started off the event loop's thread
