@@ -42,8 +42,8 @@ def start_once(model: Path, workdir: Path, mode: str, log: Path, timeout: float 
            "--controller-address", "http://127.0.0.1:9", "--engine-start", mode]  # no controller: it retries, unheard
     with open(log, "ab") as out:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=engine_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**engine_env(), "LOGDIR": str(workdir)},  # FastChat's own logs
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while True:
             if proc.poll() is not None:

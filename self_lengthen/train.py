@@ -204,8 +204,10 @@ def train_env(**extra) -> dict:
 
 def in_one_process(dist, gpus: int) -> bool:
     """One node, on CPU: LLaMA-Factory trains in the process it starts in. There torchrun and DDP over a single
-    process only add time (9 s of 55 on a demo's rows) and the adapter is bit-identical (bench/train.py --launch,
-    bench/RESULTS.md 2026-12-05 night). GPUs keep torchrun, as the method runs them: this was measured on CPU only."""
+    process only add time (7.1 s of 44.6 per adapter, bench/train.py --launch). The adapters came out bit-identical
+    in every bench run (6 of 6) and in 26 of 28 test comparisons; the 2 that differed were not explained
+    (bench/RESULTS.md, 2026-12-05 night and 2026-12-06). GPUs keep torchrun, as the method runs them: this was
+    measured on CPU only."""
     return dist.world_size == 1 and gpus == 0
 
 
