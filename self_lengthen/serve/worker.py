@@ -423,8 +423,6 @@ def parse_args(argv=None):
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--limit-worker-concurrency", type=int, default=1024)
-    p.add_argument("--engine-start", choices=ENGINE_STARTS, default="auto",
-                   help="the merged copies' engines started together or in turn (auto: together on CPU)")
     return p.parse_args(argv)
 
 
@@ -452,29 +450,6 @@ async def serve(args, adapters: dict[str, Path]):
             engine.shutdown()
 
 
-ENGINE_STARTS = ("auto", "together", "in-turn")
-
-
-def resolve_engine_start(choice: str) -> str:
-    """On CPU an eager engine's start is mostly its two processes importing vLLM, one core each, so three start
-    together in less time than one after another (bench/engine_start.py). On a GPU they would profile its memory
-    at once: in turn."""
-    if choice != "auto":
-        return choice
-    return "together" if vllm_on_cpu() else "in-turn"
-
-
-async def start_together(start, models: dict[str, Path], engines: dict) -> None:
-    """start(name, path) for every model at once, each in a thread; every engine that started goes into `engines`
-    (for the caller to shut down) before the first failure, if any, is raised."""
-    names = list(models)
-    results = await asyncio.gather(*(asyncio.to_thread(start, n, models[n]) for n in names), return_exceptions=True)
-    engines.update({n: r for n, r in zip(names, results) if not isinstance(r, BaseException)})
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-
-
 async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, engines: dict):
     """Start the engines (into `engines`, so the caller can shut them down), then serve until SIGTERM."""
     from transformers import AutoTokenizer
@@ -489,18 +464,11 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
         kv_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         if kv_space:  # each engine's core process reads it when it starts
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(merged_kv_space(int(float(kv_space)), len(models)))
-
-        def start(name: str, path: Path):
-            log.info("starting the engine for %s (%s)", name, path)
+        for name, path in models.items():
             copy = name != args.base_name
-            return AsyncLLM.from_engine_args(
+            log.info("starting the engine for %s (%s)", name, path)
+            engines[name] = AsyncLLM.from_engine_args(
                 AsyncEngineArgs(model=str(path), **{**common, **({"dtype": merged_dtype} if copy else {})}))
-
-        if resolve_engine_start(args.engine_start) == "in-turn":
-            for name, path in models.items():
-                engines[name] = start(name, path)
-        else:
-            await start_together(start, models, engines)
     else:
         engine_kwargs = dict(model=args.model_path, **common)
         if adapters:
