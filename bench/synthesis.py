@@ -446,7 +446,7 @@ def beside(args) -> str:
         side_by_side = new_workdir("beside", prompts)
         heldout, step1 = commands(side_by_side)
         start = time.monotonic()
-        run_beside(heldout, "held-out answers", side_by_side / "heldout.log", step1, "step1", cwd=side_by_side,
+        run_beside([(heldout, "held-out answers", side_by_side / "heldout.log")], step1, "step1", cwd=side_by_side,
                    timeout=7200)
         together = measured("beside each other", side_by_side, time.monotonic() - start)
     finally:

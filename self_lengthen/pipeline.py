@@ -4,6 +4,9 @@ Iteration K (1..max_iter), with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from the
   1. run_server (all ranks) serving the base model and, from K=2, the LoRAs of iteration K-1
   2. rank 0: step0 self-instruct; step1 Generator, and beside it the same model on the held-out instructions (a
      measurement); step2 Extender. Then a barrier, and stop_server (all ranks)
+     step0 asks only the base model. Where each adapter is an engine of its own (merged copies, on CPU), iteration 1
+     also runs the later iterations' step0 beside its own (the same requests to the same model, sent earlier), and
+     the later iterations serve only the adapters: one engine fewer to start, and no step0 to wait for.
   3. rank 0: mk_data, mk_config, and tokenizes both datasets; a barrier; every rank trains gen_sft, then ext_sft
 Each finished step leaves a marker, so a rerun after any crash continues at the first unfinished step and never
 redoes finished training. A failing rank writes a failure marker; the others stop with its message.
@@ -21,6 +24,7 @@ from .errors import ArgParser, UsageError, cli_main, positive_int
 from .flavour import Flavour, load_seeds, pop_flavour_dir
 from .io import output_dir
 from .serve.cluster import add_adapter_mode, gpu_count, server_command
+from .stages.runner import is_complete
 from .profile import load_profile, profile_name
 from .report import heldout_line
 from .train import MODELS, adapter_done, mk_config, mk_data, pick_template, publish_adapter, tokenize, train_adapter
@@ -128,25 +132,28 @@ def run_stage(cmd: list[str], what: str, cwd: Path, timeout: float) -> None:
         raise UsageError(f"{what} failed (exit {code}); see the output above")
 
 
-def run_beside(side: list[str], side_what: str, log: Path, main: list[str], main_what: str, cwd: Path,
+def run_beside(sides: list[tuple[list[str], str, Path]], main: list[str], main_what: str, cwd: Path,
                timeout: float, say=print) -> None:
-    """`side` (its output into `log`) beside `main` (output to the terminal), both in `cwd`: two stages against the
-    same served model, so that each fills the engine's batch while the other's last requests run nearly alone. If
-    either fails, or both have not ended within `timeout`, the rest are stopped (SIGTERM: each checkpoints what it
-    finished) and the run fails naming the stage."""
-    say(f"{side_what}, beside the next stage (output: {log})")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        side_proc = subprocess.Popen(side, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    say(main_what)
-    main_proc = subprocess.Popen(main, cwd=cwd)
-    running = {side_proc: (side_what, f"see {log}"), main_proc: (main_what, "see the output above")}
-    deadline = time.monotonic() + timeout
+    """Each of `sides` (command, what it is, the log its output goes into) beside `main` (output to the terminal),
+    all in `cwd`: stages against the same served model, so that each fills the engine's batch while another's last
+    requests run nearly alone. If one fails, or they have not all ended within `timeout`, the rest are stopped
+    (SIGTERM: each checkpoints what it finished) and the run fails naming the stage."""
+    running = {}
     try:
+        for side, side_what, log in sides:
+            say(f"{side_what}, beside the next stage (output: {log})")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as out:
+                running[subprocess.Popen(side, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)] = (side_what,
+                                                                                                 f"see {log}")
+        say(main_what)
+        running[subprocess.Popen(main, cwd=cwd)] = (main_what, "see the output above")
+        deadline = time.monotonic() + timeout
         while running:
             if time.monotonic() > deadline:
-                late = " and ".join(what for what, _ in running.values())
-                for proc in running:
+                late, stopping = " and ".join(what for what, _ in running.values()), list(running)
+                running.clear()
+                for proc in stopping:
                     stop_child(proc, grace=0)
                 raise UsageError(overdue(late, timeout))
             for proc, (what, where) in list(running.items()):
@@ -155,7 +162,9 @@ def run_beside(side: list[str], side_what: str, log: Path, main: list[str], main
                     continue
                 del running[proc]
                 if code != 0:
-                    for other in running:
+                    others = list(running)
+                    running.clear()
+                    for other in others:
                         stop_child(other, grace=0)
                     raise UsageError(f"{what} failed (exit {code}); {where}")
             time.sleep(0.5)
@@ -203,11 +212,26 @@ class Pipeline:
         self.say(what)
         run_stage(cmd, what, self.workdir, timeout=self.sync.timeout)
 
-    def serve_cmd(self, action: str, k: int | None = None) -> list[str]:
+    def serve_cmd(self, action: str, k: int | None = None, serve_base: bool = True) -> list[str]:
         if action != "start":
             return server_command(action, self.workdir)
         return server_command(action, self.workdir, base_model=self.model_dir, iter=k,
-                              timeout=min(STEP_TIMEOUT_SERVER, self.sync.timeout), adapter_mode=self.args.adapter_mode)
+                              timeout=min(STEP_TIMEOUT_SERVER, self.sync.timeout), adapter_mode=self.args.adapter_mode,
+                              serve_base=serve_base)
+
+    def merged_copies(self) -> bool:
+        """Whether each adapter is served by an engine of its own (--adapter_mode merged, or auto on CPU)."""
+        return self.args.adapter_mode == "merged" or (self.args.adapter_mode == "auto" and self.gpus == 0)
+
+    def step0_iterations(self, k: int) -> list[int]:
+        """The iterations whose step0 runs in iteration k: its own, unless done, and with merged copies the later
+        iterations' not done yet (step0 asks only the base model, which iteration k serves anyway)."""
+        later = range(k + 1, self.args.max_iter + 1) if self.merged_copies() else ()
+        return [j for j in (k, *later) if not is_complete(self.iter_dir(j) / "instructions")]
+
+    def serves_base(self, k: int) -> bool:
+        """Iteration 1's stages ask the base model; a later one's only when a step0 runs in it (merged copies)."""
+        return k == 1 or not self.merged_copies() or bool(self.step0_iterations(k))
 
     def stage_args(self, k: int, stage: str) -> list[str]:
         return stage_args(self.profile, stage, k, self.workdir, self.model_dir, self.args.seed,
@@ -223,15 +247,24 @@ class Pipeline:
         subprocess.run(self.serve_cmd("stop"), cwd=self.workdir, capture_output=True, timeout=300)
         self.sync.barrier(f"iter_{k}/begin")
         try:
-            self.run(self.serve_cmd("start", k - 1),
-                     f"iteration {k}: starting the servers (adapters of iteration {k - 1})")
+            serve_base = self.serves_base(k)  # every rank reads the same results/ here, before rank 0 writes to it
+            self.run(self.serve_cmd("start", k - 1, serve_base),
+                     f"iteration {k}: starting the servers (adapters of iteration {k - 1}"
+                     f"{'' if serve_base else '; not the base model: no step0 is left to run'})")
             if self.dist.is_master:
                 py = sys.executable
-                self.run([py, self.script("step0_self_instruct.py"), *self.stage_args(k, "self_instruct"),
-                          "--count", str(self.args.instruct_count)], f"iteration {k}: step0 self-instruct")
+                step0 = [(j, [py, self.script("step0_self_instruct.py"), *self.stage_args(j, "self_instruct"),
+                              "--count", str(self.args.instruct_count)],
+                          f"iteration {j}: step0 self-instruct" + (f", ahead in iteration {k}" if j != k else ""))
+                         for j in self.step0_iterations(k)]
+                if step0:
+                    (_, main, main_what), *ahead = step0
+                    run_beside([(cmd, what, self.logs / f"step0_iter{j}.log") for j, cmd, what in ahead],
+                               main, main_what, cwd=self.workdir, timeout=self.sync.timeout, say=self.say)
                 # The held-out answers come from the model step1 uses (the Generator at the iteration's start).
-                run_beside([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
-                           f"iteration {k}: the Generator on held-out instructions", self.logs / f"heldout_iter{k}.log",
+                run_beside([([py, self.script("heldout_generator.py"), *self.stage_args(k, "heldout")],
+                             f"iteration {k}: the Generator on held-out instructions",
+                             self.logs / f"heldout_iter{k}.log")],
                            [py, self.script("step1_gen_initial_responses.py"), *self.stage_args(k, "generate")],
                            f"iteration {k}: step1 Generator", cwd=self.workdir, timeout=self.sync.timeout,
                            say=self.say)

@@ -31,6 +31,14 @@ def test_missing_adapter_fails_fast_naming_the_path(tmp_path, default_model):
     assert records(tmp_path) == []
 
 
+def test_serving_no_base_model_and_no_adapters_is_refused_before_anything_starts(tmp_path, default_model):
+    proc = start_stack(tmp_path, 0, "--no-serve_base", timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--no-serve_base serves only adapters: give --iter=K (1 or more)" in lines[0]
+    assert records(tmp_path) == []
+
+
 @pytest.mark.parametrize("names", ["extender", "gen_sft,base", ","])
 def test_adapters_must_name_the_trained_adapters(tmp_path, default_model, names):
     proc = start_stack(tmp_path, 1, f"--adapters={names}", timeout=120)

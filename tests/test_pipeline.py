@@ -365,7 +365,7 @@ def test_a_stage_run_beside_another_stops_it_when_it_fails(tmp_path, failing):
     side, main = (fail, sleep) if failing == "side" else (sleep, fail)
     start = time.monotonic()
     with pytest.raises(UsageError) as err:
-        run_beside(side, "the side stage", tmp_path / "side.log", main, "the main stage", cwd=tmp_path, timeout=60)
+        run_beside([(side, "the side stage", tmp_path / "side.log")], main, "the main stage", cwd=tmp_path, timeout=60)
     assert time.monotonic() - start < 30
     assert f"the {failing} stage" in str(err.value) and "failed (exit 3)" in str(err.value)
     assert ("side.log" in str(err.value)) == (failing == "side")
@@ -387,23 +387,28 @@ def test_a_stage_past_the_barrier_timeout_is_stopped_and_the_run_fails_saying_so
     marker.unlink()
     start = time.monotonic()
     with pytest.raises(UsageError) as err:
-        run_beside([py, "-c", SLEEPER, str(marker)], "the held-out answers", tmp_path / "side.log",
+        run_beside([([py, "-c", SLEEPER, str(marker)], "the held-out answers", tmp_path / "side.log")],
                    [py, "-c", "print('done')"], "step1", cwd=tmp_path, timeout=2)
     assert time.monotonic() - start < 30 and marker.read_text() == "stopped"
     assert str(err.value).startswith("the held-out answers ran past 2 s")
 
 
-def test_a_stage_run_beside_another_writes_its_output_to_its_log(tmp_path, capfd):
+def test_stages_run_beside_another_write_their_output_to_their_logs(tmp_path, capfd):
     from self_lengthen.pipeline import run_beside
 
     py, said = sys.executable, []
-    side = [py, "-c", "import sys, time; print('side progress', file=sys.stderr); time.sleep(1); print('side done')"]
+    side = [py, "-c", "import sys, time; print(sys.argv[1], 'progress', file=sys.stderr); time.sleep(1); "
+                      "print(sys.argv[1], 'done')"]
     main = [py, "-c", "print('main output')"]
-    run_beside(side, "the side stage", tmp_path / "logs" / "side.log", main, "the main stage", cwd=tmp_path,
-               timeout=60, say=said.append)
-    assert said == [f"the side stage, beside the next stage (output: {tmp_path / 'logs' / 'side.log'})", "the main stage"]
-    log = (tmp_path / "logs" / "side.log").read_text()
-    assert "side progress" in log and "side done" in log and "main output" not in log
+    logs = {name: tmp_path / "logs" / f"{name}.log" for name in ("first", "second")}
+    run_beside([([*side, name], f"the {name} side stage", log) for name, log in logs.items()], main, "the main stage",
+               cwd=tmp_path, timeout=60, say=said.append)
+    assert said == [*(f"the {name} side stage, beside the next stage (output: {log})" for name, log in logs.items()),
+                    "the main stage"]
+    for name, log in logs.items():
+        text = log.read_text()
+        assert f"{name} progress" in text and f"{name} done" in text and "main output" not in text
+        assert ({"first", "second"} - {name}).pop() not in text
     out = capfd.readouterr()
     assert "main output" in out.out and "side" not in out.out + out.err
 
@@ -422,6 +427,33 @@ def test_the_servers_are_started_with_the_chosen_adapter_mode(tmp_path, mode):
     served = cluster.parse(start[start.index("start"):])
     assert (served.adapter_mode, served.iter, served.base_model) == (mode or "auto", 2, str(tmp_path / "model"))
     assert served.timeout == 60 and Path(served.workdir) == tmp_path
+
+
+@pytest.mark.parametrize("mode", ["merged", "lora"])
+def test_step0_runs_ahead_where_it_spares_the_later_iterations_an_engine(tmp_path, default_model, mode):
+    """With merged copies (CPU) iteration 1 runs every iteration's step0, which asks only the base model, and the
+    later iterations serve only the adapters; with LoRA requests the base model's engine is there anyway."""
+    from self_lengthen.pipeline import Pipeline, parse_args
+    from self_lengthen.serve import cluster
+    from self_lengthen.stages.runner import MARKER
+
+    pipe = Pipeline(parse_args([f"--workdir={tmp_path}", "--max_iter=3", f"--adapter_mode={mode}"]), ROOT / "llama")
+    merged = mode == "merged"
+
+    def instructions_done(k):
+        (pipe.iter_dir(k) / "instructions").mkdir(parents=True)
+        (pipe.iter_dir(k) / "instructions" / MARKER).write_text("")
+
+    assert pipe.step0_iterations(1) == ([1, 2, 3] if merged else [1]) and pipe.serves_base(1)
+    instructions_done(1)
+    instructions_done(2)  # iteration 3's was stopped before it finished (a rerun after kill -9)
+    assert pipe.step0_iterations(1) == ([3] if merged else [])
+    assert pipe.serves_base(1) and pipe.serves_base(2)  # merged: iteration 2 still has iteration 3's step0 to run
+    instructions_done(3)
+    assert pipe.step0_iterations(2) == [] and pipe.serves_base(1)
+    assert pipe.serves_base(2) == pipe.serves_base(3) == (not merged)
+    start = pipe.serve_cmd("start", 1, pipe.serves_base(2))
+    assert cluster.parse(start[start.index("start"):]).serve_base == (not merged)
 
 
 @pytest.mark.parametrize("profile", ["gpu", "cpu-demo", "tiny", "study"])

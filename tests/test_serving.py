@@ -193,6 +193,32 @@ def test_adapters_are_served_as_merged_copies_on_cpu(served):
     assert len(list((served.workdir / "run" / "rank0" / "merged").glob("*/config.json"))) == 2
 
 
+def test_without_the_base_model_two_engines_serve_the_adapters(tmp_path, default_model):
+    """run_server.sh --no-serve_base (the iterations after the first, whose step0 ran ahead in iteration 1): on CPU
+    the worker starts the adapters' two engines, not the base model's, and serves only their names."""
+    import re
+
+    from conftest import env_with, make_random_adapter, start_stack, stop_stack
+
+    lora = tmp_path / "results" / "iter_1" / "lora"
+    make_random_adapter(default_model, lora / "gen_sft", seed=1)
+    make_random_adapter(default_model, lora / "ext_sft", seed=2)
+    ports = ["--api_port=18100", "--controller_port=18101", "--worker_port=18102"]  # beside `served` and run.sh's
+    try:
+        proc = start_stack(tmp_path, 1, "--no-serve_base", "--timeout=800", *ports,
+                           env=env_with(VLLM_CPU_KVCACHE_SPACE=1))
+        assert proc.returncode == 0, proc.stderr
+        assert "serving gen_sft, ext_sft at http://127.0.0.1:18100/v1" in proc.stdout
+        client = Client("http://127.0.0.1:18100/v1", retries=1)
+        assert sorted(client.models()) == ["ext_sft", "gen_sft"]
+        for name in ("gen_sft", "ext_sft"):
+            assert client.chat(name, QUESTION, max_tokens=8).completion_tokens > 0
+        log = (tmp_path / "logs" / "worker0.log").read_text()
+        assert re.findall(r"starting the engine for (\w+)", log) == ["gen_sft", "ext_sft"]
+    finally:
+        assert stop_stack(tmp_path).returncode == 0
+
+
 def test_a_merged_copy_equals_the_adapter_applied_and_is_made_once(tmp_path, default_model):
     import torch
     from peft import PeftModel

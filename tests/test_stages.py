@@ -91,6 +91,14 @@ def test_unknown_model_name(tmp_path):
     assert "'gen_sft'" in line and "--iter=1" in line
 
 
+def test_step0_against_an_endpoint_without_the_base_model_says_how_to_serve_it(tmp_path):
+    """Iterations whose step0 ran ahead are served with --no-serve_base; a step0 sent there anyway says so."""
+    with FakeEndpoint(models=["gen_sft", "ext_sft"]) as fake:
+        line = one_error_line(step(STEP0, tmp_path, "--count", "2", base_url=fake.base_url, iteration=2))
+        assert fake.requests == 0  # nothing generated (the models list is a GET)
+    assert "not 'base'" in line and "start run_server.sh without --no-serve_base" in line
+
+
 # --- fault injection -----------------------------------------------------------------------------------------------
 
 def test_endpoint_failing_with_500_ends_the_stage_with_one_clear_line(tmp_path):

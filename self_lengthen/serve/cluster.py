@@ -4,6 +4,7 @@ Rank 0 runs the FastChat controller and the OpenAI-compatible API server. Every 
 GPU, one tensor-parallel worker over the node's GPUs for models over 10B parameters, or one worker on CPU. With
 --iter=K >= 1 the workers also serve WORKDIR/results/iter_K/lora/{gen_sft,ext_sft} (or the --adapters named): as
 LoRA requests on GPU, as merged copies on CPU (see --adapter_mode; the copies are kept in WORKDIR/run/rankR/merged).
+With --no-serve_base only the adapters' names are served: on CPU, one engine fewer to start.
 
 `start` returns 0 only when every expected worker is registered and a probe request to each served name succeeded.
 `stop` stops exactly the process groups `start` recorded in WORKDIR/run/ and waits until their ports are free.
@@ -101,9 +102,9 @@ def worker_ports(args, workers: int) -> list[int]:
     if last > 65535:
         raise UsageError(f"--worker_port={first}: {workers} workers need ports {first}-{last}, past 65535; "
                          f"pick a --worker_port of at most {65536 - workers}")
-    named = {"--api_port": args.api_port, "--controller_port": args.controller_port}
     if args.api_port == args.controller_port:
         raise UsageError(f"--api_port and --controller_port are both {args.api_port}; give each its own port")
+    named = {"--api_port": args.api_port, "--controller_port": args.controller_port}
     for option, port in named.items():
         if first <= port <= last:
             raise UsageError(f"{option}={port} is also a worker's port (--worker_port={first}, {workers} worker(s)); "
@@ -191,7 +192,9 @@ class Launch:
         args, dist = self.args, self.dist
         model = resolve_base_model(args.base_model)
         adapters = adapter_dirs(self.workdir, args.iter, args.adapters)
-        names = [BASE_NAME, *adapters]
+        if not args.serve_base and not adapters:
+            raise UsageError("--no-serve_base serves only adapters: give --iter=K (1 or more) as well")
+        names = [BASE_NAME] * args.serve_base + list(adapters)
         plan = self.worker_plan(model)
         ports = worker_ports(args, len(plan))  # before anything starts
         if dist.is_master:
@@ -214,6 +217,8 @@ class Launch:
                 cmd += ["--lora", f"{name}={path}"]
             if adapters:
                 cmd += ["--adapter-mode", args.adapter_mode, "--merge-dir", str(self.run_dir / "merged")]
+            if not args.serve_base:
+                cmd += ["--no-base"]
             extra_env = {"CUDA_VISIBLE_DEVICES": w["devices"]} if w["devices"] is not None else {}
             self.start(f"worker{i}" + (f".rank{dist.rank}" if dist.multi_node else ""), cmd, [port], **extra_env)
             my_workers.append(addr)
@@ -327,9 +332,11 @@ ADAPTER_MODES = ("auto", "lora", "merged")
 
 def server_command(action: str, workdir: Path, **options) -> list[str]:
     """The run_server.sh (action start) or stop_server.sh (stop) command line for the drivers that serve around their
-    stages (run.sh, run_collect_data.sh); `options` become --name=value (start: base_model, iter, adapter_mode...)."""
-    return [sys.executable, "-m", "self_lengthen.serve.cluster", action, f"--workdir={workdir}",
-            *(f"--{name}={value}" for name, value in options.items())]
+    stages (run.sh, run_collect_data.sh); `options` become --name=value (start: base_model, iter, adapter_mode...),
+    or --name / --no-name for True / False."""
+    flags = [f"--{'' if value else 'no-'}{name}" if isinstance(value, bool) else f"--{name}={value}"
+             for name, value in options.items()]
+    return [sys.executable, "-m", "self_lengthen.serve.cluster", action, f"--workdir={workdir}", *flags]
 
 
 def adapter_names(text: str) -> tuple[str, ...]:
@@ -364,6 +371,9 @@ def parse(argv):
     s.add_argument("--adapters", type=adapter_names, default=",".join(ADAPTERS),
                    help="which of iteration K's adapters to serve, comma-separated (default: both)")
     add_adapter_mode(s)
+    s.add_argument("--serve_base", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve the base model by its name 'base' (--no-serve_base: only the adapters; on CPU, where "
+                        "each adapter is an engine of its own, one engine fewer)")
     s.add_argument("--api_key_file", default=None,
                    help=f"file holding the cluster key (else ${API_KEY_ENV}); with a key, every port requires it")
     sub.add_parser("status").add_argument("--workdir", default=".")

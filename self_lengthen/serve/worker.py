@@ -19,7 +19,8 @@ Adapters are served in one of two ways (--adapter-mode):
   moves most weights by less than half a bfloat16 step, so rounding to nearest would put them back where the base
   had them; rounded up or down with odds that keep their mean, the copy keeps the adapter's effect (bench/RESULTS.md,
   2026-12-02). In float32 it is the exact merge.
-`auto` picks merged on CPU and lora elsewhere.
+`auto` picks merged on CPU and lora elsewhere. With --no-base the base model's name is not served: merged, that is one
+engine fewer (an iteration whose stages ask only the adapters); with lora, the engine is the base model's anyway.
 
 The engines' dtype (--dtype auto): bfloat16, the base model's own, except on a CPU without native bfloat16 matrix
 instructions (AVX512-BF16 or AMX), where vLLM falls back to plain torch matmuls and float32 is far faster.
@@ -201,22 +202,22 @@ def merged_model(base: Path, adapter: Path, merge_dir: Path, dtype: str = "bfloa
 
 class VLLMWorker(BaseModelWorker):
     def __init__(self, engines: dict, tokenizer, *, controller_addr, worker_addr, model_path, base_name, adapters,
-                 limit_worker_concurrency, context_len, key: str | None = None):
-        """`engines` maps each served name to its engine. Names whose engine is the base name's are adapters served
-        as LoRARequests (lora mode); a name with an engine of its own is a merged copy."""
+                 lora: bool, limit_worker_concurrency, context_len, key: str | None = None):
+        """`engines` maps each served name (the base name, unless it is not served, then the adapters) to its
+        engine. With `lora` the adapters are LoRARequests on the base model's engine; else each is a merged copy."""
         from vllm.lora.request import LoRARequest
 
         self._tokenizer = tokenizer
         super().__init__(
             controller_addr, worker_addr, uuid.uuid4().hex[:8], str(model_path),
-            [base_name, *adapters], limit_worker_concurrency,
+            list(engines), limit_worker_concurrency,
         )
         self.tokenizer = tokenizer
         self.engines = engines
         self.context_len = context_len
         self.base_name = base_name
-        self.loras = {name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate(adapters.items())
-                      if engines[name] is engines[base_name]}
+        self.loras = ({name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate(adapters.items())}
+                      if lora else {})
         self.eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.stats = {"requests": 0, "aborted": 0, "rejected_early": 0, "tokens_left_at_rejection": 0}
         self._background: set[asyncio.Task] = set()
@@ -408,6 +409,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="FastChat worker over vLLM with LoRA routing")
     p.add_argument("--model-path", required=True)
     p.add_argument("--base-name", default=DEFAULT_BASE_NAME, help="model name clients use for the base model")
+    p.add_argument("--no-base", action="store_true",
+                   help="serve only the adapters' names (merged: no engine for the base model)")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="serve a PEFT adapter as NAME")
     p.add_argument("--adapter-mode", choices=ADAPTER_MODES, default="auto",
                    help="serve adapters as LoRA requests or as merged copies (auto: merged on CPU)")
@@ -440,6 +443,8 @@ async def serve(args, adapters: dict[str, Path]):
     if args.max_num_seqs:
         common["max_num_seqs"] = args.max_num_seqs
     mode = resolve_adapter_mode(args.adapter_mode) if adapters else "lora"
+    if args.no_base and not adapters:
+        raise SystemExit("worker: --no-base serves only adapters, and no --lora was given")
     if mode == "merged" and not args.merge_dir:
         raise SystemExit("worker: --merge-dir is needed to serve adapters merged (or pass --adapter-mode lora)")
     engines = {}
@@ -457,7 +462,7 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
     from vllm.v1.engine.async_llm import AsyncLLM
 
     if mode == "merged":
-        models = {args.base_name: Path(args.model_path)}
+        models = {} if args.no_base else {args.base_name: Path(args.model_path)}
         merged_dtype = copy_dtype(common["dtype"])
         models.update({name: merged_model(Path(args.model_path), path, Path(args.merge_dir), merged_dtype)
                        for name, path in adapters.items()})
@@ -476,15 +481,16 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
             engine_kwargs.update(enable_lora=True, max_loras=len(adapters),
                                  max_lora_rank=next(r for r in SUPPORTED_LORA_RANKS if r >= max_rank))
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
-        engines.update({name: engine for name in [args.base_name, *adapters]})
+        engines.update({name: engine for name in [*([] if args.no_base else [args.base_name]), *adapters]})
     if adapters:
         log.info("serving adapters as %s", "merged copies" if mode == "merged" else "LoRA requests")
     key = read_key()
     worker = VLLMWorker(
         engines, AutoTokenizer.from_pretrained(args.model_path), controller_addr=args.controller_address,
         worker_addr=args.worker_address or f"http://{args.host}:{args.port}", model_path=args.model_path,
-        base_name=args.base_name, adapters=adapters, limit_worker_concurrency=args.limit_worker_concurrency,
-        context_len=engines[args.base_name].model_config.max_model_len, key=key,
+        base_name=args.base_name, adapters=adapters, lora=mode == "lora",
+        limit_worker_concurrency=args.limit_worker_concurrency,
+        context_len=next(iter(engines.values())).model_config.max_model_len, key=key,
     )
     server = uvicorn.Server(uvicorn.Config(protect(build_app(worker), key), host=args.host, port=args.port,
                                            log_level="warning", timeout_graceful_shutdown=10))

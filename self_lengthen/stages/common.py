@@ -99,8 +99,9 @@ class StageContext:
         """Fail early, with one line, if the endpoint does not serve `name` (or cannot be reached)."""
         served = self.client.models()
         if name not in served:
-            raise UsageError(f"the endpoint serves {served}, not {name!r}; start run_server.sh with "
-                             f"--iter={self.args.iter - 1} so it serves the adapters of the previous iteration")
+            how = ("without --no-serve_base" if name == "base" else
+                   f"with --iter={self.args.iter - 1} so it serves the adapters of the previous iteration")
+            raise UsageError(f"the endpoint serves {served}, not {name!r}; start run_server.sh {how}")
 
     def sampling(self, **extra) -> dict:
         """The method's request: its max_tokens and its stop strings (besides the model's own end-of-turn tokens)."""
