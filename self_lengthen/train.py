@@ -205,9 +205,9 @@ def train_env(**extra) -> dict:
 def in_one_process(dist, gpus: int) -> bool:
     """One node, on CPU: LLaMA-Factory trains in the process it starts in. There torchrun and DDP over a single
     process only add time (7.1 s of 44.6 per adapter, bench/train.py --launch). The adapters came out bit-identical
-    in every bench run (6 of 6) and in 26 of 28 test comparisons; the 2 that differed were not explained
-    (bench/RESULTS.md, 2026-12-05 night and 2026-12-06). GPUs keep torchrun, as the method runs them: this was
-    measured on CPU only."""
+    in every bench run (6 of 6) and in 26 of 28 test comparisons; the trainer itself, launched the same way each
+    time, gave one config a different loss in 1 of 5 runs, which may explain the 2 that differed (bench/RESULTS.md,
+    2026-12-05 night and 2026-12-06). GPUs keep torchrun, as the method runs them: this was measured on CPU only."""
     return dist.world_size == 1 and gpus == 0
 
 
