@@ -139,6 +139,13 @@ def run_beside(sides: list[tuple[list[str], str, Path]], main: list[str], main_w
     requests run nearly alone. If one fails, or they have not all ended within `timeout`, the rest are stopped
     (SIGTERM: each checkpoints what it finished) and the run fails naming the stage."""
     running = {}
+
+    def stop_rest(grace: float) -> None:
+        stopping = list(running)
+        running.clear()  # so that an interrupt while stopping does not stop them twice
+        for proc in stopping:
+            stop_child(proc, grace=grace)
+
     try:
         for side, side_what, log in sides:
             say(f"{side_what}, beside the next stage (output: {log})")
@@ -151,10 +158,8 @@ def run_beside(sides: list[tuple[list[str], str, Path]], main: list[str], main_w
         deadline = time.monotonic() + timeout
         while running:
             if time.monotonic() > deadline:
-                late, stopping = " and ".join(what for what, _ in running.values()), list(running)
-                running.clear()
-                for proc in stopping:
-                    stop_child(proc, grace=0)
+                late = " and ".join(what for what, _ in running.values())
+                stop_rest(grace=0)
                 raise UsageError(overdue(late, timeout))
             for proc, (what, where) in list(running.items()):
                 code = proc.poll()
@@ -162,15 +167,11 @@ def run_beside(sides: list[tuple[list[str], str, Path]], main: list[str], main_w
                     continue
                 del running[proc]
                 if code != 0:
-                    others = list(running)
-                    running.clear()
-                    for other in others:
-                        stop_child(other, grace=0)
+                    stop_rest(grace=0)
                     raise UsageError(f"{what} failed (exit {code}); {where}")
             time.sleep(0.5)
     except BaseException:
-        for proc in running:
-            stop_child(proc)
+        stop_rest(grace=30.0)
         raise
 
 

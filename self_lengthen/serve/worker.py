@@ -461,11 +461,11 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    served_names = [*([] if args.no_base else [args.base_name]), *adapters]
     if mode == "merged":
-        models = {} if args.no_base else {args.base_name: Path(args.model_path)}
         merged_dtype = copy_dtype(common["dtype"])
-        models.update({name: merged_model(Path(args.model_path), path, Path(args.merge_dir), merged_dtype)
-                       for name, path in adapters.items()})
+        models = {name: merged_model(Path(args.model_path), adapters[name], Path(args.merge_dir), merged_dtype)
+                  if name in adapters else Path(args.model_path) for name in served_names}
         kv_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         if kv_space:  # each engine's core process reads it when it starts
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(merged_kv_space(int(float(kv_space)), len(models)))
@@ -481,7 +481,7 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
             engine_kwargs.update(enable_lora=True, max_loras=len(adapters),
                                  max_lora_rank=next(r for r in SUPPORTED_LORA_RANKS if r >= max_rank))
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
-        engines.update({name: engine for name in [*([] if args.no_base else [args.base_name]), *adapters]})
+        engines.update({name: engine for name in served_names})
     if adapters:
         log.info("serving adapters as %s", "merged copies" if mode == "merged" else "LoRA requests")
     key = read_key()
