@@ -31,9 +31,9 @@ def through_stack(model_dir, messages, tokens):
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     ports = ["--api_port=18900", "--controller_port=18901", "--worker_port=18902"]
-    subprocess.run(["bash", str(ROOT / "llama" / "run_server.sh"), f"--base_model={model_dir}", "--iter=0",
-                    f"--workdir={workdir}", *ports], check=True)
     try:
+        subprocess.run(["bash", str(ROOT / "llama" / "run_server.sh"), f"--base_model={model_dir}", "--iter=0",
+                        f"--workdir={workdir}", *ports], check=True, timeout=1800)
         client = Client("http://127.0.0.1:18900/v1")
         client.chat("base", messages[0], max_tokens=8)  # warm-up
         start = time.monotonic()
@@ -42,7 +42,8 @@ def through_stack(model_dir, messages, tokens):
         wall = time.monotonic() - start
         return sum(o.completion_tokens for o in outs) / wall
     finally:
-        subprocess.run(["bash", str(ROOT / "llama" / "stop_server.sh"), f"--workdir={workdir}"], check=False)
+        subprocess.run(["bash", str(ROOT / "llama" / "stop_server.sh"), f"--workdir={workdir}"], check=False,
+                       timeout=300)
 
 
 def offline(model_dir, messages, tokens, raw_prompts=None, engine_args=None, preload=None):
@@ -126,7 +127,11 @@ def main():
 
     model = ensure_default_model()
     messages = prompts(args.requests)
-    stack = through_stack(model, messages, args.tokens)
+    try:
+        stack = through_stack(model, messages, args.tokens)
+    except subprocess.TimeoutExpired as exc:
+        raise SystemExit(f"bench/serving.py: `{' '.join(map(str, exc.cmd))[:200]}` ran past {exc.timeout:.0f} s "
+                         f"and was stopped")
     print(f"stack {stack:.1f} tok/s", flush=True)
     direct = offline(model, messages, args.tokens)
     print(f"stack {stack:.1f} tok/s, offline {direct:.1f} tok/s, ratio {stack / direct:.2f} "

@@ -221,10 +221,15 @@ FIXTURE = ROOT / "bench" / "data" / "step2_initial_responses.jsonl"
 
 def start_stack(workdir: Path, model: Path, iteration: int = 0) -> list[str]:
     serve = [sys.executable, "-m", "self_lengthen.serve.cluster"]
-    subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", f"--iter={iteration}",
-                    f"--api_port={PORTS['api']}", f"--controller_port={PORTS['controller']}",
-                    f"--worker_port={PORTS['worker']}"], check=True)
-    return [*serve, "stop", f"--workdir={workdir}"]
+    stop = [*serve, "stop", f"--workdir={workdir}"]
+    try:
+        subprocess.run([*serve, "start", f"--workdir={workdir}", f"--base_model={model}", f"--iter={iteration}",
+                        f"--api_port={PORTS['api']}", f"--controller_port={PORTS['controller']}",
+                        f"--worker_port={PORTS['worker']}"], check=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        subprocess.run(stop, check=False, timeout=300)  # what the start had started
+        raise
+    return stop
 
 
 def stack_cpu_seconds(workdir: Path) -> dict[str, float]:
@@ -407,7 +412,7 @@ def peak_rss_mb(items: int, base_url: str) -> float:
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code, str(FLAVOUR / "step1_gen_initial_responses.py"), "--iter",
                           "1", "--workdir", str(workdir), "--base_url", base_url, "--workers", "32"],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, timeout=3600)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
@@ -441,7 +446,7 @@ def beside(args) -> str:
         after = new_workdir("after", prompts)
         start = time.monotonic()
         for cmd in commands(after):
-            subprocess.run(cmd, cwd=after, check=True)
+            subprocess.run(cmd, cwd=after, check=True, timeout=7200)
         one_after = measured("one after the other", after, time.monotonic() - start)
         side_by_side = new_workdir("beside", prompts)
         heldout, step1 = commands(side_by_side)
@@ -498,6 +503,16 @@ def main():
     p.add_argument("--engines", type=int, choices=[1, 3], default=1,
                    help="(c): 3 loads the base and two merged zero adapters, as iteration 2 on CPU does")
     args = p.parse_args()
+    try:
+        results = run_benches(args)
+    except subprocess.TimeoutExpired as exc:
+        raise SystemExit(f"bench/synthesis.py: `{' '.join(map(str, exc.cmd))[:200]}` ran past {exc.timeout:.0f} s "
+                         f"and was stopped")
+    print("\n".join(results), flush=True)
+    os._exit(0)  # the engine is shut down; its threads' teardown at interpreter exit can still hang
+
+
+def run_benches(args) -> list[str]:
     results = []
     if args.which in ("rss", "all"):
         results.append(rss(args))
@@ -512,8 +527,7 @@ def main():
         results.append(early(args))
     if args.which in ("beside", "all"):
         results.append(beside(args))
-    print("\n".join(results), flush=True)
-    os._exit(0)  # the engine is shut down; its threads' teardown at interpreter exit can still hang
+    return results
 
 
 if __name__ == "__main__":

@@ -66,6 +66,33 @@ def test_every_script_imports_only_what_the_library_and_its_neighbours_have():
     assert [m for script in SCRIPTS for m in missing_imports(script)] == []
 
 
+SUBPROCESS_WAITS = {"run", "call", "check_call", "check_output"}
+
+
+def waits_without_timeout(script: Path) -> list[str]:
+    """Calls in `script` that wait on a child process with no timeout: subprocess.run (call, check_call,
+    check_output) or .communicate() without `timeout=` (or a ** that may carry it)."""
+    found, label = [], script.relative_to(ROOT) if script.is_relative_to(ROOT) else script.name
+    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        func, keywords = node.func, {k.arg for k in node.keywords}
+        waits = (isinstance(func.value, ast.Name) and func.value.id == "subprocess" and func.attr in SUBPROCESS_WAITS
+                 or func.attr == "communicate")
+        if waits and "timeout" not in keywords and None not in keywords:
+            found.append(f"{label}:{node.lineno}: {func.attr}")
+    return found
+
+
+def test_every_wait_on_a_child_process_has_a_timeout(tmp_path):
+    everything = [*SCRIPTS, *sorted(ROOT.glob("self_lengthen/**/*.py"))]
+    assert [w for script in everything for w in waits_without_timeout(script)] == []
+    script = tmp_path / "waits.py"
+    script.write_text("import subprocess\nsubprocess.run(['true'], check=True)\nsubprocess.run(['true'], timeout=5)\n"
+                      "subprocess.check_output(['true'], **kw)\nproc.communicate()\nproc.communicate(timeout=1)\n")
+    assert waits_without_timeout(script) == ["waits.py:2: run", "waits.py:5: communicate"]
+
+
 def test_the_import_check_names_a_name_the_library_lost(tmp_path):
     script = tmp_path / "old_bench.py"
     script.write_text("from self_lengthen.profile import parse_sampling\n"
