@@ -43,7 +43,8 @@ endef
 # The main job on the embedded SmolLM2: 2 macro-iterations on a few instructions, then the final evaluation above.
 # 12 instructions: at the base model's usual share of kept extensions (about a third), 10 gave 8-16 rows in
 # iteration 1 (16 once in seven runs), short of issue 13's 16; 12 gave 20, 18 and 13 (runs U-W,
-# bench/RESULTS.md, 2026-12-04).
+# bench/RESULTS.md, 2026-12-04). 14 gave 12 then 19 rows, its iteration 2 taking 14.5 of issue 13's 15 min
+# (run AO, 2026-12-06).
 DEMO_ITER ?= 2
 DEMO_ARGS ?= --instruct_count=12 --max_iter=$(DEMO_ITER)
 # The profile: a shipped name or a YAML file of the same shape (run.sh's --profile).
