@@ -113,6 +113,11 @@ def offline_here(model_dir, messages, tokens, raw_prompts, engine_args) -> dict:
         llm.llm_engine.engine_core.shutdown()  # its core process outlives the os._exit below otherwise
 
 
+def ran_past(script: str, exc: subprocess.TimeoutExpired) -> str:
+    """The one line a bench ends with when a command it waited on ran past its timeout (and was stopped)."""
+    return f"{script}: `{' '.join(map(str, exc.cmd))[:200]}` ran past {exc.timeout:.0f} s and was stopped"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=32)
@@ -130,8 +135,7 @@ def main():
     try:
         stack = through_stack(model, messages, args.tokens)
     except subprocess.TimeoutExpired as exc:
-        raise SystemExit(f"bench/serving.py: `{' '.join(map(str, exc.cmd))[:200]}` ran past {exc.timeout:.0f} s "
-                         f"and was stopped")
+        raise SystemExit(ran_past("bench/serving.py", exc))
     print(f"stack {stack:.1f} tok/s", flush=True)
     direct = offline(model, messages, args.tokens)
     print(f"stack {stack:.1f} tok/s, offline {direct:.1f} tok/s, ratio {stack / direct:.2f} "

@@ -503,11 +503,12 @@ def main():
     p.add_argument("--engines", type=int, choices=[1, 3], default=1,
                    help="(c): 3 loads the base and two merged zero adapters, as iteration 2 on CPU does")
     args = p.parse_args()
+    from serving import ran_past
+
     try:
         results = run_benches(args)
     except subprocess.TimeoutExpired as exc:
-        raise SystemExit(f"bench/synthesis.py: `{' '.join(map(str, exc.cmd))[:200]}` ran past {exc.timeout:.0f} s "
-                         f"and was stopped")
+        raise SystemExit(ran_past("bench/synthesis.py", exc))
     print("\n".join(results), flush=True)
     os._exit(0)  # the engine is shut down; its threads' teardown at interpreter exit can still hang
 

@@ -40,9 +40,14 @@ def library_has(module: str, name: str | None = None) -> bool:
     return name is None or hasattr(found, name) or hasattr(found, "__path__") and library_has(f"{module}.{name}")
 
 
+def script_label(script: Path) -> str:
+    """How a finding names its script: relative to the repository, or by its name outside it (a test's tmp file)."""
+    return str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else script.name
+
+
 def missing_imports(script: Path) -> list[str]:
     """Names `script` imports, anywhere in it, from the library or from a script beside it, that are not there."""
-    missing, label = [], script.relative_to(ROOT) if script.is_relative_to(ROOT) else script.name
+    missing, label = [], script_label(script)
     for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             sibling = script.parent / f"{node.module}.py"
@@ -72,7 +77,7 @@ SUBPROCESS_WAITS = {"run", "call", "check_call", "check_output"}
 def waits_without_timeout(script: Path) -> list[str]:
     """Calls in `script` that wait on a child process with no timeout: subprocess.run (call, check_call,
     check_output) or .communicate() without `timeout=` (or a ** that may carry it)."""
-    found, label = [], script.relative_to(ROOT) if script.is_relative_to(ROOT) else script.name
+    found, label = [], script_label(script)
     for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
