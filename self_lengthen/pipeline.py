@@ -56,6 +56,8 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
     fraction = (gen.get("finish_fraction") or {}).get(stage)
     if fraction:
         out += ["--finish_fraction", str(fraction)]
+    if (gen.get("keep_in_flight") or {}).get(stage):
+        out += ["--keep_in_flight"]
     budget = (gen.get("time_budget") or {}).get(stage)
     if budget:
         out += ["--time_budget", str(budget)]

@@ -102,6 +102,7 @@ SCHEMA = {
         "extend_attempts": optional(POSITIVE_INT),
         "drop_short": per_stage(BOOLEAN, ("generate", "extend")),
         "finish_fraction": per_stage(FRACTION),
+        "keep_in_flight": per_stage(BOOLEAN, ("generate", "extend")),  # past finish_fraction (not the method's)
         "time_budget": per_stage(POSITIVE),  # minutes
         "sampling": per_stage(SAMPLING, ("generate", "extend")),  # replaces the method's; the held-out step keeps it
         "heldout": optional(POSITIVE_INT),  # held-out instructions the Generator answers each iteration; null: all

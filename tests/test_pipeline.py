@@ -477,10 +477,12 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
             assert args.judge_parse == ("strict" if profile == "gpu" else "lenient")
         else:  # the method's sampler on gpu; off where the default model keeps only a few rows (study: in step1)
             assert args.drop_short is (profile == "gpu" or (profile, stage) == ("study", "generate"))
+        # the method drops what finishes past its 95%; cpu-demo keeps it in step1 and step2
+        assert args.keep_in_flight is (profile == "cpu-demo" and stage != "self_instruct")
     assert args.attempts == sizes["generation"].get("extend_attempts")
     assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
-    if profile == "cpu-demo":  # the method's end of step2 (its chains end together) and 2 attempts
-        assert stage == "extend" and args.finish_fraction == 0.95 and args.attempts is None
+    if profile == "cpu-demo":  # the method's end of step2 (its chains end together), what is in flight kept; 2 attempts
+        assert stage == "extend" and args.finish_fraction == 0.95 and args.keep_in_flight and args.attempts is None
         assert args.max_tries == 1 and args.workers == 48
     if profile == "study":  # room for a Generator twice the base model's length, every held-out instruction
         assert "--count" not in stage_args(sizes, "heldout", 1, tmp_path, tmp_path, seed=0)

@@ -154,16 +154,10 @@ def test_capped_tokens_are_split_by_whether_the_request_already_repeats(tmp_path
     assert summary["tokens_rejected_this_run"] == {"unfinished": capped}
 
 
-def test_a_time_budget_lets_chains_in_their_last_round_finish_and_records_them(tmp_path):
-    """When the time budget ends step2, a chain with only its try's last round left still sends that round, and every
-    chain that finishes while the stage winds down is in the dataset; chains further from their end stop after their
-    current request, journaled. (Past finish_fraction, the method's rule, nothing more is sent and nothing more is
-    kept.)"""
+def one_slow_request_per_row(slow_request: dict[int, int], slow: float):
+    """Answers for chains that grow and pass: row 0's requests take 0.3 s, so it is accepted first; row r's
+    `slow_request[r]`-th request takes `slow` s, its others 0.1 s. Returns the answer and the requests sent per row."""
     sent, lock = Counter(), threading.Lock()
-    # Row 0 is accepted first (6 requests of 0.3 s). When the budget ends the stage, each other row is in a slow
-    # request (4 s): rows 1-2 in round 2's completion (its 4th request), rows 3-4 in round 3's chat (5th), rows 5-6
-    # in round 1's chat (1st), row 7 in round 2's chat (3rd).
-    slow_request = {1: 4, 2: 4, 3: 5, 4: 5, 5: 1, 6: 1, 7: 3}
 
     def answer(payload):
         text = payload["prompt"] if "prompt" in payload else payload["messages"][-1]["content"]
@@ -171,11 +165,23 @@ def test_a_time_budget_lets_chains_in_their_last_round_finish_and_records_them(t
         with lock:
             sent[row] += 1
             nth = sent[row]
-        time.sleep(0.3 if row == 0 else 4.0 if slow_request[row] == nth else 0.1)
+        time.sleep(0.3 if row == 0 else slow if slow_request[row] == nth else 0.1)
         if "messages" in payload:
             return "Head one opens the text.\n\nHead two goes on.\n\nHead three is cut."
         return " " + " ".join(f"w{i}" for i in range(len(text.split()))) + " and it ends."
 
+    return answer, sent
+
+
+def test_a_time_budget_lets_chains_in_their_last_round_finish_and_records_them(tmp_path):
+    """When the time budget ends step2, a chain with only its try's last round left still sends that round, and every
+    chain that finishes while the stage winds down is in the dataset; chains further from their end stop after their
+    current request, journaled. (Past finish_fraction, the method's rule, nothing more is sent and nothing more is
+    kept.)"""
+    # Row 0 is accepted first (6 requests of 0.3 s). When the budget ends the stage, each other row is in a slow
+    # request (4 s): rows 1-2 in round 2's completion (its 4th request), rows 3-4 in round 3's chat (5th), rows 5-6
+    # in round 1's chat (1st), row 7 in round 2's chat (3rd).
+    answer, sent = one_slow_request_per_row({1: 4, 2: 4, 3: 5, 4: 5, 5: 1, 6: 1, 7: 3}, slow=4.0)
     iter_dir = prepare(tmp_path)
     with FakeEndpoint(text=answer) as fake:
         proc = step(STEP2, tmp_path, "--max_tries", "1", "--attempts", "1", "--no-drop_short", "--finish_fraction", "1",
@@ -188,3 +194,35 @@ def test_a_time_budget_lets_chains_in_their_last_round_finish_and_records_them(t
     assert summary["accepted"] == 5 and summary["chains_unfinished"] == 3
     assert dict(sent) == {**{i: 6 for i in range(5)}, 5: 1, 6: 1, 7: 3}  # the others stopped after their request
     assert summary["tokens_recorded_share"] == 1.0
+
+
+def test_past_finish_fraction_what_finishes_in_flight_is_dropped_unless_keep_in_flight(tmp_path):
+    """Past finish_fraction the stage waits for the requests in flight and sends no more. The method drops the chains
+    those requests finish; with --keep_in_flight (cpu-demo) they are in the dataset, marked in the checkpoint, and
+    counted in the summary. Chains that had requests left stop after their current one either way."""
+    # Row 0 is accepted first (6 requests of 0.3 s): 1 of 8 rows is past finish_fraction 0.1. Each other row is then
+    # in a slow request (3 s): rows 1-2 in round 3's completion (their 6th and last), rows 3-4 in round 3's chat
+    # (5th), rows 5-7 in round 1's chat (1st).
+    for keep in (False, True):
+        answer, sent = one_slow_request_per_row({1: 6, 2: 6, 3: 5, 4: 5, 5: 1, 6: 1, 7: 1}, slow=3.0)
+        workdir = tmp_path / f"keep-{keep}"
+        iter_dir = prepare(workdir)
+        with FakeEndpoint(text=answer) as fake:
+            proc = step(STEP2, workdir, "--max_tries", "1", "--attempts", "1", "--no-drop_short",
+                        "--finish_fraction", "0.1", "--workers", "8", *(["--keep_in_flight"] if keep else []),
+                        base_url=fake.base_url)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert dict(sent) == {**{i: 6 for i in range(3)}, 3: 5, 4: 5, 5: 1, 6: 1, 7: 1}  # nothing more sent
+        rows = load_rows(iter_dir / "extended_responses")
+        summary = json.loads((iter_dir / "extended_responses.summary.json").read_text())
+        checkpoint = [json.loads(line) for line in
+                      (iter_dir / "extended_responses.checkpoint.jsonl").read_text().splitlines()]
+        if keep:
+            assert sorted(rows["prompt"]) == [ROWS[i]["prompt"] for i in range(3)]
+            assert summary["items_kept_while_stopping"] == 2 and summary["chains_unfinished"] == 5
+            assert sorted(r["prompt"] for r in checkpoint if r.get("wind_down")) == [ROWS[1]["prompt"], ROWS[2]["prompt"]]
+            assert "kept the 2 that finished with the request they had in flight" in proc.stdout
+        else:
+            assert rows["prompt"] == [ROWS[0]["prompt"]]
+            assert summary["items_kept_while_stopping"] == 0 and summary["chains_unfinished"] == 7
+        assert summary["tokens_recorded_share"] == 1.0  # every finished request is journaled either way

@@ -44,6 +44,9 @@ def base_parser(description: str, finish_fraction: float = 1.0) -> argparse.Argu
     p.add_argument("--max_tries", type=positive_int, default=None, help="tries per item (default: the method's)")
     p.add_argument("--finish_fraction", type=float, default=finish_fraction,
                    help=f"end once more than this share of items is finished (default: the method's {finish_fraction:g})")
+    p.add_argument("--keep_in_flight", action=argparse.BooleanOptionalAction, default=False,
+                   help="past --finish_fraction, keep the items that finish with the request they have in flight "
+                        "(the method drops them; no further request is sent either way)")
     p.add_argument("--time_budget", type=float, default=None,
                    help="minutes after which the stage ends, once at least one item was accepted")
     p.add_argument("--base_model", default="default", help="'default' or the HF dir the server serves (tokenizer)")
@@ -145,7 +148,8 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
     started = time.monotonic()
     try:
         records = run_items(items, work, checkpoint, workers=ctx.args.workers,
-                            finish_fraction=ctx.args.finish_fraction, desc=f"iter {ctx.args.iter} {name}",
+                            finish_fraction=ctx.args.finish_fraction, keep_in_flight=ctx.args.keep_in_flight,
+                            desc=f"iter {ctx.args.iter} {name}",
                             time_budget=ctx.args.time_budget * 60 if ctx.args.time_budget else None)
     finally:
         checkpoint.close()
@@ -163,6 +167,7 @@ def run_stage(ctx: StageContext, name: str, items: dict, work: Callable, *, colu
         summary["tokens_rejected_this_run"] = dict(journal.rejected_tokens_this_run.most_common())
         summary["requests_ended_early_this_run"] = journal.ended_early_this_run  # finish_reason "rejected"
         summary["chains_unfinished"] = sum(1 for k in journal.records if k in items and k not in checkpoint.records)
+    summary["items_kept_while_stopping"] = sum(1 for r in records if r.get("wind_down"))
     summary["model"] = model
     summary["sampling"] = ctx.client.sampling
     rows = rows_of([r for r in records if r["status"] == "accepted"])

@@ -83,7 +83,7 @@ class Stop(threading.Event):
 
 def run_items(items: dict[str, object], work: Callable[[str, object, Stop], dict], checkpoint: Checkpoint,
               *, workers: int, finish_fraction: float = 1.0, time_budget: float | None = None,
-              desc: str = "") -> list[dict]:
+              keep_in_flight: bool = False, desc: str = "") -> list[dict]:
     """Run `work` over the items not yet in the checkpoint, `workers` at a time. Returns all finished records.
 
     The stage ends early once more than `finish_fraction` of all items is finished (the method's rule), or once
@@ -91,7 +91,8 @@ def run_items(items: dict[str, object], work: Callable[[str, object, Stop], dict
     ones are told to stop (they finish their current request; nothing is killed). An item stopped before it
     finished returns None and is not checkpointed; a stage whose items are chains of requests keeps their progress
     in a `Journal`. Past the finish_fraction, items that finish while stopping are dropped, as the method drops
-    them; past the time budget (not the method's), they are recorded (see `Stop`).
+    them, unless `keep_in_flight` (not the method's); past the time budget (not the method's), they are recorded
+    (see `Stop`). Records taken while stopping carry `"wind_down": True`.
     """
     todo = {k: v for k, v in items.items() if k not in checkpoint.records}
     total = len(items)
@@ -105,11 +106,11 @@ def run_items(items: dict[str, object], work: Callable[[str, object, Stop], dict
     bar.set_postfix(accepted=counts["accepted"], exhausted=counts["exhausted"])
     finished = total - len(todo)
 
-    def take(key: str, record: dict | None) -> None:
+    def take(key: str, record: dict | None, wind_down: bool = False) -> None:
         nonlocal finished
         if record is None:  # stopped before finishing: not recorded, redone on resume
             return
-        checkpoint.append({"key": key, **record})
+        checkpoint.append({"key": key, **record, **({"wind_down": True} if wind_down else {})})
         counts[record["status"]] += 1
         finished += 1
         bar.update(1)
@@ -133,19 +134,24 @@ def run_items(items: dict[str, object], work: Callable[[str, object, Stop], dict
                     break
         finally:
             # Early finish, an error or Ctrl-C: queued items are cancelled, in-flight ones stop after their
-            # current request; their results are not recorded (except past the time budget) and are redone by a
-            # rerun.
+            # current request; their results are not recorded (except past the time budget, or with
+            # keep_in_flight) and are redone by a rerun.
             stop.set()
             for future in pending:
                 future.cancel()
             pool.shutdown(wait=True)
             bar.close()  # before any error message, so it starts on a line of its own
-        if stop.budget:
+        if pending and (stop.budget or keep_in_flight):
+            before = finished
             for future, key in pending.items():
                 if not future.cancelled() and future.exception() is None:
-                    take(key, future.result())
-            tqdm.write(f"{desc}: time budget of {time_budget / 60:g} min used; ended with {finished} of {total} items "
-                       f"finished")
+                    take(key, future.result(), wind_down=True)
+            if stop.budget:
+                tqdm.write(f"{desc}: time budget of {time_budget / 60:g} min used; ended with {finished} of {total} "
+                           f"items finished")
+            else:
+                tqdm.write(f"{desc}: ended past {finish_fraction:g} of the items; kept the {finished - before} that "
+                           f"finished with the request they had in flight")
     bar.close()
     return [checkpoint.records[k] for k in sorted(items) if k in checkpoint.records]
 
