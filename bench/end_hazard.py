@@ -27,6 +27,7 @@ from heldout_runs import answers, measured_iterations  # noqa: E402
 from merge_precision import examples  # noqa: E402
 
 from self_lengthen.errors import ArgParser, UsageError, cli_main  # noqa: E402
+from self_lengthen.report import run_name  # noqa: E402
 from self_lengthen.stages.heldout import is_clean  # noqa: E402
 
 
@@ -96,7 +97,7 @@ def main():
         s = end_scores(model, batches, eos_id)
         base = model.unload()  # the base weights again, for the next adapter
         ratios.append(s["hazard"] / b["hazard"])
-        print(f"| {results.parent.name or results} final gen_sft | {s['hazard']:.3f} | {ratios[-1]:.2f} | "
+        print(f"| {run_name(results)} final gen_sft | {s['hazard']:.3f} | {ratios[-1]:.2f} | "
               f"{s['end']:.3f} | {s['loss']:.4f} | {s['entropy']:.4f} |", flush=True)
     print(f"\nhazard above the base's for {sum(r > 1 for r in ratios)} of {len(ratios)} adapters; "
           f"geometric mean ratio {math.exp(statistics.mean(map(math.log, ratios))):.3f}")

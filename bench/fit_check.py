@@ -6,11 +6,14 @@ Run it once with the run's own epochs (the baseline, which reproduces the run's 
 Generator's length on its training prompts stays well under its targets' at the run's epochs and nears them with
 more, the run underfits. `--epochs 0` trains nothing and measures the iteration's starting Generator (the base model
 for iteration 1) the same way. `--rows` trains on the rows of several runs' gen_sft.json pooled instead of the
-iteration's own: does the Generator move with more rows? Each part is resumable (a rerun skips a finished training
-and finished answers).
+iteration's own: does the Generator move with more rows? `--targets initial` trains on the same rows with, as each
+row's answer, the initial response its extension started from (a control: how much of what training does to the
+Generator's length comes from the Extender's lengthening, and how much from training on the model's own sampled
+writing at all). Each part is resumable (a rerun skips a finished training and finished answers).
 
 Usage: .venv/bin/python bench/fit_check.py --results llama/study/results --iter 3 --epochs 10 --workdir /tmp/fit10
        [--learning_rate 1e-3] [--max_tokens 800] [--rows A/iter_1/data/gen_sft.json B/iter_1/data/gen_sft.json]
+       [--targets initial]
 Needs the machine to itself (training, then serving, on every core).
 """
 import argparse
@@ -56,21 +59,49 @@ def pooled_rows(files: list[Path]) -> list[dict]:
     return rows
 
 
+def initial_targets(files: list[Path], rows: list[dict]) -> list[dict]:
+    """`rows` (gen_sft rows read from `files`) with each extended answer replaced by the initial response that step2
+    extended into it (from each file's iteration's extended_responses)."""
+    from datasets import load_from_disk
+
+    initial = {}
+    for path in files:
+        source = path.parent.parent / "extended_responses"
+        if not source.is_dir():
+            raise UsageError(f"--targets initial: {source} is missing; it needs the run's step2 output beside {path}")
+        initial.update({(r["prompt"], r["extended_response"]): r["initial_response"]
+                        for r in load_from_disk(str(source))})
+    missing = sum((r["instruction"], r["output"]) not in initial for r in rows)
+    if missing:
+        raise UsageError(f"--targets initial: {missing} of {len(rows)} rows have no extension in their run's "
+                         f"extended_responses; give gen_sft.json files as the runs wrote them")
+    return [{**r, "output": initial[(r["instruction"], r["output"])]} for r in rows]
+
+
+def moved(config: dict, results: Path) -> dict:
+    """A run's training config with its paths under the run's results dir (where it was trained: the dir two above
+    its dataset_dir) pointed at `results`, where the run is now."""
+    trained_at = str(Path(config["dataset_dir"]).parent.parent)
+    return {key: str(results) + value[len(trained_at):]
+            if isinstance(value, str) and (value == trained_at or value.startswith(trained_at + "/")) else value
+            for key, value in config.items()}
+
+
 def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float | None = None,
           rows: list[dict] | None = None) -> dict:
     """gen_sft of iteration k retrained with `epochs` epochs (and `learning_rate`, and on `rows`, if given) into
     work/results/iter_k/lora; ext_sft copied as is."""
     src, dst = results / f"iter_{k}", work / "results" / f"iter_{k}"
     if not adapter_done(dst, "gen_sft"):
-        config = yaml.safe_load((src / "data" / "train_gen_sft.yaml").read_text())
+        config = moved(yaml.safe_load((src / "data" / "train_gen_sft.yaml").read_text()), results)
         config["num_train_epochs"] = epochs
         if learning_rate is not None:
             config["learning_rate"] = learning_rate
         if rows is not None:
             write_datasets(work / "data", {"gen_sft": rows})
             config["dataset_dir"] = str(work / "data")
-            config["tokenized_path"] = str(work / "data" / "tokenized_gen_sft")
-            shutil.rmtree(config["tokenized_path"], ignore_errors=True)
+        config["tokenized_path"] = str(work / "data" / "tokenized_gen_sft")  # the run's own results stay as they are
+        shutil.rmtree(config["tokenized_path"], ignore_errors=True)
         config["output_dir"] = str(dst / "lora" / ".gen_sft.training")
         path = config_path(work, epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +134,8 @@ def main(argv=None):
     p.add_argument("--max_tokens", type=int, default=2048, help="per answer (the study's final evaluation: 2048)")
     p.add_argument("--rows", type=Path, nargs="+", default=None,
                    help="gen_sft.json files whose rows, pooled, are trained on instead of the iteration's own")
+    p.add_argument("--targets", choices=("extended", "initial"), default="extended",
+                   help="initial: each row's answer is the initial response its extension started from (a control)")
     args = p.parse_args(argv)
     results, work, k = args.results.resolve(), args.workdir.resolve(), args.iter
     data = results / f"iter_{k}" / "data" / "gen_sft.json"
@@ -110,9 +143,13 @@ def main(argv=None):
         raise UsageError(f"{data} is missing: --results must be a run whose iteration {k} trained")
     if args.epochs < 0:
         raise UsageError(f"--epochs={args.epochs} must be at least 0")
-    rows = pooled_rows(args.rows) if args.rows else json.loads(data.read_text(encoding="utf-8"))
+    files = args.rows or [data]
+    rows = pooled_rows(files)
+    if args.targets == "initial":
+        rows = initial_targets(files, rows)
     if args.epochs:
-        trained = train(results, k, args.epochs, work, args.learning_rate, rows if args.rows else None)
+        own = not args.rows and args.targets == "extended"
+        trained = train(results, k, args.epochs, work, args.learning_rate, None if own else rows)
         served_iter = k
     else:   # the adapters the iteration started from (none for iteration 1)
         trained, served_iter = {}, k - 1
@@ -131,7 +168,7 @@ def main(argv=None):
     finally:
         subprocess.run(["bash", str(LLAMA / "stop_server.sh"), f"--workdir={work}"], timeout=600)
     lr = yaml.safe_load(config_path(work, args.epochs).read_text())["learning_rate"] if args.epochs else None
-    report = {"iter": k, "epochs": args.epochs, "learning_rate": lr, "rows": len(rows),
+    report = {"iter": k, "epochs": args.epochs, "learning_rate": lr, "targets": args.targets, "rows": len(rows),
               "instructions": len({r["instruction"] for r in rows}),
               "train_loss": round(trained["train_loss"], 3) if trained else None,
               "target_mean_words": round(statistics.mean(count_words(r["output"]) for r in rows), 1),

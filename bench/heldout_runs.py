@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from self_lengthen.errors import UsageError, cli_main  # noqa: E402
-from self_lengthen.report import iteration_dirs  # noqa: E402
+from self_lengthen.report import iteration_dirs, run_name  # noqa: E402
 from self_lengthen.stages.heldout import is_clean  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
@@ -54,8 +54,7 @@ def run_figures(results: Path) -> dict:
                          "iteration (its final Generator); give a finished run's results dir")
     by_iter = {k: answers(d) for k, d in its}
     targets = [targets_mean(d) for _, d in iteration_dirs(results)]
-    name = results.parent.name if results.name == "results" else results.name  # demo_X/results or demo_X
-    return {"name": name or str(results), "base": by_iter[1], "final": by_iter[its[-1][0]],
+    return {"name": run_name(results), "base": by_iter[1], "final": by_iter[its[-1][0]],
             "final_iter": its[-1][1].name, "by_iter": by_iter, "targets": [t for t in targets if t is not None]}
 
 

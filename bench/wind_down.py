@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from self_lengthen.errors import UsageError, cli_main  # noqa: E402
 from self_lengthen.io import read_jsonl  # noqa: E402
+from self_lengthen.report import run_name  # noqa: E402
 from self_lengthen.stages.extend import MIN_GROWTH, ROUNDS  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
@@ -60,7 +61,7 @@ def main():
     for results, journals in runs.items():
         for step2 in journals:
             w = wind_down(step2.with_name("extended_responses"))
-            print(f"| {results.parent.name or results}, {step2.parent.name} | {w['chains']} | {w['finished']}, "
+            print(f"| {run_name(results)}, {step2.parent.name} | {w['chains']} | {w['finished']}, "
                   f"{w['kept']} | {w['last_finished_s']} | {w['dropped']} | {w['dropped_all_rounds_done']} | "
                   f"{w['dropped_last_end_s']} | {w['dropped_passing']} |")
 

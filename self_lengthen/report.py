@@ -150,6 +150,13 @@ def iteration_dirs(results: Path) -> list[tuple[int, Path]]:
     return sorted((k, d) for k, d in iters if k < 10000)
 
 
+def run_name(results: Path) -> str:
+    """A run's name for tables that compare runs: the directory holding `results` (DIR/results), or the directory
+    itself where the iterations sit at its top."""
+    results = results.resolve()
+    return (results.parent.name if results.name == "results" else results.name) or str(results)
+
+
 def run_report(results: Path) -> Path:
     iters = iteration_dirs(results)
     rows = []

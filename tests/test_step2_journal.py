@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from fake_endpoint import FakeEndpoint
+from self_lengthen.io import read_jsonl
 from self_lengthen.stages.runner import MARKER, save_dataset
 from test_stages import STEP2, load_rows, step
 
@@ -48,18 +49,21 @@ def prepare(workdir: Path) -> Path:
     return workdir / "results" / "iter_1"
 
 
+def checkpoint(iter_dir: Path) -> list[dict]:
+    """step2's checkpoint: one record per finished item."""
+    return read_jsonl(iter_dir / "extended_responses.checkpoint.jsonl", allow_empty=True)
+
+
 def outcome(iter_dir: Path):
     rows = load_rows(iter_dir / "extended_responses")
-    checkpoint = [json.loads(line) for line in (iter_dir / "extended_responses.checkpoint.jsonl").read_text().splitlines()]
     return (sorted(zip(rows["prompt"], rows["extended_response"])),
-            sorted((r["key"], r["status"], r["tries"]) for r in checkpoint))
+            sorted((r["key"], r["status"], r["tries"]) for r in checkpoint(iter_dir)))
 
 
 def assert_no_request_redone(journal: Path):
     """Each chain's journaled progress (try, round, half a round done) only ever moves forward."""
     seen: dict[str, tuple] = {}
-    for line in journal.read_text().splitlines():
-        state = json.loads(line)
+    for state in read_jsonl(journal):
         progress = (state["try"], state["round"], state["prefix"] is not None)
         assert progress > seen.get(state["key"], (-1,)), f"{state['key']} went back to {progress}"
         seen[state["key"]] = progress
@@ -215,12 +219,11 @@ def test_past_finish_fraction_what_finishes_in_flight_is_dropped_unless_keep_in_
         assert dict(sent) == {**{i: 6 for i in range(3)}, 3: 5, 4: 5, 5: 1, 6: 1, 7: 1}  # nothing more sent
         rows = load_rows(iter_dir / "extended_responses")
         summary = json.loads((iter_dir / "extended_responses.summary.json").read_text())
-        checkpoint = [json.loads(line) for line in
-                      (iter_dir / "extended_responses.checkpoint.jsonl").read_text().splitlines()]
+        finished = checkpoint(iter_dir)
         if keep:
             assert sorted(rows["prompt"]) == [ROWS[i]["prompt"] for i in range(3)]
             assert summary["items_kept_while_stopping"] == 2 and summary["chains_unfinished"] == 5
-            assert sorted(r["prompt"] for r in checkpoint if r.get("wind_down")) == [ROWS[1]["prompt"], ROWS[2]["prompt"]]
+            assert sorted(r["prompt"] for r in finished if r.get("wind_down")) == [ROWS[1]["prompt"], ROWS[2]["prompt"]]
             assert "kept the 2 that finished with the request they had in flight" in proc.stdout
         else:
             assert rows["prompt"] == [ROWS[0]["prompt"]]
