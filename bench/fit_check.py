@@ -87,20 +87,18 @@ def moved(config: dict, results: Path) -> dict:
             for key, value in config.items()}
 
 
-def train(results: Path, k: int, epochs: int, work: Path, learning_rate: float | None = None,
-          rows: list[dict] | None = None) -> dict:
-    """gen_sft of iteration k retrained with `epochs` epochs (and `learning_rate`, and on `rows`, if given) into
-    work/results/iter_k/lora; ext_sft copied as is."""
+def train(results: Path, k: int, epochs: int, work: Path, rows: list[dict], learning_rate: float | None = None) -> dict:
+    """gen_sft of iteration k retrained on `rows` with `epochs` epochs (and `learning_rate`, if given), from the
+    adapter the iteration started from, into work/results/iter_k/lora; ext_sft copied as is."""
     src, dst = results / f"iter_{k}", work / "results" / f"iter_{k}"
     if not adapter_done(dst, "gen_sft"):
         config = moved(yaml.safe_load((src / "data" / "train_gen_sft.yaml").read_text()), results)
         config["num_train_epochs"] = epochs
         if learning_rate is not None:
             config["learning_rate"] = learning_rate
-        if rows is not None:
-            write_datasets(work / "data", {"gen_sft": rows})
-            config["dataset_dir"] = str(work / "data")
-        config["tokenized_path"] = str(work / "data" / "tokenized_gen_sft")  # the run's own results stay as they are
+        write_datasets(work / "data", {"gen_sft": rows})   # the run's own results stay as they are
+        config["dataset_dir"] = str(work / "data")
+        config["tokenized_path"] = str(work / "data" / "tokenized_gen_sft")
         shutil.rmtree(config["tokenized_path"], ignore_errors=True)
         config["output_dir"] = str(dst / "lora" / ".gen_sft.training")
         path = config_path(work, epochs)
@@ -148,8 +146,7 @@ def main(argv=None):
     if args.targets == "initial":
         rows = initial_targets(files, rows)
     if args.epochs:
-        own = not args.rows and args.targets == "extended"
-        trained = train(results, k, args.epochs, work, args.learning_rate, None if own else rows)
+        trained = train(results, k, args.epochs, work, rows, args.learning_rate)
         served_iter = k
     else:   # the adapters the iteration started from (none for iteration 1)
         trained, served_iter = {}, k - 1

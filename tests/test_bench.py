@@ -148,6 +148,42 @@ def test_heldout_runs_names_a_results_dir_it_cannot_use(tmp_path, given):
     assert "Traceback" not in proc.stderr
 
 
+def fit_check_run(results: Path, k: int, pairs: list[tuple[str, str, str]]) -> Path:
+    """A run's iteration k as fit_check reads it: gen_sft.json rows (prompt, extended) and step2's output that
+    extended each initial response; returns the gen_sft.json."""
+    save_dataset([{"prompt": p, "initial_response": i, "extended_response": e} for p, i, e in pairs],
+                 ["prompt", "initial_response", "extended_response"], results / f"iter_{k}" / "extended_responses")
+    data = results / f"iter_{k}" / "data" / "gen_sft.json"
+    data.parent.mkdir(parents=True)
+    data.write_text(json.dumps([{"instruction": p, "input": "", "output": e} for p, _, e in pairs]))
+    return data
+
+
+def test_fit_check_s_control_answers_each_row_with_the_response_its_extension_started_from(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from fit_check import initial_targets, moved, pooled_rows
+
+    from self_lengthen.errors import UsageError
+
+    one = fit_check_run(tmp_path / "a" / "results", 1,
+                        [("p1", "short one", "long one"), ("p2", "short two", "long two")])
+    two = fit_check_run(tmp_path / "b" / "results", 2, [("p1", "short one", "long one"), ("p3", "s3", "l3")])
+    rows = pooled_rows([one, two])   # a pair two runs share is trained on once
+    assert [(r["instruction"], r["output"]) for r in rows] == [("p1", "long one"), ("p2", "long two"), ("p3", "l3")]
+    control = initial_targets([one, two], rows)
+    assert [(r["instruction"], r["input"], r["output"]) for r in control] == [
+        ("p1", "", "short one"), ("p2", "", "short two"), ("p3", "", "s3")]
+    with pytest.raises(UsageError, match="1 of 3 rows have no extension"):   # a row step2 never wrote
+        initial_targets([one], rows)
+
+    # a run trained under /old/results and moved: its paths follow it, others (the model, a sibling dir) stay
+    config = {"dataset_dir": "/old/results/iter_2/data", "adapter_name_or_path": "/old/results/iter_1/lora/gen_sft",
+              "model_name_or_path": "/models/base", "output_dir": "/old/results_x/out", "num_train_epochs": 1}
+    assert moved(config, tmp_path / "b" / "results") == {
+        **config, "dataset_dir": f"{tmp_path}/b/results/iter_2/data",
+        "adapter_name_or_path": f"{tmp_path}/b/results/iter_1/lora/gen_sft"}
+
+
 @pytest.mark.slow
 def test_the_offline_engine_runs_with_the_stack_s_preloads_or_exactly_those_asked_for(default_model):
     """The benches compare the stack against vLLM offline; its engine must run as the stack's does (on CPU with

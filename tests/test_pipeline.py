@@ -541,6 +541,24 @@ def test_gpu_profile_trains_as_the_original(tmp_path):
     assert offload["stage"] == 3 and offload["offload_optimizer"]["device"] == "cpu"
 
 
+def test_cpu_demo_trains_one_epoch_at_four_times_the_method_s_rate(tmp_path):
+    """cpu-demo's departure (README): the method's 4 epochs at 1e-4 become 1 epoch at 4e-4, the profile's values
+    over the template's; the schedule and the adapter otherwise the method's."""
+    import yaml
+
+    from self_lengthen.flavour import Flavour
+    from self_lengthen.profile import load_profile
+    from self_lengthen.train import mk_config
+
+    iter_dir = tmp_path / "results" / "iter_1"
+    (iter_dir / "data").mkdir(parents=True)
+    config = yaml.safe_load(mk_config(iter_dir, 1, "gen_sft", tmp_path / "model", Flavour(ROOT / "llama"),
+                                      load_profile("cpu-demo"), "llama3", gpus=1).read_text())
+    expected = {"learning_rate": 4e-4, "num_train_epochs": 1, "lr_scheduler_type": "cosine", "warmup_steps": 0.1,
+                "lora_rank": 8, "lora_alpha": 16, "lora_target": "all"}
+    assert {k: config.get(k) for k in expected} == expected
+
+
 def test_run_and_collect_choose_the_same_default_profile():
     from self_lengthen.profile import profile_name
 
