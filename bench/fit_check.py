@@ -80,7 +80,9 @@ def initial_targets(files: list[Path], rows: list[dict]) -> list[dict]:
 
 def moved(config: dict, results: Path) -> dict:
     """A run's training config with its paths under the run's results dir (where it was trained: the dir two above
-    its dataset_dir) pointed at `results`, where the run is now."""
+    its dataset_dir) pointed at `results`, where the run is now. train() overwrites the dataset, tokenized and output
+    paths, but the adapter it continues from (iteration >= 2) and, on an AVX2 machine, the float32 base copy kept
+    under results/ must follow a moved run."""
     trained_at = str(Path(config["dataset_dir"]).parent.parent)
     return {key: str(results) + value[len(trained_at):]
             if isinstance(value, str) and (value == trained_at or value.startswith(trained_at + "/")) else value

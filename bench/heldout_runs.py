@@ -6,11 +6,13 @@ its final Generator (the last iteration's), so the runs can be pooled: per run, 
 mean words to the base's; over runs, the ratio of pooled means for each iteration's Generator, with a 95% interval
 from resampling runs. The same for clean answers (ending a sentence, no repeated n-gram, under max_tokens), with
 the shares of answers that hit max_tokens or repeat. Beside them, what the run's adapters trained on: the `gen_sft`
-targets' mean words, per iteration, as a ratio to the base's held-out mean. Reads only the runs' results; needs no
-engine.
+targets' mean words, per iteration, as a ratio to the base's held-out mean. With --plot, draws each run's
+Generators as a ratio to its base's mean, beside the pooled ratio and its interval. Reads only the runs' results;
+needs no engine.
 
-Usage: .venv/bin/python bench/heldout_runs.py /work/demo_N/results /work/demo_O/results ...
+Usage: .venv/bin/python bench/heldout_runs.py [--plot PNG] /work/demo_N/results /work/demo_O/results ...
 """
+import argparse
 import json
 import random
 import statistics
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from self_lengthen.errors import UsageError, cli_main  # noqa: E402
-from self_lengthen.report import iteration_dirs, run_name  # noqa: E402
+from self_lengthen.report import iteration_dirs, pyplot, run_name, save_figure  # noqa: E402
 from self_lengthen.stages.heldout import is_clean  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
@@ -82,11 +84,34 @@ def mean_words(rows: list[dict], pick=lambda r: True) -> float:
     return statistics.mean(kept) if kept else float("nan")
 
 
+def plot(runs: list[dict], pooled: dict[int, tuple[float, float, float]], out: Path) -> None:
+    """Each run's Generators (iteration 1's is the base) as ratios to its base's mean, thin; pooled, thick."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for run in runs:
+        base = mean_words(run["base"])
+        ks = sorted(run["by_iter"])
+        ax.plot(ks, [mean_words(run["by_iter"][k]) / base for k in ks], "-o", alpha=0.45, lw=1, ms=3,
+                label=run["name"])
+    ks = [1] + sorted(pooled)
+    mid = [1.0] + [pooled[k][0] for k in ks[1:]]
+    err = [[0.0] + [pooled[k][0] - pooled[k][1] for k in ks[1:]], [0.0] + [pooled[k][2] - pooled[k][0] for k in ks[1:]]]
+    ax.errorbar(ks, mid, yerr=err, fmt="-s", color="black", lw=2.5, capsize=5,
+                label=f"pooled over {len(runs)} runs (95% interval over runs)")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(ks, ["base" if k == 1 else f"gen_sft of it. {k - 1}" for k in ks])
+    ax.set_ylabel("held-out mean words / the run's base")
+    ax.legend(fontsize=7, loc="upper left")
+    save_figure(fig, out, dpi=100)
+
+
 @cli_main
-def main():
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__.strip().splitlines()[-1])
-    runs = [run_figures(Path(p)) for p in sys.argv[1:]]
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plot", type=Path, help="also draw the runs' ratios to their base into this PNG")
+    p.add_argument("results", nargs="+", type=Path, help="a finished run's results dir")
+    args = p.parse_args(argv)
+    runs = [run_figures(path) for path in args.results]
     print("| run | final | base mean | final mean | ratio | clean: base, final | at max_tokens %: base, final | "
           "repetition %: base, final | gen_sft targets / base mean, per iteration |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -105,15 +130,21 @@ def main():
     print("| Generator measured at the start of | runs | answers | pooled ratio to the base, all answers (95% interval "
           "over runs) | clean answers (95% interval) |")
     print("|---|---|---|---|---|")
+    pooled = {}
     for k in sorted({k for run in runs for k in run["by_iter"]} - {1}):
         have = [run for run in runs if k in run["by_iter"]]
         later = (lambda run, k=k: run["by_iter"][k])
         cells = []
         for pick in (lambda r: True, is_clean):
             lo, hi = interval(have, pick, rng, later)
-            cells.append(f"{pooled_ratio(have, pick, later):.3f} ({lo:.3f}-{hi:.3f})")
+            ratio = pooled_ratio(have, pick, later)
+            pooled.setdefault(k, (ratio, lo, hi))
+            cells.append(f"{ratio:.3f} ({lo:.3f}-{hi:.3f})")
         print(f"| iter_{k} (gen_sft of iteration {k - 1}) | {len(have)} | {sum(len(r['by_iter'][k]) for r in have)} | "
               f"{' | '.join(cells)} |")
+    if args.plot:
+        plot(runs, pooled, args.plot)
+        print(f"\nplot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -123,9 +123,12 @@ def test_heldout_runs_pools_the_runs_and_counts_the_runs_above_the_base(tmp_path
     heldout_run(tmp_path / "a" / "results", {1: [100, 200], 2: [110, 220], 3: [120, 240]})
     heldout_run(tmp_path / "b", {1: [100, 100], 2: [90, 90]}, base_capped_at=1)  # a run named by its own dir
     proc = subprocess.run([sys.executable, ROOT / "bench" / "heldout_runs.py", tmp_path / "a" / "results",
-                           tmp_path / "b"], capture_output=True, text=True, timeout=300)
+                           tmp_path / "b", "--plot", tmp_path / "runs.png"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
+    assert lines[-1] == f"plot: {tmp_path / 'runs.png'}"
+    assert (tmp_path / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| a | iter_3 | 150.0 | 180.0 | 1.20 | 150.0, 180.0 | 0.0, 0.0 | 0.0, 0.0 | 1.00 |" in lines
     assert "| b | iter_2 | 100.0 | 90.0 | 0.90 | 100.0, 90.0 | 50.0, 0.0 | 0.0, 0.0 | 1.50 |" in lines
     assert "final Generator's held-out mean above the base's: 1 of 2 runs" in lines
