@@ -134,14 +134,14 @@ def main(argv=None):
     for k in sorted({k for run in runs for k in run["by_iter"]} - {1}):
         have = [run for run in runs if k in run["by_iter"]]
         later = (lambda run, k=k: run["by_iter"][k])
-        cells = []
+        figures = []   # (ratio, lo, hi) over all answers, then over clean answers
         for pick in (lambda r: True, is_clean):
             lo, hi = interval(have, pick, rng, later)
-            ratio = pooled_ratio(have, pick, later)
-            pooled.setdefault(k, (ratio, lo, hi))
-            cells.append(f"{ratio:.3f} ({lo:.3f}-{hi:.3f})")
+            figures.append((pooled_ratio(have, pick, later), lo, hi))
+        pooled[k] = figures[0]   # the plot shows all answers
+        cells = " | ".join(f"{ratio:.3f} ({lo:.3f}-{hi:.3f})" for ratio, lo, hi in figures)
         print(f"| iter_{k} (gen_sft of iteration {k - 1}) | {len(have)} | {sum(len(r['by_iter'][k]) for r in have)} | "
-              f"{' | '.join(cells)} |")
+              f"{cells} |")
     if args.plot:
         plot(runs, pooled, args.plot)
         print(f"\nplot: {args.plot}")
