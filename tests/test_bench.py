@@ -151,6 +151,31 @@ def test_heldout_runs_names_a_results_dir_it_cannot_use(tmp_path, given):
     assert "Traceback" not in proc.stderr
 
 
+def test_endings_splits_each_text_at_its_first_closing_paragraph(tmp_path):
+    body, close = "word " * 10, "In conclusion, " + "word " * 3   # 10 words; 5 words that open as a closing does
+    after = "And so, the end came."                                   # 5 words, a second closing paragraph
+    cjk = "一二三四五\n\n总之，六七八"        # 5 units, then a CJK closing paragraph of 6 (its comma counts)
+    results = tmp_path / "results"
+    for k, texts in {1: [body, f"{body}\n\n{close}"], 2: [f"{body}\n{close}\n\n{body}\n{after}", cjk]}.items():
+        save_dataset([{"prompt": "p", "response": t, "words": 0, "unfinished": False, "repetition": False,
+                       "capped": False} for t in texts], COLUMNS, results / f"iter_{k}" / "heldout", CHECK_TYPES)
+    save_dataset([{"prompt": "p", "initial_response": body, "extended_response": f"{body}\n{body}\n{close}"}],
+                 ["prompt", "initial_response", "extended_response"], results / "iter_1" / "extended_responses")
+    proc = subprocess.run([sys.executable, ROOT / "bench" / "endings.py", results], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "| base | 2 | 12.5 | 10.0 | 2.5 | 0.50 | 50 | 0 |" in lines
+    # a body, a closing, more body, a second closing: 10 words of body, 20 of ending; the CJK text 5 and 6
+    assert "| gen_sft of iteration 1 | 2 | 20.5 | 7.5 | 13.0 | 1.50 | 100 | 50 |" in lines
+    assert "| iteration 1, initial | 1 | 10.0 | 10.0 | 0.0 | 0.00 | 0 | 0 |" in lines
+    assert "| iteration 1, extended | 1 | 25.0 | 20.0 | 5.0 | 1.00 | 100 | 0 |" in lines
+    not_a_run = subprocess.run([sys.executable, ROOT / "bench" / "endings.py", tmp_path], capture_output=True,
+                               text=True, timeout=300)
+    assert not_a_run.returncode == 2 and "no iter_K directories" in not_a_run.stderr
+    assert "Traceback" not in not_a_run.stderr
+
+
 def fit_check_run(results: Path, k: int, pairs: list[tuple[str, str, str]]) -> Path:
     """A run's iteration k as fit_check reads it: gen_sft.json rows (prompt, extended) and step2's output that
     extended each initial response; returns the gen_sft.json."""
