@@ -1,4 +1,5 @@
 """Shared fixtures. Heavy things (the converted model, a served stack) are built once per session."""
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,11 @@ TRAIN_PY = ROOT / ".venv-train" / "bin" / "python"
 sys.path.insert(0, str(ROOT))
 # FastChat modules imported by tests write their log files into $LOGDIR (default: the current directory).
 os.environ.setdefault("LOGDIR", tempfile.mkdtemp(prefix="self-lengthen-test-logs-"))
+
+
+def jsonl_rows(path) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def one_error_line(proc) -> str:

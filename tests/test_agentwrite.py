@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SERVE_PY, kill_9_after_lines, one_error_line
+from conftest import ROOT, SERVE_PY, jsonl_rows, kill_9_after_lines, one_error_line
 from fake_endpoint import FakeEndpoint
 from self_lengthen.stages.agentwrite import parse_plan
 from self_lengthen.stages.runner import MARKER
@@ -141,7 +141,7 @@ def test_collect_data_gathers_agentwrite_rows_marked_with_their_method(tmp_path)
     proc = subprocess.run([str(SERVE_PY), str(ROOT / "collect_data.py"), "--results", str(tmp_path / "results"),
                            "--output", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = jsonl_rows(out)
     assert sorted((r["query"], r["response"], r["method"]) for r in rows) == \
         sorted((p, expected_response(p), "agentwrite") for p in SHORT_PROMPTS[:2])
     assert "2 AgentWrite" in proc.stdout
@@ -165,12 +165,12 @@ def test_agentwrite_on_the_served_model_survives_kill_9(served, tmp_path):
     journal = tmp_path / "results" / "iter_1" / "agentwrite_responses.journal.jsonl"
     running = step(AGENTWRITE, tmp_path, *args, base_url=served.base_url, wait=False)
     kill_9_after_lines(running, journal, 2, timeout=600)
-    before = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    before = jsonl_rows(journal)
     proc = step(AGENTWRITE, tmp_path, *args, base_url=served.base_url)
     assert proc.returncode == 0, proc.stderr[-3000:]
     it = tmp_path / "results" / "iter_1"
     assert (it / "agentwrite_responses" / MARKER).is_file()
-    after = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    after = jsonl_rows(journal)
     assert after[:len(before)] == before  # the journal only grew
     # Every chain resumed from its last journaled state: a later record of a key never has fewer sections written
     # or fewer plan tries than an earlier one.

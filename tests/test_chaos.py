@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SERVE_PY
+from conftest import ROOT, SERVE_PY, jsonl_rows
 from fake_endpoint import FakeEndpoint
 from self_lengthen.stages.runner import save_dataset
 from test_stages import STEP0, STEP1, STEP2, load_rows
@@ -84,7 +84,7 @@ def kill_and_rerun(cmd: list[str], fake: FakeEndpoint, rng: random.Random, sprea
 
 def checkpoint_records(path: Path) -> list[tuple]:
     """(key, status, tries, text) of each checkpoint line; every key must be there once."""
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = jsonl_rows(path)
     keys = [r["key"] for r in lines]
     assert len(keys) == len(set(keys)), f"{path.name}: a key recorded twice"
     return sorted((r["key"], r["status"], r.get("tries"),
@@ -180,7 +180,7 @@ def test_evaluation_answering_survives_20_kills(tmp_path):
                 "--workers", "4", "--max_tokens", "64", "--base_url", url]
 
     def outcome(workdir):
-        rows = [json.loads(line) for line in (workdir / "sample.gen_sft.jsonl").read_text().splitlines()]
+        rows = jsonl_rows(workdir / "sample.gen_sft.jsonl")
         assert [r["query"] for r in rows] == [q["query"] for q in queries]  # every query once, in order
         return rows, checkpoint_records(workdir / "sample.gen_sft.jsonl.checkpoint.jsonl")
 

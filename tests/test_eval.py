@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import ROOT, SERVE_PY, kill_9_after_lines, one_error_line
+from conftest import ROOT, SERVE_PY, jsonl_rows, kill_9_after_lines, one_error_line
 from fake_endpoint import FakeEndpoint
 from self_lengthen.evaluation import band, int_to_zh, length_score, longbench_length_score, parse_numbers, zh_to_int
 from self_lengthen.text import count_words
@@ -195,7 +195,7 @@ def test_add_length_control_cli_rewrites_through_the_endpoint(tmp_path):
     with FakeEndpoint(text=rewrite) as fake:
         proc = run_eval("add_length_control.py", src, "--output", tmp_path / "lc.jsonl", "--base_url", fake.base_url)
     assert proc.returncode == 0, proc.stderr
-    out = [json.loads(line) for line in (tmp_path / "lc.jsonl").read_text().splitlines()]
+    out = jsonl_rows(tmp_path / "lc.jsonl")
     assert [o["rewritten_by"] for o in out] == ["template", "llm"]
     for o in out:
         assert set(parse_numbers(o["constraint"])) <= set(parse_numbers(o["query"]))
@@ -207,7 +207,7 @@ def test_add_length_control_without_the_llm_appends_each_constraint_and_writes_o
     src.write_text(json.dumps({"query": "Write about tides.", "response": words(2500)}) + "\n")
     proc = run_eval("add_length_control.py", src, "--output", tmp_path / "lc.jsonl", "--no_llm")
     assert proc.returncode == 0, proc.stderr
-    [row] = [json.loads(line) for line in (tmp_path / "lc.jsonl").read_text().splitlines()]
+    [row] = jsonl_rows(tmp_path / "lc.jsonl")
     assert row["rewritten_by"] == "template"
     assert row["query"] == f"Write about tides. The answer should be {row['constraint']}."
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lc.jsonl", "long.jsonl"]
@@ -236,7 +236,7 @@ def test_add_length_control_killed_mid_run_asks_again_only_for_what_is_missing(t
         proc = run_eval("add_length_control.py", src, "--output", out, "--base_url", fake.base_url, "--workers", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert fake.requests == len(queries) - done
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = jsonl_rows(out)
     assert [r["query"].split(" Give it ")[0] for r in rows] == queries
     assert {r["rewritten_by"] for r in rows} == {"llm"}
 
@@ -391,10 +391,10 @@ def test_generate_on_the_sample_survives_a_kill(served, tmp_path):
     assert 2 <= done_before
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    sample = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+    rows = jsonl_rows(out)
+    sample = jsonl_rows(SAMPLE)
     assert [r["id"] for r in rows] == [s["id"] for s in sample]
-    keys = [json.loads(line)["key"] for line in checkpoint.read_text().splitlines()]
+    keys = [r["key"] for r in jsonl_rows(checkpoint)]
     assert len(keys) == len(set(keys)) == len(sample)
     for r in rows:
         assert r["response"].strip() and r["response_length"] == count_words(r["response"])
@@ -405,7 +405,7 @@ def test_generate_on_the_sample_survives_a_kill(served, tmp_path):
 @pytest.mark.slow
 def test_compare_models_scores_each_served_model(served, tmp_path):
     """The demo's last step: both models answer the same rows, and the table has one scored line per model."""
-    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()][:3]
+    rows = jsonl_rows(SAMPLE)[:3]
     sample = tmp_path / "few.jsonl"
     sample.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = run_eval("compare_models.py", sample, "--models", "base,gen_sft", "--outdir", tmp_path / "out",
@@ -417,5 +417,5 @@ def test_compare_models_scores_each_served_model(served, tmp_path):
         following, s_l, mean_words = (float(x) for x in line.strip("| ").split("|")[1:])
         assert 0 <= following <= 1 and 0 <= s_l <= 100 and mean_words > 0
     for model in ("base", "gen_sft"):
-        answered = [json.loads(line) for line in (tmp_path / "out" / f"few.{model}.jsonl").read_text().splitlines()]
+        answered = jsonl_rows(tmp_path / "out" / f"few.{model}.jsonl")
         assert [r["id"] for r in answered] == [r["id"] for r in rows]

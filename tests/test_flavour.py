@@ -1,11 +1,10 @@
 """Flavours: config, templates, seeds, and prompts built over the model's chat template."""
-import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, jsonl_rows
 from self_lengthen.errors import UsageError
 from self_lengthen.flavour import Flavour, PromptBuilder, load_seeds
 from test_chat_template import LLAMA3_STYLE
@@ -26,7 +25,7 @@ def tokenizer(default_model):
 
 
 def test_seeds_cover_the_seven_task_kinds(flavour):
-    rows = [json.loads(line) for line in (flavour.dir / "seeds.jsonl").read_text().splitlines()]
+    rows = jsonl_rows(flavour.dir / "seeds.jsonl")
     assert len(rows) >= 30 and {r["kind"] for r in rows} == KINDS
     from self_lengthen.text import is_cjk
 

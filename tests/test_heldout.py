@@ -2,7 +2,7 @@
 import json
 import shutil
 
-from conftest import ROOT
+from conftest import ROOT, jsonl_rows
 from fake_endpoint import FakeEndpoint
 from self_lengthen.report import heldout_line, heldout_row, run_report
 from self_lengthen.stages.heldout import CHECK_TYPES, length_stats
@@ -14,10 +14,9 @@ HELDOUT_STEP = ROOT / "llama" / "heldout_generator.py"
 
 def test_each_flavour_has_48_varied_held_out_instructions_that_are_not_seeds():
     for flavour, lang in (("llama", "en"), ("qwen", "zh")):
-        rows = [json.loads(line) for line in (ROOT / "eval" / "data" / f"heldout_{lang}.jsonl").read_text().splitlines()]
+        rows = jsonl_rows(ROOT / "eval" / "data" / f"heldout_{lang}.jsonl")
         prompts = {r["prompt"].strip().lower() for r in rows}
-        seeds = {json.loads(line)["prompt"].strip().lower()
-                 for line in (ROOT / flavour / "seeds.jsonl").read_text().splitlines() if line.strip()}
+        seeds = {r["prompt"].strip().lower() for r in jsonl_rows(ROOT / flavour / "seeds.jsonl")}
         assert len(prompts) == len(rows) >= 48 and len({r["genre"] for r in rows}) >= 8
         assert not prompts & seeds
 
@@ -45,7 +44,7 @@ def test_the_stage_records_length_and_the_checks_of_each_answer(tmp_path):
     def answer(payload):
         return answers["cut"] if "zoos" in payload["messages"][-1]["content"] else answers["end"]
 
-    sample = [json.loads(line) for line in (ROOT / "eval" / "data" / "longen_sample.jsonl").read_text().splitlines()]
+    sample = jsonl_rows(ROOT / "eval" / "data" / "longen_sample.jsonl")
     with FakeEndpoint(text=answer, delay=0) as fake:
         proc = step(HELDOUT_STEP, tmp_path, "--count", "16", "--workers", "4", base_url=fake.base_url)
     assert proc.returncode == 0, proc.stderr[-2000:]

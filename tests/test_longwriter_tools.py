@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, jsonl_rows
 from fake_endpoint import FakeEndpoint
 from self_lengthen.evaluation import longbench_length_score, longwriter_words
 from self_lengthen.judge import parse_scores
@@ -81,7 +81,7 @@ def test_s_q_and_s_l_per_band_with_a_judge_that_sometimes_cannot_be_read(tmp_pat
 
 def test_longbench_write_scoring_needs_answers_and_says_so(tmp_path):
     sample = ROOT / "eval" / "data" / "longbench_write_sample.jsonl"
-    rows = [json.loads(line) for line in sample.read_text().splitlines()]
+    rows = jsonl_rows(sample)
     assert len(rows) >= 12 and {r["lang"] for r in rows} == {"en", "zh"}
     assert {min(r["length"] for r in rows) < 500, max(r["length"] for r in rows) > 4000} == {True}
     proc = run_eval("longbench_write_quality.py", sample, "--judge_model", "none")
@@ -176,7 +176,7 @@ def test_ruler_and_s_q_on_the_served_model_with_small_caps(served, tmp_path):
     proc = run_eval("longwrite_ruler.py", "--models", "base", "--lengths", "1000,2000", "--count", "2",
                     "--max_tokens", "64", "--outdir", tmp_path / "ruler", "--base_url", served.base_url)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    answers = [json.loads(line) for line in (tmp_path / "ruler" / "ruler.base.jsonl").read_text().splitlines()]
+    answers = jsonl_rows(tmp_path / "ruler" / "ruler.base.jsonl")
     assert len(answers) == 4 and all(a["tokens"] == 64 if a["capped"] else a["tokens"] <= 64 for a in answers)
     assert any(a["capped"] for a in answers) and all(a["response"].strip() for a in answers if a["capped"])
     for n in (1000, 2000):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SERVE_PY, env_with
+from conftest import ROOT, SERVE_PY, env_with, jsonl_rows
 from self_lengthen.serve.procs import leader_alive, pid_records
 from self_lengthen.train import kill_tree
 
@@ -220,7 +220,7 @@ def test_collect_data_writes_long_jsonl(collected, tmp_path):
     proc = subprocess.run([str(SERVE_PY), str(ROOT / "collect_data.py"), "--results", str(results),
                            "--output", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = jsonl_rows(out)
     expected = set()
     for d in results.glob("iter_*/initial_responses"):
         expected |= {(r["prompt"], r["initial_response"]) for r in load_from_disk(str(d))}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SERVE_PY, one_error_line
+from conftest import ROOT, SERVE_PY, jsonl_rows, one_error_line
 from fake_endpoint import FakeEndpoint
 from self_lengthen.stages.runner import MARKER, save_dataset
 
@@ -243,7 +243,7 @@ def test_step0_and_step2_with_the_originals_template_format_on_the_real_model(se
 
 
 def _keys(checkpoint: Path) -> list[str]:
-    return [json.loads(line)["key"] for line in checkpoint.read_text().splitlines() if line.strip()]
+    return [r["key"] for r in jsonl_rows(checkpoint)]
 
 
 @pytest.mark.slow
@@ -292,8 +292,7 @@ def test_finish_fraction_ends_the_stage_early_without_killing(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "results" / "iter_1" / "initial_responses.summary.json").read_text())
     assert 10 <= summary["items"] < 20
-    keys = [json.loads(line)["key"] for line in
-            (tmp_path / "results" / "iter_1" / "initial_responses.checkpoint.jsonl").read_text().splitlines()]
+    keys = _keys(tmp_path / "results" / "iter_1" / "initial_responses.checkpoint.jsonl")
     assert len(keys) == len(set(keys)) == summary["items"]
     assert (tmp_path / "results" / "iter_1" / "initial_responses" / MARKER).is_file()
 

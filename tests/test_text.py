@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import ROOT, jsonl_rows
 from self_lengthen.text import (
     TokenBounds, certain_rejection, check_response, cjk_units, count_words, drop_short, ends_a_sentence,
     has_repeated_ngram, is_cjk, keep_probability, mentions_meta_words, reason_of_early_end, split_blocks, units,
@@ -274,11 +275,7 @@ def test_certain_rejection_agrees_with_the_check_on_the_models_own_completions()
     """bench/reject_early.py's corpus: step2 completions the default model wrote (round 1 on the fixed initial
     responses, cpu-demo's cap), with the engine's text after every step. A verdict at any step must fall on a
     round the check rejects; most looping completions get one, long before their end."""
-    import json
-    from pathlib import Path
-
-    corpus = Path(__file__).parent / "data" / "reject_early_corpus.jsonl"
-    cases = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines()]
+    cases = jsonl_rows(ROOT / "tests" / "data" / "reject_early_corpus.jsonl")
     verdicts = 0
     for case in cases:
         final = case["final"]
