@@ -22,7 +22,7 @@ def test_each_flavour_has_48_varied_held_out_instructions_that_are_not_seeds():
 
 
 def test_step0_never_emits_a_held_out_instruction(tmp_path):
-    heldout = json.loads((ROOT / "eval" / "data" / "heldout_en.jsonl").read_text().splitlines()[0])["prompt"]
+    heldout = jsonl_rows(ROOT / "eval" / "data" / "heldout_en.jsonl")[0]["prompt"]
 
     def answer(payload):
         if "prompt" in payload:  # every few-shot completion proposes the held-out instruction
