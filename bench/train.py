@@ -9,9 +9,12 @@ Throughput is real (unpadded) tokens trained per second of wall time, start-up i
 time (train_runtime) is printed beside it.
 
 With --launch, the same rows are trained instead under torchrun and in one process, in turns (`--repeats` each):
-wall and loop time, loss, and whether the adapters are bit-identical.
+wall and loop time, loss, and whether the adapters are bit-identical. With --dtypes, the same rows are trained in
+turns on the 16-bit checkpoint itself and on its exact float32 copy (train.float32_copy): wall, loop time and loss.
+With --parallel, both adapters (gen_sft, ext_sft of the same rows) are trained in turns one after the other, each with
+every core (as run.sh does), and at the same time, each pinned to its own share of the cores: wall and loss.
 
-Usage: .venv/bin/python bench/train.py [--rows 64] [--seed 0] [--launch [--repeats 2]]
+Usage: .venv/bin/python bench/train.py [--rows 64] [--seed 0] [--launch | --dtypes | --parallel] [--repeats 2]
 """
 import argparse
 import json
@@ -33,7 +36,7 @@ from self_lengthen.dist import DistEnv  # noqa: E402
 from self_lengthen.flavour import Flavour, PromptBuilder  # noqa: E402
 from self_lengthen.profile import load_profile  # noqa: E402
 from self_lengthen.stages.runner import save_dataset  # noqa: E402
-from self_lengthen.train import (mk_config, mk_data, pick_template, run_logged, tokenize,  # noqa: E402
+from self_lengthen.train import (float32_copy, mk_config, mk_data, pick_template, run_logged, tokenize,  # noqa: E402
                                  torchrun_env, train_adapter, train_env, train_python, trainer_env)
 
 # What mk_config adds to a LLaMA-Factory YAML beyond the profile's sizes: tokenize once; batches grouped by length;
@@ -64,8 +67,8 @@ def build(rows: int, seed: int):
     template, system = pick_template(model, flavour)
     mk_data(it, PromptBuilder(flavour, load_tokenizer(model)), system)
     profile = load_profile("cpu-demo")
-    config = mk_config(it, 1, "gen_sft", model, flavour, profile, template, gpus=0)
-    return work, config
+    configs = [mk_config(it, 1, name, model, flavour, profile, template, gpus=0) for name in ("gen_sft", "ext_sft")]
+    return work, configs
 
 
 def real_tokens(tokenized_path: Path) -> int:
@@ -111,17 +114,113 @@ def compare_launch(config: Path, work: Path, repeats: int) -> None:
           f"ratio {mean['torchrun'] / mean['one process']:.2f}; every adapter bit-identical: {same}")
 
 
+def compare_dtypes(config: Path, work: Path, repeats: int) -> None:
+    """The checkpoint in its own 16-bit dtype against its float32 copy, in turns, on the same tokenized rows."""
+    cfg = yaml.safe_load(config.read_text())
+    model = ensure_default_model()
+    bases = {"checkpoint": model, "float32 copy": float32_copy(model, work / "results")}
+    cli = str(train_python().parent / "llamafactory-cli")
+    walls, loops = {name: [] for name in bases}, {name: [] for name in bases}
+    for i in range(repeats):
+        for name, base in bases.items():
+            out = work / f"dtype_{i}_{name.replace(' ', '_')}"
+            path = work / f"{out.name}.yaml"
+            path.write_text(yaml.safe_dump({**cfg, "model_name_or_path": str(base), "output_dir": str(out)}))
+            start = time.monotonic()
+            run_logged([cli, "train", str(path)], work / f"{out.name}.log", env=trainer_env(DistEnv(), 0),
+                       what=f"training ({name})")
+            walls[name].append(time.monotonic() - start)
+            results = json.loads((out / "all_results.json").read_text())
+            loops[name].append(results["train_runtime"])
+            print(f"{name}: {walls[name][-1]:.1f} s wall, {results['train_runtime']:.1f} s loop, "
+                  f"loss {results['train_loss']:.6f}", flush=True)
+    mean = {name: (sum(walls[name]) / repeats, sum(loops[name]) / repeats) for name in bases}
+    print(f"mean wall: checkpoint {mean['checkpoint'][0]:.1f} s, float32 copy {mean['float32 copy'][0]:.1f} s, "
+          f"ratio {mean['checkpoint'][0] / mean['float32 copy'][0]:.2f}; loop ratio "
+          f"{mean['checkpoint'][1] / mean['float32 copy'][1]:.2f}")
+
+
+def compare_parallel(configs: list[Path], work: Path, repeats: int) -> None:
+    """Both adapters one after the other (each with all cores) against both at once (each on its own cores)."""
+    import os
+    import subprocess
+
+    cli = str(train_python().parent / "llamafactory-cli")
+    cores = sorted(os.sched_getaffinity(0))
+    shares = [cores[i::len(configs)] for i in range(len(configs))]
+
+    def job(config: Path, tag: str, share=None):
+        cfg = yaml.safe_load(config.read_text())
+        out = work / f"{tag}_{config.stem}"
+        path = work / f"{out.name}.yaml"
+        path.write_text(yaml.safe_dump({**cfg, "output_dir": str(out)}))
+        env = trainer_env(DistEnv(), 0)
+        cmd = [cli, "train", str(path)]
+        if share:
+            env["OMP_NUM_THREADS"] = str(len(share))
+            cmd = ["taskset", "-c", ",".join(map(str, share))] + cmd
+        return cmd, env, out
+
+    def loss(out: Path) -> float:
+        return json.loads((out / "all_results.json").read_text())["train_loss"]
+
+    walls = {"one after the other": [], "at the same time": []}
+    for i in range(repeats):
+        start = time.monotonic()
+        outs = []
+        for config in configs:
+            cmd, env, out = job(config, f"seq{i}")
+            run_logged(cmd, work / f"{out.name}.log", env=env, what=f"training {config.stem}")
+            outs.append(out)
+        walls["one after the other"].append(time.monotonic() - start)
+        print(f"one after the other: {walls['one after the other'][-1]:.1f} s; losses "
+              f"{', '.join(f'{loss(o):.6f}' for o in outs)}", flush=True)
+        start = time.monotonic()
+        procs, outs = [], []
+        for config, share in zip(configs, shares):
+            cmd, env, out = job(config, f"par{i}", share)
+            log = open(work / f"{out.name}.log", "wb")
+            procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL), log))
+            outs.append(out)
+        try:
+            for proc, log in procs:
+                if proc.wait(timeout=7200) != 0:
+                    sys.exit(f"error: a training at the same time failed; see {log.name}")
+        finally:
+            for proc, log in procs:  # one failed or timed out: stop the other
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=60)
+                log.close()
+        walls["at the same time"].append(time.monotonic() - start)
+        print(f"at the same time (cores {shares}): {walls['at the same time'][-1]:.1f} s; losses "
+              f"{', '.join(f'{loss(o):.6f}' for o in outs)}", flush=True)
+    mean = {name: sum(w) / len(w) for name, w in walls.items()}
+    print(f"mean wall: one after the other {mean['one after the other']:.1f} s, at the same time "
+          f"{mean['at the same time']:.1f} s, ratio {mean['one after the other'] / mean['at the same time']:.2f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--launch", action="store_true", help="torchrun against one process instead of ours against plain")
+    p.add_argument("--dtypes", action="store_true", help="the 16-bit checkpoint against its float32 copy")
+    p.add_argument("--parallel", action="store_true", help="both adapters one after the other against at once")
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
-    work, config = build(args.rows, args.seed)
-    if args.launch:
+    if args.launch + args.dtypes + args.parallel > 1:
+        sys.exit("error: --launch, --dtypes and --parallel are separate comparisons; pick one")
+    work, configs = build(args.rows, args.seed)
+    config = configs[0]
+    if args.parallel:
+        tokenize(configs, work / "tok.log")
+        compare_parallel(configs, work, args.repeats)
+        return
+    if args.launch or args.dtypes:
         tokenize([config], work / "tok.log")
-        compare_launch(config, work, args.repeats)
+        (compare_launch if args.launch else compare_dtypes)(config, work, args.repeats)
         return
     ours_cfg = yaml.safe_load(config.read_text())
     plain_cfg = {k: v for k, v in ours_cfg.items() if k not in OUR_LINES}

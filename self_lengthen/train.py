@@ -106,11 +106,18 @@ def training_base(model_dir: Path, results: Path, gpus: int) -> Path:
     """The base model LLaMA-Factory trains on: the model itself, except on a CPU without native bfloat16 (AVX2), where
     a 16-bit checkpoint trains on a float32 copy of it (the same weights, upcast exactly), kept in results/ (which every
     node shares). LLaMA-Factory loads a checkpoint in its own dtype, and emulated bfloat16 is slow: one LoRA step of
-    the default model took 101 s there, against 3.7 s in float32 (bench/RESULTS.md)."""
+    the default model took 101 s there, against 3.7 s in float32. With native bfloat16 the checkpoint itself is the
+    faster: on AVX512-BF16 without AMX it trained 1.34x as fast as the float32 copy (bench/RESULTS.md)."""
     from .devices import cpu_has_native_bfloat16
 
     if gpus > 0 or checkpoint_dtype(model_dir) not in ("bfloat16", "float16") or cpu_has_native_bfloat16():
         return Path(model_dir)
+    return float32_copy(model_dir, results)
+
+
+def float32_copy(model_dir: Path, results: Path) -> Path:
+    """results/.float32_base/<key>: the model's weights upcast to float32 (exactly), beside its tokenizer files; made
+    once per model (the key is its path and its weight files' names, sizes and times)."""
     import hashlib
 
     weights = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin"))
