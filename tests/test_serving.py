@@ -1,6 +1,7 @@
 """Serving on the real stack: FastChat controller + extended API server + our vLLM worker, default model, LoRAs."""
 import json
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -193,6 +194,27 @@ def test_adapters_are_served_as_merged_copies_on_cpu(served):
     assert len(list((served.workdir / "run" / "rank0" / "merged").glob("*/config.json"))) == 2
 
 
+def test_a_busy_engine_logs_its_throughput_under_the_name_it_serves(client, served):
+    """Every 10 s (the worker's --stats-interval) each busy engine writes vLLM's stats line into the worker log, led by
+    the names it serves, in the form bench/engine_load.py reads; idle engines stay quiet."""
+    import sys
+    from datetime import datetime
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from engine_load import read_stats
+
+    log = served.workdir / "logs" / "worker0.log"
+    client.complete("ext_sft", "The lighthouse keeper", max_tokens=32, ignore_eos=True)
+    deadline, rows = time.monotonic() + 45, []
+    while time.monotonic() < deadline and not any(r["names"] == "ext_sft" for r in rows):
+        time.sleep(1)
+        rows = read_stats([log], datetime.now().year)
+    assert any(r["names"] == "ext_sft" and r["gen"] > 0 for r in rows)
+    assert {r["names"] for r in rows} <= set(NAMES)  # one engine per name on CPU: each line names one
+
+
 def test_without_the_base_model_two_engines_serve_the_adapters(tmp_path, default_model):
     """run_server.sh --no-serve_base (the iterations after the first, whose step0 ran ahead in iteration 1): on CPU
     the worker starts the adapters' two engines, not the base model's, and serves only their names."""
@@ -341,8 +363,6 @@ def test_the_cpu_engine_runs_with_tcmalloc_and_intel_openmp(served):
     """vLLM's CPU guide asks for both preloaded (1.03-1.05x the engine's tok/s, bench/RESULTS.md 2026-12-05); `make
     setup` installs tcmalloc where it may. The worker and every process it started, the engine's included, have both
     mapped."""
-    from pathlib import Path
-
     import psutil
 
     from conftest import setup_installs_tcmalloc

@@ -426,6 +426,8 @@ def parse_args(argv=None):
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--limit-worker-concurrency", type=int, default=1024)
+    p.add_argument("--stats-interval", type=float, default=10.0,
+                   help="seconds between each busy engine's throughput line in the log (0: none)")
     return p.parse_args(argv)
 
 
@@ -508,8 +510,41 @@ async def run_worker(args, adapters: dict[str, Path], mode: str, common: dict, e
         log.info("registered %s as %s with %s", worker.model_names, worker.worker_addr, worker.controller_addr)
 
     registration = asyncio.create_task(register_once_listening())
+    stats = asyncio.create_task(log_engine_stats(engines, args.stats_interval)) if args.stats_interval > 0 else None
     await server.serve()  # returns on SIGTERM or SIGINT
     registration.cancel()
+    if stats:
+        stats.cancel()
+
+
+class _ServedNames(logging.Filter):
+    """Puts the names an engine serves in front of vLLM's stats line, which names only the engine's index (000 for
+    each of a CPU worker's engines)."""
+    names = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.names and isinstance(record.msg, str):
+            record.msg = f"[{self.names.replace('%', '%%')}] {record.msg}"
+        return True
+
+
+async def log_engine_stats(engines: dict, every: float) -> None:
+    """Every `every` seconds, each busy engine's own stats line in this log, under the names it serves: prompt and
+    generation tokens/s, requests running and waiting, KV cache use (vLLM's API server logs the same line; an idle
+    engine's goes to debug). What a stage got of the engine, over time: bench/engine_load.py reads these lines."""
+    served: dict[int, tuple] = {}
+    for name, engine in engines.items():
+        served.setdefault(id(engine), (engine, []))[1].append(name)
+    tag = _ServedNames()
+    logging.getLogger("vllm.v1.metrics.loggers").addFilter(tag)
+    while True:
+        await asyncio.sleep(every)
+        for engine, names in served.values():
+            tag.names = ",".join(names)
+            try:
+                await engine.do_log_stats()  # logs synchronously: no other coroutine runs until the line is out
+            finally:
+                tag.names = ""
 
 
 def main(argv=None):
