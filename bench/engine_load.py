@@ -2,10 +2,10 @@
 requests running, every `--stats-interval` seconds, default 10), split at the run's own progress lines.
 
 Each progress line of run.sh (`[rank 0 HH:MM:SS] iteration 1: step2 Extender`) opens a segment that the next one
-closes. Per segment with engine work: its wall time, the tokens the engines generated in it, their mean rate, the
-requests running on average, and the share of its time the busiest engine ran fewer than `--full` requests. With
-`--saturated` (the engine's rate with its batch full, bench/synthesis.py step2 prints it), also how long the same
-tokens would take at that rate, and the time that leaves unexplained by token count alone.
+closes. Per segment with engine work: its wall time, the prompt tokens the engines read and the tokens they generated
+in it, the generated tokens' mean rate, the requests running on average, and the share of its stats lines whose
+busiest engine ran fewer than `--full` requests. With `--saturated` (the engine's rate with its batch full,
+bench/synthesis.py step2 prints it), also how long the same tokens would take at that rate, and the time left over.
 
 Usage: .venv/bin/python bench/engine_load.py RUN_LOG WORKER_LOG... [--saturated 205] [--full 32] [--interval 10]
 (`make demo > demo.log` keeps the run log; the worker logs are llama/logs/worker*.log.)
@@ -30,7 +30,8 @@ def read_stats(paths: list[Path], year: int) -> list[dict]:
             if m:
                 month, day, hh, mm, ss = map(int, m.group(1, 2, 3, 4, 5))
                 rows.append({"t": datetime(year, month, day, hh, mm, ss), "names": m.group(6),
-                             "gen": float(m.group(8)), "running": int(m.group(9)), "waiting": int(m.group(10))})
+                             "prompt": float(m.group(7)), "gen": float(m.group(8)), "running": int(m.group(9)),
+                             "waiting": int(m.group(10))})
     return sorted(rows, key=lambda r: r["t"])
 
 
@@ -57,13 +58,19 @@ def summarize(segments: list[dict], stats: list[dict], interval: float, full: in
         if not inside:
             continue
         wall = (seg["end"] - seg["start"]).total_seconds()
-        ticks = sorted({r["t"] for r in inside})
-        per_tick = [[r for r in inside if r["t"] == t] for t in ticks]
+        per_tick = []  # the engines' lines of one stats round: logged within a couple of seconds of each other
+        for r in inside:
+            if per_tick and (r["t"] - per_tick[-1][0]["t"]).total_seconds() <= 2:
+                per_tick[-1].append(r)
+            else:
+                per_tick.append([r])
         tokens = sum(r["gen"] for r in inside) * interval
+        prompt = sum(r["prompt"] for r in inside) * interval
         running = [sum(r["running"] for r in tick) for tick in per_tick]
         under = sum(1 for tick in per_tick if max(r["running"] for r in tick) < full)
-        out.append({"what": seg["what"], "wall": wall, "tokens": tokens, "rate": tokens / wall if wall else 0.0,
-                    "running": sum(running) / len(running), "under_full": under * interval / wall if wall else 0.0,
+        out.append({"what": seg["what"], "wall": wall, "prompt": prompt, "tokens": tokens,
+                    "rate": tokens / wall if wall else 0.0, "running": sum(running) / len(running),
+                    "under_full": under / len(per_tick),
                     "engines": ", ".join(sorted({r["names"] for r in inside}))})
     return out
 
@@ -87,15 +94,17 @@ def main(argv=None):
     if not segments:
         sys.exit(f"error: {args.run_log} has no progress line ([rank R HH:MM:SS] ...); is it run.sh's output?")
     rows = summarize(segments, stats, args.interval, args.full)
-    head = "| step (the run's line that opened it) | wall s | tokens | tok/s | running (mean) | under-full share |"
-    sep = "|---|---|---|---|---|---|"
+    head = ("| step (the run's line that opened it) | wall s | prompt tokens | generated tokens | generated tok/s | "
+            "running (mean) | under-full share |")
+    sep = "|---|---|---|---|---|---|---|"
     if args.saturated:
-        head += " s at saturation | s unexplained |"
+        head += " s at saturation | s left |"
         sep += "---|---|"
     print(head)
     print(sep)
     for r in rows:
-        line = (f"| {r['what'][:70]} ({r['engines']}) | {r['wall']:.0f} | {r['tokens']:.0f} | {r['rate']:.1f} | "
+        line = (f"| {r['what'][:70]} ({r['engines']}) | {r['wall']:.0f} | {r['prompt']:.0f} | {r['tokens']:.0f} | "
+                f"{r['rate']:.1f} | "
                 f"{r['running']:.1f} | {r['under_full']:.2f} |")
         if args.saturated:
             at_full = r["tokens"] / args.saturated

@@ -280,7 +280,7 @@ def test_an_in_process_engine_refuses_a_process_without_the_workers_environment(
 
 
 def test_engine_load_splits_the_engines_work_at_the_run_s_progress_lines(tmp_path):
-    """Two engines' stats lines (10-s intervals) across a run log's three segments: tokens, rate, running, under-full."""
+    """Two engines' stats lines (10-s intervals) across a run log's segments: tokens, rate, running, under-full."""
     run_log = tmp_path / "demo.log"
     run_log.write_text("[rank 0 23:59:30] iteration 1: step1 Generator\nother output\n"
                        "[rank 0 00:00:30] iteration 1: step2 Extender\n[rank 0 00:01:10] iteration 1: done\n")
@@ -290,19 +290,21 @@ def test_engine_load_splits_the_engines_work_at_the_run_s_progress_lines(tmp_pat
                 f"generation throughput: {gen} tokens/s, Running: {running} reqs, Waiting: 0 reqs, CPU KV cache "
                 f"usage: 3.0%, Prefix cache hit rate: 0.0%")
     worker = tmp_path / "worker0.log"  # step1: 3 ticks on gen_sft; step2: 4 ticks, two engines busy at one of them
-    worker.write_text("\n".join([stat("12-07 23:59:40", "gen_sft", 100.0, 40), stat("12-07 23:59:50", "gen_sft", 100.0, 40),
-                                 stat("12-08 00:00:00", "gen_sft", 50.0, 4), "INFO unrelated line",
-                                 stat("12-08 00:00:40", "ext_sft", 200.0, 32), stat("12-08 00:00:50", "ext_sft", 200.0, 32),
-                                 stat("12-08 00:00:50", "base", 10.0, 1), stat("12-08 00:01:00", "ext_sft", 150.0, 10),
-                                 stat("12-08 00:01:10", "ext_sft", 150.0, 10)]) + "\n")
+    lines = [stat("12-07 23:59:40", "gen_sft", 100.0, 40), stat("12-07 23:59:50", "gen_sft", 100.0, 40),
+             stat("12-08 00:00:00", "gen_sft", 50.0, 4), "INFO unrelated line",
+             stat("12-08 00:00:40", "ext_sft", 200.0, 32), stat("12-08 00:00:50", "ext_sft", 200.0, 32),
+             stat("12-08 00:00:51", "base", 10.0, 1), stat("12-08 00:01:00", "ext_sft", 150.0, 10),
+             stat("12-08 00:01:10", "ext_sft", 150.0, 10)]
+    worker.write_text("\n".join(lines) + "\n")
     proc = subprocess.run([sys.executable, ROOT / "bench" / "engine_load.py", run_log, worker, "--saturated", "200"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    # step1: 2500 tokens in 60 s; running (40+40+4)/3 = 28; one tick of 6 under 32 requests; 12.5 s at 200 tok/s
-    assert "| iteration 1: step1 Generator (gen_sft) | 60 | 2500 | 41.7 | 28.0 | 0.17 | 12 | 48 |" in lines
-    # step2: 7100 tokens in 40 s; running 32, 33, 10, 10; two of four ticks under 32 (the busiest engine decides)
-    assert "| iteration 1: step2 Extender (base, ext_sft) | 40 | 7100 | 177.5 | 21.2 | 0.50 | 36 | 4 |" in lines
+    # step1: 2500 tokens in 60 s; running (40+40+4)/3 = 28; one tick of 3 under 32 requests; 12.5 s at 200 tok/s
+    assert "| iteration 1: step1 Generator (gen_sft) | 60 | 150 | 2500 | 41.7 | 28.0 | 0.33 | 12 | 48 |" in lines
+    # step2: 7100 tokens in 40 s; running 32, 33 (two engines' lines a second apart: one round), 10, 10; two of four
+    # rounds under 32 (the busiest engine decides)
+    assert "| iteration 1: step2 Extender (base, ext_sft) | 40 | 250 | 7100 | 177.5 | 21.2 | 0.50 | 36 | 4 |" in lines
 
 
 def test_engine_load_says_what_is_missing_in_one_line(tmp_path):
