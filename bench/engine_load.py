@@ -18,7 +18,7 @@ from pathlib import Path
 
 SAY = re.compile(r"^\[rank \d+ (\d\d):(\d\d):(\d\d)\] (.*)$")
 STATS = re.compile(r"(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d).*?\[([^\]]+)\] Engine \d+: Avg prompt throughput: ([\d.]+) "
-                   r"tokens/s, Avg generation throughput: ([\d.]+) tokens/s, Running: (\d+) reqs, Waiting: (\d+) reqs")
+                   r"tokens/s, Avg generation throughput: ([\d.]+) tokens/s, Running: (\d+) reqs")
 
 
 def read_stats(paths: list[Path], year: int) -> list[dict]:
@@ -30,8 +30,7 @@ def read_stats(paths: list[Path], year: int) -> list[dict]:
             if m:
                 month, day, hh, mm, ss = map(int, m.group(1, 2, 3, 4, 5))
                 rows.append({"t": datetime(year, month, day, hh, mm, ss), "names": m.group(6),
-                             "prompt": float(m.group(7)), "gen": float(m.group(8)), "running": int(m.group(9)),
-                             "waiting": int(m.group(10))})
+                             "prompt": float(m.group(7)), "gen": float(m.group(8)), "running": int(m.group(9))})
     return sorted(rows, key=lambda r: r["t"])
 
 
@@ -104,8 +103,7 @@ def main(argv=None):
     print(sep)
     for r in rows:
         line = (f"| {r['what'][:70]} ({r['engines']}) | {r['wall']:.0f} | {r['prompt']:.0f} | {r['tokens']:.0f} | "
-                f"{r['rate']:.1f} | "
-                f"{r['running']:.1f} | {r['under_full']:.2f} |")
+                f"{r['rate']:.1f} | {r['running']:.1f} | {r['under_full']:.2f} |")
         if args.saturated:
             at_full = r["tokens"] / args.saturated
             line += f" {at_full:.0f} | {r['wall'] - at_full:.0f} |"

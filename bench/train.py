@@ -85,6 +85,13 @@ def train_runtime(output_dir: Path) -> float:
     return float(json.loads((output_dir / "train_results.json").read_text())["train_runtime"])
 
 
+def variant(cfg: dict, out: Path, **changes) -> tuple[Path, Path]:
+    """Training config `cfg` with `changes`, training into `out`, written beside it as out.yaml: (its path, out)."""
+    path = out.with_name(f"{out.name}.yaml")
+    path.write_text(yaml.safe_dump({**cfg, **changes, "output_dir": str(out)}))
+    return path, out
+
+
 def compare_launch(config: Path, work: Path, repeats: int) -> None:
     """torchrun (a launcher, torchrun, DDP over one worker) against one process, in turns, on the same tokenized rows."""
     import torch
@@ -123,9 +130,7 @@ def compare_dtypes(config: Path, work: Path, repeats: int) -> None:
     walls, loops = {name: [] for name in bases}, {name: [] for name in bases}
     for i in range(repeats):
         for name, base in bases.items():
-            out = work / f"dtype_{i}_{name.replace(' ', '_')}"
-            path = work / f"{out.name}.yaml"
-            path.write_text(yaml.safe_dump({**cfg, "model_name_or_path": str(base), "output_dir": str(out)}))
+            path, out = variant(cfg, work / f"dtype_{i}_{name.replace(' ', '_')}", model_name_or_path=str(base))
             start = time.monotonic()
             run_logged([cli, "train", str(path)], work / f"{out.name}.log", env=trainer_env(DistEnv(), 0),
                        what=f"training ({name})")
@@ -150,10 +155,7 @@ def compare_parallel(configs: list[Path], work: Path, repeats: int) -> None:
     shares = [cores[i::len(configs)] for i in range(len(configs))]
 
     def job(config: Path, tag: str, share=None):
-        cfg = yaml.safe_load(config.read_text())
-        out = work / f"{tag}_{config.stem}"
-        path = work / f"{out.name}.yaml"
-        path.write_text(yaml.safe_dump({**cfg, "output_dir": str(out)}))
+        path, out = variant(yaml.safe_load(config.read_text()), work / f"{tag}_{config.stem}")
         env = trainer_env(DistEnv(), 0)
         cmd = [cli, "train", str(path)]
         if share:
@@ -223,11 +225,8 @@ def main():
         (compare_launch if args.launch else compare_dtypes)(config, work, args.repeats)
         return
     ours_cfg = yaml.safe_load(config.read_text())
-    plain_cfg = {k: v for k, v in ours_cfg.items() if k not in OUR_LINES}
-    plain_cfg["output_dir"] = str(work / "plain_out")
-    plain_cfg["model_name_or_path"] = str(ensure_default_model())
-    plain = work / "plain.yaml"
-    plain.write_text(yaml.safe_dump(plain_cfg))
+    plain, plain_out = variant({k: v for k, v in ours_cfg.items() if k not in OUR_LINES}, work / "plain",
+                               model_name_or_path=str(ensure_default_model()))
 
     # Ours first: it reads the model from a cold page cache, which only slows it down.
     start = time.monotonic()
@@ -240,7 +239,7 @@ def main():
     plain_s = time.monotonic() - start
 
     n = real_tokens(Path(ours_cfg["tokenized_path"]))
-    ours_loop, plain_loop = train_runtime(Path(ours_cfg["output_dir"])), train_runtime(work / "plain_out")
+    ours_loop, plain_loop = train_runtime(Path(ours_cfg["output_dir"])), train_runtime(plain_out)
     print(f"{args.rows} rows, {n} real tokens, one epoch, batch {ours_cfg['per_device_train_batch_size']}, "
           f"cutoff {ours_cfg['cutoff_len']}; ours on {ours_cfg['model_name_or_path']}")
     print(f"wall (start-up included): plain {n / plain_s:.0f} tok/s ({plain_s:.0f}s), ours {n / ours_s:.0f} tok/s "
