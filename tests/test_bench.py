@@ -118,36 +118,77 @@ def heldout_run(results: Path, words_by_iter: dict[int, list[int]], base_capped_
     (data / "gen_sft.json").write_text(json.dumps([{"instruction": "p", "input": "", "output": "w " * 150}]))
 
 
+def heldout_runs(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, ROOT / "bench" / "heldout_runs.py", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
 def test_heldout_runs_pools_the_runs_and_counts_the_runs_above_the_base(tmp_path):
     # run a: base 100, 200 -> final 120, 240 (1.2x); run b: base 100, 100 -> final 90, 90 (0.9x), one base answer capped
     heldout_run(tmp_path / "a" / "results", {1: [100, 200], 2: [110, 220], 3: [120, 240]})
     heldout_run(tmp_path / "b", {1: [100, 100], 2: [90, 90]}, base_capped_at=1)  # a run named by its own dir
-    proc = subprocess.run([sys.executable, ROOT / "bench" / "heldout_runs.py", tmp_path / "a" / "results",
-                           tmp_path / "b", "--plot", tmp_path / "runs.png"], capture_output=True, text=True,
-                          timeout=300)
+    proc = heldout_runs(tmp_path / "a" / "results", tmp_path / "b", "--plot", tmp_path / "runs.png")
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == f"plot: {tmp_path / 'runs.png'}"
+    out = proc.stdout.splitlines()
+    assert out[-1] == f"plot: {tmp_path / 'runs.png'}"
     assert (tmp_path / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| a | iter_3 | 150.0 | 180.0 | 1.20 | 150.0, 180.0 | 0.0, 0.0 | 0.0, 0.0 | 1.00 |" in lines
-    assert "| b | iter_2 | 100.0 | 90.0 | 0.90 | 100.0, 90.0 | 50.0, 0.0 | 0.0, 0.0 | 1.50 |" in lines
-    assert "final Generator's held-out mean above the base's: 1 of 2 runs" in lines
+    assert "| a | iter_3 | 150.0 | 180.0 | 1.20 | 150.0, 180.0 | 0.0, 0.0 | 0.0, 0.0 | -, - | 1.00 |" in out
+    assert "| b | iter_2 | 100.0 | 90.0 | 0.90 | 100.0, 90.0 | 50.0, 0.0 | 0.0, 0.0 | -, - | 1.50 |" in out
+    assert "final Generator's held-out mean above the base's: 1 of 2 runs" in out
     # pooled at iteration 2: (110+220+90+90)/(100+200+100+100) = 1.02; clean drops b's capped base answer of 100
-    iter2 = next(line for line in lines if line.startswith("| iter_2 "))
+    iter2 = next(line for line in out if line.startswith("| iter_2 "))
     assert iter2.startswith("| iter_2 (gen_sft of iteration 1) | 2 | 4 | 1.020 (")
-    assert f"| {510 / 4 / (400 / 3):.3f} (" in iter2
-    iter3 = next(line for line in lines if line.startswith("| iter_3 "))
-    assert iter3.startswith("| iter_3 (gen_sft of iteration 2) | 1 | 2 | 1.200 (1.200-1.200) |")
+    assert f"| 2, 4, {510 / 4 / (400 / 3):.3f} (" in iter2
+    iter3 = next(line for line in out if line.startswith("| iter_3 "))
+    assert iter3.startswith("| iter_3 (gen_sft of iteration 2) | 1 | 2 | 1.200 (1.200-1.200) | 1, 2, 1.200 (")
 
 
-@pytest.mark.parametrize("given", ["missing", "one_iteration"])
-def test_heldout_runs_names_a_results_dir_it_cannot_use(tmp_path, given):
+def test_heldout_runs_pools_saved_records_as_it_pooled_the_results_dirs(tmp_path):
+    heldout_run(tmp_path / "a" / "results", {1: [100, 200], 2: [110, 220], 3: [120, 240]})
+    heldout_run(tmp_path / "b", {1: [100, 100], 2: [90, 90]}, base_capped_at=1)
+    saved = tmp_path / "runs.jsonl"
+    from_dirs = heldout_runs("--save", saved, tmp_path / "a" / "results", tmp_path / "b")
+    assert from_dirs.returncode == 0, from_dirs.stderr
+    assert from_dirs.stdout.splitlines()[-1] == f"saved: {saved} (2 runs)"
+    records = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [(r["run"], sorted(r["iterations"])) for r in records] == [("a", ["1", "2", "3"]), ("b", ["1", "2"])]
+    assert records[1]["iterations"]["1"] == {"n": 2, "mean": 100.0, "clean_n": 1, "clean_mean": 100.0, "capped": 1,
+                                             "repetition": 0, "longen_following": None}
+    # the same runs from the file: the same tables
+    from_file = heldout_runs(saved)
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout.splitlines() == from_dirs.stdout.splitlines()[:-2]
+    # a run recorded by hand, its iteration 2 without clean figures: in the pooled ratio of all answers, not the clean
+    hand = tmp_path / "hand.jsonl"
+    hand.write_text(json.dumps({"run": "c", "iterations": {
+        "1": {"n": 2, "mean": 100.0, "clean_n": 2, "clean_mean": 100.0, "longen_following": 0.3},
+        "2": {"n": 2, "mean": 200.0, "longen_following": 0.5}}}) + "\n")
+    proc = heldout_runs("--save", saved, saved, hand)   # the file read, then written with one run more
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert "| c | iter_2 | 100.0 | 200.0 | 2.00 | 100.0, - | -, - | -, - | 0.300, 0.500 | - |" in out
+    assert "LonGen following above the base's: 1 of 1 runs (mean 0.300 -> 0.500)" in out
+    iter2 = next(line for line in out if line.startswith("| iter_2 "))
+    # all answers: (330 + 180 + 400) / (300 + 200 + 200); clean: c left out, as in the first test
+    assert iter2.startswith(f"| iter_2 (gen_sft of iteration 1) | 3 | 6 | {910 / 6 / (700 / 6):.3f} (")
+    assert f"| 2, 4, {510 / 4 / (400 / 3):.3f} (" in iter2
+    assert len(saved.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("given", ["missing", "one_iteration", "twice", "no_base"])
+def test_heldout_runs_names_a_run_it_cannot_use(tmp_path, given):
     results = tmp_path / "results"
     if given == "one_iteration":
         heldout_run(results, {1: [100]})
-    proc = subprocess.run([sys.executable, ROOT / "bench" / "heldout_runs.py", results], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode != 0 and "needs held-out answers of iteration 1" in proc.stderr
+    args, expected = [results], "needs held-out answers of iteration 1"
+    if given == "twice":
+        heldout_run(results, {1: [100], 2: [120]})
+        args, expected = [results, results], f"run {tmp_path.name} given more than once"
+    if given == "no_base":
+        args, expected = [tmp_path / "runs.jsonl"], "runs.jsonl: line 1: 'iterations' needs iteration \"1\""
+        args[0].write_text(json.dumps({"run": "x", "iterations": {"2": {"n": 16, "mean": 400}}}) + "\n")
+    proc = heldout_runs(*args)
+    assert proc.returncode != 0 and expected in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -290,21 +331,21 @@ def test_engine_load_splits_the_engines_work_at_the_run_s_progress_lines(tmp_pat
                 f"generation throughput: {gen} tokens/s, Running: {running} reqs, Waiting: 0 reqs, CPU KV cache "
                 f"usage: 3.0%, Prefix cache hit rate: 0.0%")
     worker = tmp_path / "worker0.log"  # step1: 3 ticks on gen_sft; step2: 4 ticks, two engines busy at one of them
-    lines = [stat("12-07 23:59:40", "gen_sft", 100.0, 40), stat("12-07 23:59:50", "gen_sft", 100.0, 40),
-             stat("12-08 00:00:00", "gen_sft", 50.0, 4), "INFO unrelated line",
-             stat("12-08 00:00:40", "ext_sft", 200.0, 32), stat("12-08 00:00:50", "ext_sft", 200.0, 32),
-             stat("12-08 00:00:51", "base", 10.0, 1), stat("12-08 00:01:00", "ext_sft", 150.0, 10),
-             stat("12-08 00:01:10", "ext_sft", 150.0, 10)]
-    worker.write_text("\n".join(lines) + "\n")
+    stats_lines = [stat("12-07 23:59:40", "gen_sft", 100.0, 40), stat("12-07 23:59:50", "gen_sft", 100.0, 40),
+                   stat("12-08 00:00:00", "gen_sft", 50.0, 4), "INFO unrelated line",
+                   stat("12-08 00:00:40", "ext_sft", 200.0, 32), stat("12-08 00:00:50", "ext_sft", 200.0, 32),
+                   stat("12-08 00:00:51", "base", 10.0, 1), stat("12-08 00:01:00", "ext_sft", 150.0, 10),
+                   stat("12-08 00:01:10", "ext_sft", 150.0, 10)]
+    worker.write_text("\n".join(stats_lines) + "\n")
     proc = subprocess.run([sys.executable, ROOT / "bench" / "engine_load.py", run_log, worker, "--saturated", "200"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    out = proc.stdout.splitlines()
     # step1: 2500 tokens in 60 s; running (40+40+4)/3 = 28; one tick of 3 under 32 requests; 12.5 s at 200 tok/s
-    assert "| iteration 1: step1 Generator (gen_sft) | 60 | 150 | 2500 | 41.7 | 28.0 | 0.33 | 12 | 48 |" in lines
+    assert "| iteration 1: step1 Generator (gen_sft) | 60 | 150 | 2500 | 41.7 | 28.0 | 0.33 | 12 | 48 |" in out
     # step2: 7100 tokens in 40 s; running 32, 33 (two engines' lines a second apart: one round), 10, 10; two of four
     # rounds under 32 (the busiest engine decides)
-    assert "| iteration 1: step2 Extender (base, ext_sft) | 40 | 250 | 7100 | 177.5 | 21.2 | 0.50 | 36 | 4 |" in lines
+    assert "| iteration 1: step2 Extender (base, ext_sft) | 40 | 250 | 7100 | 177.5 | 21.2 | 0.50 | 36 | 4 |" in out
 
 
 def test_engine_load_says_what_is_missing_in_one_line(tmp_path):
