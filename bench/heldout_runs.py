@@ -4,8 +4,10 @@ One run's 16 held-out answers per model give a 95% interval of about +-12% on th
 effect. Every run of `make demo` answers the same held-out instructions with the base model (iteration 1) and with
 its final Generator (the last iteration's), so the runs can be pooled: per run, the ratio of the final Generator's
 mean words to the base's; over runs, the ratio of pooled means for each iteration's Generator, with a 95% interval
-from resampling runs. The same for clean answers (ending a sentence, no repeated n-gram, under max_tokens), with
-the shares of answers that hit max_tokens or repeat, and LonGen-style length-following where it was measured.
+from resampling runs; and, since every run's base is the same model, how many final Generators are above the
+bases' mean pooled over all the runs. The same for clean answers (ending a sentence, no repeated n-gram, under
+max_tokens), with the shares of answers that hit max_tokens or repeat, and LonGen-style length-following where it
+was measured.
 Beside them, what the run's adapters trained on: the `gen_sft` targets' mean words, per iteration, as a ratio to
 the base's held-out mean. With --plot, draws each run's Generators as a ratio to its base's mean, beside the pooled
 ratio and its interval. Reads only the runs' results; needs no engine.
@@ -170,8 +172,9 @@ def plot(runs: list[dict], pooled: dict[str, list], out: Path) -> None:
         ax.plot([int(k) for k in ks], [its[k]["mean"] / its["1"]["mean"] for k in ks], "-o", alpha=0.45, lw=1, ms=3,
                 label=run["run"])
     ks = [k for k in pooled if pooled[k][0]]
-    mid = [1.0] + [pooled[k][0][2] for k in ks]
-    err = [[0.0] + [pooled[k][0][2] - pooled[k][0][3] for k in ks], [0.0] + [pooled[k][0][4] - pooled[k][0][2] for k in ks]]
+    ratios = [(1.0, 1.0, 1.0)] + [pooled[k][0][2:] for k in ks]   # (ratio, lo, hi); the base against itself first
+    mid = [r for r, _, _ in ratios]
+    err = [[r - lo for r, lo, _ in ratios], [hi - r for r, _, hi in ratios]]
     xs = [1] + [int(k) for k in ks]
     ax.errorbar(xs, mid, yerr=err, fmt="-s", color="black", lw=2.5, capsize=5,
                 label=f"pooled over {len(runs)} runs (95% interval over runs)")
@@ -204,6 +207,16 @@ def print_tables(runs: list[dict], pooled: dict[str, list]) -> None:
     above = sum(final(run)[1]["mean"] > run["iterations"]["1"]["mean"] for run in runs)
     print()
     print(f"final Generator's held-out mean above the base's: {above} of {len(runs)} runs")
+    # Every run's base is the same model on the same instructions: its answers over all runs measure it far more
+    # closely than one run's 16 do, so a final Generator is also compared with that pooled mean (all, then clean).
+    for label, clean in (("", False), ("clean ", True)):
+        bases = [t for t in (total(run["iterations"]["1"], clean) for run in runs) if t]
+        finals = [t for t in (total(final(run)[1], clean) for run in runs) if t and t[1]]
+        if sum(n for _, n in bases) and finals:
+            pooled_base = sum(w for w, _ in bases) / sum(n for _, n in bases)
+            print(f"final Generator's {label}mean above the base's {label}mean pooled over the runs ({pooled_base:.1f} "
+                  f"words, {sum(n for _, n in bases)} answers): {sum(w / n > pooled_base for w, n in finals)} of "
+                  f"{len(finals)} runs")
     scored = [(run["iterations"]["1"]["longen_following"], final(run)[1]["longen_following"]) for run in runs]
     scored = [(b, f) for b, f in scored if b is not None and f is not None]
     if scored:
@@ -214,9 +227,9 @@ def print_tables(runs: list[dict], pooled: dict[str, list]) -> None:
           "over runs) | clean answers: runs, answers, ratio (95% interval) |")
     print("|---|---|---|---|---|")
     for k, (every, clean) in pooled.items():
-        head = f"| iter_{k} (gen_sft of iteration {int(k) - 1}) | "
-        head += f"{every[0]} | {every[1]} | {every[2]:.3f} ({every[3]:.3f}-{every[4]:.3f}) | " if every else "- | - | - | "
-        print(head + (f"{clean[0]}, {clean[1]}, {clean[2]:.3f} ({clean[3]:.3f}-{clean[4]:.3f}) |" if clean else "- |"))
+        cells = "{} | {} | {:.3f} ({:.3f}-{:.3f})".format(*every) if every else "- | - | -"
+        clean_cell = "{}, {}, {:.3f} ({:.3f}-{:.3f})".format(*clean) if clean else "-"
+        print(f"| iter_{k} (gen_sft of iteration {int(k) - 1}) | {cells} | {clean_cell} |")
 
 
 @cli_main

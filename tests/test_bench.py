@@ -175,6 +175,24 @@ def test_heldout_runs_pools_saved_records_as_it_pooled_the_results_dirs(tmp_path
     assert len(saved.read_text().splitlines()) == 3
 
 
+def test_heldout_runs_also_compares_each_final_generator_with_the_bases_pooled_over_the_runs(tmp_path):
+    # x: base 100 -> final 110; y: base 300 (clean: 1 answer of 200) -> final 320. Each above its own base; against
+    # the bases pooled (800 words / 4 answers; clean 400 / 3), only y.
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps({"run": name, "iterations": {
+        "1": {"n": 2, "mean": base, "clean_n": base_clean[0], "clean_mean": base_clean[1]},
+        "2": {"n": 2, "mean": fin, "clean_n": 2, "clean_mean": fin}}}) + "\n"
+        for name, base, base_clean, fin in [("x", 100.0, (2, 100.0), 110.0), ("y", 300.0, (1, 200.0), 320.0)]))
+    proc = heldout_runs(runs)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert "final Generator's held-out mean above the base's: 2 of 2 runs" in out
+    assert ("final Generator's mean above the base's mean pooled over the runs (200.0 words, 4 answers): "
+            "1 of 2 runs") in out
+    assert ("final Generator's clean mean above the base's clean mean pooled over the runs (133.3 words, 3 answers): "
+            "1 of 2 runs") in out
+
+
 @pytest.mark.parametrize("given", ["missing", "one_iteration", "twice", "no_base"])
 def test_heldout_runs_names_a_run_it_cannot_use(tmp_path, given):
     results = tmp_path / "results"
