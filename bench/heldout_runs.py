@@ -7,10 +7,9 @@ mean words to the base's; over runs, the ratio of pooled means for each iteratio
 from resampling runs; and, since every run's base is the same model, how many final Generators are above the
 bases' mean pooled over all the runs. The same for clean answers (ending a sentence, no repeated n-gram, under
 max_tokens), with the shares of answers that hit max_tokens or repeat, and LonGen-style length-following where it
-was measured.
-Beside them, what the run's adapters trained on: the `gen_sft` targets' mean words, per iteration, as a ratio to
-the base's held-out mean. With --plot, draws each run's Generators as a ratio to its base's mean, beside the pooled
-ratio and its interval. Reads only the runs' results; needs no engine.
+was measured. Beside them, what the run's adapters trained on: the `gen_sft` targets' mean words, per iteration, as
+a ratio to the base's held-out mean. With --plot, draws each run's Generators as a ratio to its base's mean, beside
+the pooled ratio and its interval. Reads only the runs' results; needs no engine.
 
 Each run is a finished run's results dir, or a JSONL file of runs' figures as --save writes them (one run per
 line: what the pooling needs, so that the evidence outlives the runs' directories). A figure a record lacks (null)
@@ -103,10 +102,13 @@ def recorded_runs(path: Path) -> list[dict]:
         its = row["iterations"]
         bad = (not isinstance(its, dict) or "1" not in its or len(its) < 2
                or any(not isinstance(it, dict) or not isinstance(it.get("n"), int) or it["n"] < 1
-                      or not isinstance(it.get("mean"), (int, float)) for it in its.values()))
+                      or not isinstance(it.get("mean"), (int, float))
+                      or any(not isinstance(it.get(f), (int, float, type(None))) for f in FIGURES)
+                      for it in its.values()))
         if bad:
             raise UsageError(f"{path}: line {line}: 'iterations' needs iteration \"1\" (the base model) and a later "
-                             "one, each with 'n' (answers, at least 1) and 'mean' (words); see --save's output")
+                             "one, each with 'n' (answers, at least 1) and 'mean' (words), its other figures numbers "
+                             "or null; see --save's output")
         row["iterations"] = {k: {f: it.get(f) for f in FIGURES} for k, it in its.items()}
         row.setdefault("targets_over_base", [])
         runs.append(row)

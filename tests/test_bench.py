@@ -193,7 +193,7 @@ def test_heldout_runs_also_compares_each_final_generator_with_the_bases_pooled_o
             "1 of 2 runs") in out
 
 
-@pytest.mark.parametrize("given", ["missing", "one_iteration", "twice", "no_base"])
+@pytest.mark.parametrize("given", ["missing", "one_iteration", "twice", "no_base", "text_figure"])
 def test_heldout_runs_names_a_run_it_cannot_use(tmp_path, given):
     results = tmp_path / "results"
     if given == "one_iteration":
@@ -205,6 +205,10 @@ def test_heldout_runs_names_a_run_it_cannot_use(tmp_path, given):
     if given == "no_base":
         args, expected = [tmp_path / "runs.jsonl"], "runs.jsonl: line 1: 'iterations' needs iteration \"1\""
         args[0].write_text(json.dumps({"run": "x", "iterations": {"2": {"n": 16, "mean": 400}}}) + "\n")
+    if given == "text_figure":
+        args, expected = [tmp_path / "runs.jsonl"], "its other figures numbers or null"
+        args[0].write_text(json.dumps({"run": "x", "iterations": {"1": {"n": 16, "mean": 400, "clean_n": "14"},
+                                                                  "2": {"n": 16, "mean": 420}}}) + "\n")
     proc = heldout_runs(*args)
     assert proc.returncode != 0 and expected in proc.stderr
     assert "Traceback" not in proc.stderr
