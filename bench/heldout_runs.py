@@ -129,13 +129,17 @@ def total(it: dict, clean: bool) -> tuple[float, int] | None:
     return (n * mean if n else 0.0), n
 
 
+def pooled_mean(totals: list[tuple[float, int]]) -> tuple[float, int] | None:
+    """(mean words, answers) over several Generators' answers pooled, from their totals; None without answers."""
+    answered = sum(n for _, n in totals)
+    return (sum(w for w, _ in totals) / answered, answered) if answered else None
+
+
 def pooled_ratio(runs: list[dict], k: str, clean: bool) -> float | None:
     """Ratio of iteration k's Generators' pooled mean words to the bases', over the runs' answers (all or clean)."""
-    b = [total(run["iterations"]["1"], clean) for run in runs]
-    f = [total(run["iterations"][k], clean) for run in runs]
-    bw, bn = sum(w for w, _ in b), sum(n for _, n in b)
-    fw, fn = sum(w for w, _ in f), sum(n for _, n in f)
-    return (fw / fn) / (bw / bn) if bn and fn and bw else None
+    base = pooled_mean([total(run["iterations"]["1"], clean) for run in runs])
+    later = pooled_mean([total(run["iterations"][k], clean) for run in runs])
+    return later[0] / base[0] if base and later and base[0] else None
 
 
 def interval(runs: list[dict], k: str, clean: bool, rng: random.Random) -> tuple[float, float]:
@@ -212,13 +216,11 @@ def print_tables(runs: list[dict], pooled: dict[str, list]) -> None:
     # Every run's base is the same model on the same instructions: its answers over all runs measure it far more
     # closely than one run's 16 do, so a final Generator is also compared with that pooled mean (all, then clean).
     for label, clean in (("", False), ("clean ", True)):
-        bases = [t for t in (total(run["iterations"]["1"], clean) for run in runs) if t]
+        base = pooled_mean([t for t in (total(run["iterations"]["1"], clean) for run in runs) if t])
         finals = [t for t in (total(final(run)[1], clean) for run in runs) if t and t[1]]
-        if sum(n for _, n in bases) and finals:
-            pooled_base = sum(w for w, _ in bases) / sum(n for _, n in bases)
-            print(f"final Generator's {label}mean above the base's {label}mean pooled over the runs ({pooled_base:.1f} "
-                  f"words, {sum(n for _, n in bases)} answers): {sum(w / n > pooled_base for w, n in finals)} of "
-                  f"{len(finals)} runs")
+        if base and finals:
+            print(f"final Generator's {label}mean above the base's {label}mean pooled over the runs ({base[0]:.1f} "
+                  f"words, {base[1]} answers): {sum(w / n > base[0] for w, n in finals)} of {len(finals)} runs")
     scored = [(run["iterations"]["1"]["longen_following"], final(run)[1]["longen_following"]) for run in runs]
     scored = [(b, f) for b, f in scored if b is not None and f is not None]
     if scored:
