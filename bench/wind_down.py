@@ -22,12 +22,18 @@ from self_lengthen.stages.extend import MIN_GROWTH, ROUNDS  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
 
 
-def wind_down(step2: Path) -> dict:
-    """`step2`: results/iter_K/extended_responses (the paths beside it are read)."""
+def journal_chains(step2: Path) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """`step2`: results/iter_K/extended_responses. Returns (each chain's journaled states in order, each finished
+    chain's checkpoint record), by key."""
     chains = defaultdict(list)
     for rec in read_jsonl(step2.with_name(step2.name + ".journal.jsonl")):
         chains[rec["key"]].append(rec)
-    finished = {r["key"]: r for r in read_jsonl(step2.with_name(step2.name + ".checkpoint.jsonl"))}
+    return chains, {r["key"]: r for r in read_jsonl(step2.with_name(step2.name + ".checkpoint.jsonl"))}
+
+
+def wind_down(step2: Path) -> dict:
+    """`step2`: results/iter_K/extended_responses (the paths beside it are read)."""
+    chains, finished = journal_chains(step2)
     start = min(r["time"] for recs in chains.values() for r in recs)
     dropped = [recs for key, recs in chains.items() if key not in finished]
     # A dropped chain whose first try has all its rounds recorded: its last round's text is the try's result.

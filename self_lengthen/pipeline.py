@@ -63,6 +63,8 @@ def stage_args(profile: dict, stage: str, k: int, workdir: Path, model_dir: Path
         out += ["--time_budget", str(budget)]
     if stage == "extend" and gen.get("extend_attempts"):
         out += ["--attempts", str(gen["extend_attempts"])]
+    if stage == "extend" and gen.get("extend_stop_when_grown"):
+        out += ["--stop_when_grown"]
     if (gen.get("drop_short") or {}).get(stage) is False:
         out += ["--no-drop_short"]
     if stage == "self_instruct" and gen.get("judge_parse"):

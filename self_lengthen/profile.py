@@ -100,6 +100,7 @@ SCHEMA = {
         "max_tries": per_stage(POSITIVE_INT),
         "judge_parse": (lambda v: v in ("strict", "lenient"), "strict or lenient"),
         "extend_attempts": optional(POSITIVE_INT),
+        "extend_stop_when_grown": BOOLEAN,  # a try ends once past 1.2x (not the method's: it runs 3 rounds)
         "drop_short": per_stage(BOOLEAN, ("generate", "extend")),
         "finish_fraction": per_stage(FRACTION),
         "keep_in_flight": per_stage(BOOLEAN, ("generate", "extend")),  # past finish_fraction (not the method's)

@@ -239,6 +239,31 @@ def test_endings_splits_each_text_at_its_first_closing_paragraph(tmp_path):
     assert "Traceback" not in not_a_run.stderr
 
 
+def test_rounds_after_growth_counts_what_a_kept_chains_later_rounds_cost_and_add(tmp_path):
+    step2 = tmp_path / "results" / "iter_1" / "extended_responses"
+    step2.parent.mkdir(parents=True)
+    words = lambda n: " ".join(f"w{i}" for i in range(n))  # noqa: E731
+    # chain a: 10 initial words, past 1.2x after round 1 (13 words), lengthened again in round 2 (15), round 3 not;
+    # chain b: never grown (not kept). Tokens are cumulative per chain.
+    a = [(0, "h", 10, 5), (1, None, 13, 20), (1, "h", 13, 25), (2, None, 15, 40), (2, "h", 15, 45), (3, None, 15, 60)]
+    b = [(0, "h", 10, 10), (3, None, 10, 40)]
+    journal = [{"key": key, "try": 0, "round": r, "prefix": prefix, "text": words(n), "tokens": tokens}
+               for key, states in (("a", a), ("b", b)) for r, prefix, n, tokens in states]
+    step2.with_name("extended_responses.journal.jsonl").write_text("".join(json.dumps(j) + "\n" for j in journal))
+    step2.with_name("extended_responses.checkpoint.jsonl").write_text(
+        json.dumps({"key": "a", "status": "accepted", "extended_response": words(15)}) + "\n"
+        + json.dumps({"key": "b", "status": "exhausted"}) + "\n")
+    script = ROOT / "bench" / "rounds_after_growth.py"
+    proc = subprocess.run([sys.executable, script, tmp_path / "results"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # 2 chains, 1 kept, first past 1.2x in round 1, lengthened again; 13 of its 15 words; 40 of 100 tokens after
+    lines = proc.stdout.splitlines()
+    assert lines[2].endswith(", iter_1 | 2 | 1 | 1, 0, 0 | 1 | 0.867 | 100 | 40.0% |") and len(lines) == 4
+    assert lines[3] == "| all | 2 | 1 | 1, 0, 0 | 1 | 0.867 | 100 | 40.0% |"
+    not_a_run = subprocess.run([sys.executable, script, tmp_path], capture_output=True, text=True, timeout=300)
+    assert not_a_run.returncode == 2 and "no iter_K/extended_responses.journal.jsonl" in not_a_run.stderr
+
+
 def fit_check_run(results: Path, k: int, pairs: list[tuple[str, str, str]]) -> Path:
     """A run's iteration k as fit_check reads it: gen_sft.json rows (prompt, extended) and step2's output that
     extended each initial response; returns the gen_sft.json."""

@@ -481,12 +481,31 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
         assert args.keep_in_flight is (profile == "cpu-demo" and stage != "self_instruct")
     assert args.attempts == sizes["generation"].get("extend_attempts")
     assert args.time_budget == (sizes["generation"].get("time_budget") or {}).get("extend")
+    assert args.stop_when_grown is sizes["generation"].get("extend_stop_when_grown", False)  # the method: 3 rounds
     if profile == "cpu-demo":  # the method's end of step2 (its chains end together), what is in flight kept; 2 attempts
         assert stage == "extend" and args.finish_fraction == 0.95 and args.keep_in_flight and args.attempts is None
         assert args.max_tries == 1 and args.workers == 48
     if profile == "study":  # room for a Generator twice the base model's length, every held-out instruction
         assert "--count" not in stage_args(sizes, "heldout", 1, tmp_path, tmp_path, seed=0)
         assert sizes["generation"]["max_tokens"]["generate"] >= 2048
+
+
+def test_a_profile_can_end_the_extenders_tries_once_grown(tmp_path):
+    """`generation.extend_stop_when_grown` (not the method's) reaches step2 and no other stage."""
+    import yaml
+
+    from self_lengthen.pipeline import stage_args
+    from self_lengthen.profile import load_profile
+    from self_lengthen.stages import extend
+
+    profile = yaml.safe_load((ROOT / "self_lengthen" / "profiles" / "cpu-demo.yaml").read_text())
+    profile["generation"]["extend_stop_when_grown"] = True
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(profile))
+    sizes = load_profile(str(tmp_path / "mine.yaml"))
+    given = {stage: "--stop_when_grown" in stage_args(sizes, stage, 1, tmp_path, tmp_path, seed=0)
+             for stage in ("self_instruct", "generate", "extend", "heldout")}
+    assert given == {"self_instruct": False, "generate": False, "extend": True, "heldout": False}
+    assert extend.parser().parse_args(stage_args(sizes, "extend", 1, tmp_path, tmp_path, seed=0)).stop_when_grown
 
 
 def test_a_profiles_sampling_reaches_step1_and_step2_but_not_the_heldout_answers(tmp_path):

@@ -47,6 +47,7 @@ def with_change(tmp_path, change: dict) -> str:
     ({"generation.time_budget.extend": "10m"}, "generation.time_budget.extend='10m' is not a positive number"),
     ({"generation.drop_short.generate": "no"}, "generation.drop_short.generate='no' is not true or false"),
     ({"generation.keep_in_flight.extend": "yes"}, "generation.keep_in_flight.extend='yes' is not true or false"),
+    ({"generation.extend_stop_when_grown": 1}, "generation.extend_stop_when_grown=1 is not true or false"),
     ({"generation.keep_in_flight.self_instruct": True}, "unknown field generation.keep_in_flight.self_instruct"),
     ({"generation.sampling": {"generate": {"temprature": 1}}}, "generation.sampling.generate={'temprature': 1} is not"),
     ({"generation.sampling": {"generate": {"top_k": 0.5}}}, "generation.sampling.generate={'top_k': 0.5} is not"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from fake_endpoint import FakeEndpoint
 from self_lengthen.io import read_jsonl
 from self_lengthen.stages.runner import MARKER, save_dataset
+from self_lengthen.text import count_words
 from test_stages import STEP2, load_rows, step
 
 ROWS = [{"prompt": f"Write a long story about harbour {i}.",
@@ -77,28 +78,35 @@ def run_clean(tmp_path: Path, delay: float):
     return outcome(iter_dir), fake.requests
 
 
+def kill_9_at_random_points(workdir: Path, args, fake: FakeEndpoint, times: int, rng: random.Random) -> int:
+    """Start step2 `times` times, each killed with SIGKILL after a random 2-12 more journaled requests (if it has not
+    finished by then), then run it to the end. Returns how many runs were killed."""
+    journal = workdir / "results" / "iter_1" / "extended_responses.journal.jsonl"
+    kills = 0
+    for _ in range(times):
+        lines = journal.read_bytes().count(b"\n") if journal.exists() else 0
+        target = lines + rng.randint(2, 12)
+        running = step(STEP2, workdir, *args, "--workers", "4", base_url=fake.base_url, wait=False)
+        deadline = time.monotonic() + 120
+        while running.poll() is None and time.monotonic() < deadline:
+            if journal.exists() and journal.read_bytes().count(b"\n") >= target:
+                os.kill(running.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.01)
+        running.communicate(timeout=60)
+    final = step(STEP2, workdir, *args, "--workers", "4", base_url=fake.base_url)
+    assert final.returncode == 0, final.stderr[-2000:]
+    return kills
+
+
 def test_kill_9_at_random_points_continues_every_chain_where_it_was(tmp_path):
     expected, clean_requests = run_clean(tmp_path, delay=0.02)
     workdir = tmp_path / "killed"
     iter_dir = prepare(workdir)
     journal = iter_dir / "extended_responses.journal.jsonl"
-    rng = random.Random(13)
-    kills = 0
     with FakeEndpoint(text=chain_answers(0.02)) as fake:
-        for _ in range(8):
-            lines = journal.read_bytes().count(b"\n") if journal.exists() else 0
-            target = lines + rng.randint(2, 12)
-            running = step(STEP2, workdir, *ARGS, "--workers", "4", base_url=fake.base_url, wait=False)
-            deadline = time.monotonic() + 120
-            while running.poll() is None and time.monotonic() < deadline:
-                if journal.exists() and journal.read_bytes().count(b"\n") >= target:
-                    os.kill(running.pid, signal.SIGKILL)
-                    kills += 1
-                    break
-                time.sleep(0.01)
-            running.communicate(timeout=60)
-        final = step(STEP2, workdir, *ARGS, "--workers", "4", base_url=fake.base_url)
-        assert final.returncode == 0, final.stderr[-2000:]
+        kills = kill_9_at_random_points(workdir, ARGS, fake, times=8, rng=random.Random(13))
     assert kills >= 6
     assert outcome(iter_dir) == expected  # the same rows and the same records, each once
     assert_no_request_redone(journal)
@@ -229,3 +237,49 @@ def test_past_finish_fraction_what_finishes_in_flight_is_dropped_unless_keep_in_
             assert rows["prompt"] == [ROWS[0]["prompt"]]
             assert summary["items_kept_while_stopping"] == 0 and summary["chains_unfinished"] == 7
         assert summary["tokens_recorded_share"] == 1.0  # every finished request is journaled either way
+
+
+def first_grown_texts(journal: Path) -> dict[tuple[str, int], str]:
+    """(chain, try) -> the text after the first round that took the try past 1.2x the initial words."""
+    initial, out = {}, {}
+    for state in read_jsonl(journal):
+        key, words = state["key"], count_words(state["text"])
+        initial.setdefault(key, words)  # a chain's first record follows its first chat request: text untouched
+        if state["prefix"] is None and words > 1.2 * initial[key]:
+            out.setdefault((key, state["try"]), state["text"])
+    return out
+
+
+def test_stop_when_grown_ends_a_try_at_its_first_round_past_the_growth_and_survives_kill_9(tmp_path):
+    """--stop_when_grown (not the method's): a try ends after the round that takes its text past 1.2x. With answers
+    that depend only on the request, the same chains are accepted in the same try as under the method, each with
+    the text it had after that round, in fewer requests; killed at random points and rerun, it keeps the same."""
+    method_dir = prepare(tmp_path / "method")
+    with FakeEndpoint(text=chain_answers(0.0)) as fake:
+        proc = step(STEP2, tmp_path / "method", *ARGS, "--workers", "4", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    method_requests = fake.requests
+    grown_at = first_grown_texts(method_dir / "extended_responses.journal.jsonl")
+    # under the method some kept texts grew again in a later round: stopping changes what is kept
+    assert any(r["extended_response"] != grown_at[(r["key"], r["tries"] - 1)]
+               for r in checkpoint(method_dir) if r["status"] == "accepted")
+
+    grown_dir = prepare(tmp_path / "grown")
+    with FakeEndpoint(text=chain_answers(0.0)) as fake:
+        proc = step(STEP2, tmp_path / "grown", *ARGS, "--stop_when_grown", "--workers", "4", base_url=fake.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = checkpoint(grown_dir)
+    assert sorted((r["key"], r["status"], r["tries"]) for r in records) == outcome(method_dir)[1]
+    accepted = [r for r in records if r["status"] == "accepted"]
+    assert len(accepted) >= 4
+    for r in accepted:
+        assert r["extended_response"] == grown_at[(r["key"], r["tries"] - 1)]
+    assert fake.requests < method_requests
+
+    killed = tmp_path / "killed"
+    prepare(killed)
+    with FakeEndpoint(text=chain_answers(0.02)) as fake:
+        kills = kill_9_at_random_points(killed, (*ARGS, "--stop_when_grown"), fake, times=4, rng=random.Random(5))
+    assert kills >= 3
+    assert outcome(killed / "results" / "iter_1") == outcome(grown_dir)
+    assert_no_request_redone(killed / "results" / "iter_1" / "extended_responses.journal.jsonl")
