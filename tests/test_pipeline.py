@@ -484,7 +484,7 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
     assert args.stop_when_grown is sizes["generation"].get("extend_stop_when_grown", False)  # the method: 3 rounds
     if profile == "cpu-demo":  # the method's end of step2 (its chains end together), what is in flight kept; 2 attempts
         assert stage == "extend" and args.finish_fraction == 0.95 and args.keep_in_flight and args.attempts is None
-        assert args.max_tries == 1 and args.workers == 48
+        assert args.max_tries == 1 and args.workers == 48 and args.stop_when_grown  # a try ends once past 1.2x
     if profile == "study":  # room for a Generator twice the base model's length, every held-out instruction
         assert "--count" not in stage_args(sizes, "heldout", 1, tmp_path, tmp_path, seed=0)
         assert sizes["generation"]["max_tokens"]["generate"] >= 2048
