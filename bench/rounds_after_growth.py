@@ -17,18 +17,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from self_lengthen.errors import UsageError, cli_main  # noqa: E402
+from self_lengthen.errors import cli_main  # noqa: E402
 from self_lengthen.report import run_name  # noqa: E402
 from self_lengthen.stages.extend import MIN_GROWTH  # noqa: E402
 from self_lengthen.text import count_words  # noqa: E402
-from wind_down import journal_chains  # noqa: E402
+from wind_down import journal_chains, step2_journals  # noqa: E402
+
+
+def no_counts() -> dict:
+    return {"chains": 0, "kept": 0, "passed_in_round": Counter(), "grown_again": 0, "words_at_pass": 0,
+            "words_kept": 0, "tokens": 0, "tokens_after_pass": 0}
 
 
 def after_growth(step2: Path) -> dict:
     """`step2`: results/iter_K/extended_responses (the journal and checkpoint beside it are read)."""
     chains, finished = journal_chains(step2)
-    out = {"chains": len(chains), "kept": 0, "passed_in_round": Counter(), "grown_again": 0, "words_at_pass": 0,
-           "words_kept": 0, "tokens": sum(recs[-1]["tokens"] for recs in chains.values()), "tokens_after_pass": 0}
+    out = {**no_counts(), "chains": len(chains), "tokens": sum(recs[-1]["tokens"] for recs in chains.values())}
     for key, recs in chains.items():
         if finished.get(key, {}).get("status") != "accepted":
             continue
@@ -53,18 +57,11 @@ def row(name: str, f: dict) -> str:
 
 @cli_main
 def main():
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__.strip().splitlines()[-1])
-    runs = {results: sorted(results.glob("iter_*/extended_responses.journal.jsonl"))
-            for results in map(Path, sys.argv[1:])}
-    for results, journals in runs.items():
-        if not journals:
-            raise UsageError(f"{results}: no iter_K/extended_responses.journal.jsonl; give a run's results dir")
+    runs = step2_journals(sys.argv[1:], __doc__.strip().splitlines()[-1])
     print("| run, iteration | chains | kept | kept chains first past 1.2x in round 1, 2, 3 | lengthened again later | "
           "words at that round / words kept | step2 tokens | tokens of the rounds after it |")
     print("|---|---|---|---|---|---|---|---|")
-    total = {"chains": 0, "kept": 0, "passed_in_round": Counter(), "grown_again": 0, "words_at_pass": 0,
-             "words_kept": 0, "tokens": 0, "tokens_after_pass": 0}
+    total = no_counts()
     for results, journals in runs.items():
         for journal in journals:
             f = after_growth(journal.with_name("extended_responses"))

@@ -52,15 +52,21 @@ def wind_down(step2: Path) -> dict:
             "dropped_passing": passing}
 
 
-@cli_main
-def main():
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__.strip().splitlines()[-1])
-    runs = {results: sorted(results.glob("iter_*/extended_responses.journal.jsonl"))
-            for results in map(Path, sys.argv[1:])}
+def step2_journals(argv: list[str], usage: str) -> dict[Path, list[Path]]:
+    """Each results dir named in `argv` with its step2 journals (iter_K/extended_responses.journal.jsonl); `usage`
+    and exit without a dir, one line and exit 2 for a dir without a journal."""
+    if not argv:
+        raise SystemExit(usage)
+    runs = {results: sorted(results.glob("iter_*/extended_responses.journal.jsonl")) for results in map(Path, argv)}
     for results, journals in runs.items():
         if not journals:
             raise UsageError(f"{results}: no iter_K/extended_responses.journal.jsonl; give a run's results dir")
+    return runs
+
+
+@cli_main
+def main():
+    runs = step2_journals(sys.argv[1:], __doc__.strip().splitlines()[-1])
     print("| run, iteration | chains | finished, kept | last finished (s) | dropped | of them all rounds done | "
           "their last end (s) | would have been kept |")
     print("|---|---|---|---|---|---|---|---|")

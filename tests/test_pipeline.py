@@ -491,17 +491,12 @@ def test_stage_options_follow_the_profile(tmp_path, profile):
 
 
 def test_a_profile_can_end_the_extenders_tries_once_grown(tmp_path):
-    """`generation.extend_stop_when_grown` (not the method's) reaches step2 and no other stage."""
-    import yaml
-
+    """`generation.extend_stop_when_grown` (not the method's; set in cpu-demo) reaches step2 and no other stage."""
     from self_lengthen.pipeline import stage_args
     from self_lengthen.profile import load_profile
     from self_lengthen.stages import extend
 
-    profile = yaml.safe_load((ROOT / "self_lengthen" / "profiles" / "cpu-demo.yaml").read_text())
-    profile["generation"]["extend_stop_when_grown"] = True
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(profile))
-    sizes = load_profile(str(tmp_path / "mine.yaml"))
+    sizes = load_profile("cpu-demo")
     given = {stage: "--stop_when_grown" in stage_args(sizes, stage, 1, tmp_path, tmp_path, seed=0)
              for stage in ("self_instruct", "generate", "extend", "heldout")}
     assert given == {"self_instruct": False, "generate": False, "extend": True, "heldout": False}
