@@ -6,8 +6,13 @@ closes. Per segment with engine work: its wall time, the prompt tokens the engin
 in it, the generated tokens' mean rate, the requests running on average, and the share of its stats lines whose
 busiest engine ran fewer than `--full` requests. With `--saturated` (the engine's rate with its batch full,
 bench/synthesis.py step2 prints it), also how long the same tokens would take at that rate, and the time left over.
+With `--by-running`, a second table: the stats lines of a lone busy engine that only decoded (prompt tokens under
+20/s), grouped by requests running: median generated tok/s, the time of one decode step (running / tok/s) and each
+request's own rate, and a least-squares line through the steps' times, a + b x running. A stage whose requests
+wait on each other (a chain, retries) finishes no sooner for requests added beside it: each one costs every step b.
 
 Usage: .venv/bin/python bench/engine_load.py RUN_LOG WORKER_LOG... [--saturated 205] [--full 32] [--interval 10]
+       [--by-running]
 (`make demo > demo.log` keeps the run log; the worker logs are llama/logs/worker*.log.)
 """
 import argparse
@@ -74,6 +79,36 @@ def summarize(segments: list[dict], stats: list[dict], interval: float, full: in
     return out
 
 
+BANDS = [(1, 4), (5, 8), (9, 16), (17, 24), (25, 32), (33, 40), (41, 48), (49, 10**6)]
+
+
+def by_running(stats: list[dict], max_prompt: float = 20.0) -> tuple[list[dict], tuple[float, float] | None]:
+    """Decode-only lines of a lone busy engine, by running band: (rows, (a, b) of step ms = a + b x running)."""
+    ticks = []
+    for r in stats:
+        if ticks and (r["t"] - ticks[-1][0]["t"]).total_seconds() <= 2:
+            ticks[-1].append(r)
+        else:
+            ticks.append([r])
+    lone = [t[0] for t in ticks if len(t) == 1]
+    points = [(r["running"], r["gen"]) for r in lone if r["prompt"] < max_prompt and r["gen"] > 0 and r["running"]]
+    rows = []
+    for lo, hi in BANDS:
+        rates = sorted(g for n, g in points if lo <= n <= hi)
+        if rates:
+            running = sorted(n for n, g in points if lo <= n <= hi)
+            median, n_med = rates[len(rates) // 2], running[len(running) // 2]
+            rows.append({"band": f"{lo}-{hi}" if hi < 10**6 else f"{lo}+", "lines": len(rates), "rate": median,
+                         "running": n_med, "step_ms": 1000 * n_med / median, "per_request": median / n_med})
+    fit = None
+    if len({n for n, _ in points}) > 1:
+        xs, ys = [n for n, _ in points], [1000 * n / g for n, g in points]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        fit = (my - b * mx, b)
+    return rows, fit
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_log", type=Path)
@@ -81,6 +116,7 @@ def main(argv=None):
     p.add_argument("--saturated", type=float, default=None, help="the engine's tok/s with its batch full")
     p.add_argument("--full", type=int, default=32, help="requests running that fill the engine's batch")
     p.add_argument("--interval", type=float, default=10.0, help="the workers' --stats-interval")
+    p.add_argument("--by-running", action="store_true", help="also the decode step's time by requests running")
     args = p.parse_args(argv)
     for path in [args.run_log, *args.worker_logs]:
         if not path.is_file():
@@ -108,6 +144,16 @@ def main(argv=None):
             at_full = r["tokens"] / args.saturated
             line += f" {at_full:.0f} | {r['wall'] - at_full:.0f} |"
         print(line)
+    if args.by_running:
+        bands, fit = by_running(stats)
+        print("\n| requests running | stats lines | running (median) | generated tok/s (median) | ms per decode step | "
+              "tok/s per request |")
+        print("|---|---|---|---|---|---|")
+        for b in bands:
+            print(f"| {b['band']} | {b['lines']} | {b['running']} | {b['rate']:.1f} | {b['step_ms']:.1f} | "
+                  f"{b['per_request']:.1f} |")
+        if fit:
+            print(f"\nms per decode step = {fit[0]:.1f} + {fit[1]:.2f} x running (least squares)")
 
 
 if __name__ == "__main__":

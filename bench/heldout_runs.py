@@ -15,8 +15,11 @@ Each run is a finished run's results dir, or a JSONL file of runs' figures as --
 line: what the pooling needs, so that the evidence outlives the runs' directories). A figure a record lacks (null)
 leaves that run out of what needs it; the tables say how many runs each figure pools.
 
-Usage: .venv/bin/python bench/heldout_runs.py [--plot PNG] [--save JSONL] RUN ...
-  e.g. bench/heldout_runs.py --save bench/data/demo_runs_4e-4.jsonl bench/data/demo_runs_4e-4.jsonl /work/demo_X/results
+A results dir given as NAME=DIR is named NAME (else by the directory holding it); --from TEXT records, with each
+run read from a results dir, what it ran (a profile's option, a commit).
+
+Usage: .venv/bin/python bench/heldout_runs.py [--plot PNG] [--save JSONL] [--from TEXT] RUN ...
+  e.g. bench/heldout_runs.py --save bench/data/demo_runs_4e-4.jsonl bench/data/demo_runs_4e-4.jsonl X=/work/demo_X/results
 """
 import argparse
 import json
@@ -80,9 +83,9 @@ def generator_figures(iter_dir: Path) -> dict:
             "longen_following": following}
 
 
-def run_figures(results: Path) -> dict:
-    """A finished run's record: its name, each measured iteration's Generator figures, and its `gen_sft` targets'
-    mean words per iteration as ratios to the base's held-out mean."""
+def run_figures(results: Path, name: str | None = None) -> dict:
+    """A finished run's record: its name (`name`, else run_name's), each measured iteration's Generator figures, and
+    its `gen_sft` targets' mean words per iteration as ratios to the base's held-out mean."""
     its = measured_iterations(results)
     if len(its) < 2 or its[0][0] != 1:
         raise UsageError(f"{results}: needs held-out answers of iteration 1 (the base model) and a later "
@@ -90,7 +93,7 @@ def run_figures(results: Path) -> dict:
     iterations = {str(k): generator_figures(d) for k, d in its}
     base = iterations["1"]["mean"]
     targets = [t for t in (targets_mean(d) for _, d in iteration_dirs(results)) if t is not None]
-    return {"run": run_name(results), "iterations": iterations,
+    return {"run": name or run_name(results), "iterations": iterations,
             "targets_over_base": [round(t / base, 3) for t in targets]}
 
 
@@ -236,18 +239,30 @@ def print_tables(runs: list[dict], pooled: dict[str, list]) -> None:
         print(f"| iter_{k} (gen_sft of iteration {int(k) - 1}) | {cells} | {clean_cell} |")
 
 
+def read_runs(arg: str, origin: str | None) -> list[dict]:
+    """The runs a RUN argument gives: a JSONL file's records, or one results dir's (NAME=DIR: named NAME)."""
+    name, path = (None, Path(arg)) if "=" not in arg or Path(arg).exists() else arg.split("=", 1)
+    path = Path(path)
+    if path.is_file():
+        if name:
+            raise UsageError(f"{arg}: NAME=DIR names a results dir; {path} is a file of recorded runs")
+        return recorded_runs(path)
+    run = run_figures(path, name)
+    return [{**run, "from": origin} if origin else run]
+
+
 @cli_main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--plot", type=Path, help="also draw the runs' ratios to their base into this PNG")
     p.add_argument("--save", help="also write the runs' figures, one run per line, into this JSONL file (it may be "
                                   "one of the inputs: runs are read first)")
-    p.add_argument("runs", nargs="+", type=Path, help="a finished run's results dir, or a JSONL file of runs")
+    p.add_argument("--from", dest="origin", help="recorded as `from` with each run read from a results dir")
+    p.add_argument("runs", nargs="+", help="a finished run's results dir (NAME=DIR names it), or a JSONL file of runs")
     args = p.parse_args(argv)
     save = output_file(args.save, "--save") if args.save else None
     plot_to = output_file(str(args.plot), "--plot") if args.plot else None
-    runs = [run for path in args.runs
-            for run in (recorded_runs(path) if path.is_file() else [run_figures(path)])]
+    runs = [run for arg in args.runs for run in read_runs(arg, args.origin)]
     names = [run["run"] for run in runs]
     if twice := sorted({n for n in names if names.count(n) > 1}):
         raise UsageError(f"run {', '.join(twice)} given more than once (a results dir and a JSONL line that records "

@@ -175,6 +175,23 @@ def test_heldout_runs_pools_saved_records_as_it_pooled_the_results_dirs(tmp_path
     assert len(saved.read_text().splitlines()) == 3
 
 
+def test_heldout_runs_names_a_results_dir_and_records_what_it_ran(tmp_path):
+    """NAME=DIR names the run (else the dir holding results/ does); --from goes with the runs read from results dirs,
+    not with those read from a file; NAME= before a file of records is one clear line."""
+    heldout_run(tmp_path / "demo_a" / "results", {1: [100, 200], 2: [110, 220]})
+    heldout_run(tmp_path / "demo_b" / "results", {1: [100, 100], 2: [90, 90]})
+    saved, more = tmp_path / "runs.jsonl", tmp_path / "more.jsonl"
+    first = heldout_runs("--save", saved, f"A={tmp_path / 'demo_a' / 'results'}")
+    assert first.returncode == 0, first.stderr
+    proc = heldout_runs("--save", more, "--from", "cpu-demo at abc1234", saved, tmp_path / "demo_b" / "results")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in more.read_text().splitlines()]
+    assert [(r["run"], r.get("from")) for r in records] == [("A", None), ("demo_b", "cpu-demo at abc1234")]
+    bad = heldout_runs(f"A={saved}")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == f"error: A={saved}: NAME=DIR names a results dir; {saved} is a file of recorded runs"
+
+
 def test_heldout_runs_also_compares_each_final_generator_with_the_bases_pooled_over_the_runs(tmp_path):
     # x: base 100 -> final 110; y: base 300 (clean: 1 answer of 200) -> final 320. Each above its own base; against
     # the bases pooled (800 words / 4 answers; clean 400 / 3), only y.
@@ -393,6 +410,31 @@ def test_engine_load_splits_the_engines_work_at_the_run_s_progress_lines(tmp_pat
     # step2: 7100 tokens in 40 s; running 32, 33 (two engines' lines a second apart: one round), 10, 10; two of four
     # rounds under 32 (the busiest engine decides)
     assert "| iteration 1: step2 Extender (base, ext_sft) | 40 | 250 | 7100 | 177.5 | 21.2 | 0.50 | 36 | 4 |" in out
+
+
+def test_engine_load_times_the_decode_step_by_requests_running(tmp_path):
+    """--by-running: a lone engine's decode-only lines by running band, and the step's time fitted as a + b x running
+    (here 25 + 2.5 x running ms); a round where two engines ran, or a line with prefill, is left out."""
+    run_log = tmp_path / "demo.log"
+    run_log.write_text("[rank 0 10:00:00] iteration 1: step2 Extender\n[rank 0 10:02:00] iteration 1: done\n")
+
+    def stat(t, name, gen, running, prompt=5.0):
+        return (f"INFO 12-08 10:{t} [loggers.py:250] [{name}] Engine 000: Avg prompt throughput: {prompt} tokens/s, "
+                f"Avg generation throughput: {gen} tokens/s, Running: {running} reqs, Waiting: 0 reqs")
+    lines = [stat("00:10", "base", 200.0, 10), stat("00:20", "base", 200.0, 10), stat("00:30", "base", 800 / 3, 20),
+             stat("00:40", "base", 9.0, 30, prompt=900.0),  # prefill: left out
+             stat("00:50", "gen_sft", 10.0, 1), stat("00:51", "ext_sft", 10.0, 40),  # two engines: left out
+             stat("01:00", "base", 800 / 3, 20)]
+    worker = tmp_path / "worker0.log"
+    worker.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, ROOT / "bench" / "engine_load.py", run_log, worker, "--by-running"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert "| 9-16 | 2 | 10 | 200.0 | 50.0 | 20.0 |" in out
+    assert "| 17-24 | 2 | 20 | 266.7 | 75.0 | 13.3 |" in out
+    assert not any(line.startswith(("| 25-32", "| 33-40", "| 1-4")) for line in out)
+    assert "ms per decode step = 25.0 + 2.50 x running (least squares)" in out
 
 
 def test_engine_load_says_what_is_missing_in_one_line(tmp_path):
